@@ -1,0 +1,234 @@
+//! Configuration: embedded defaults, an optional TOML file, then command-line flags, in that order.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keystore::Choice;
+use crate::pin::Policy;
+
+/// Configuration problems; all are reported before the daemon touches any state.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line, column, key).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// Neither the flag nor the environment gives a place for the state.
+    #[error("no state directory: set --state-dir, XDG_DATA_HOME or HOME")]
+    NoStateDir,
+}
+
+/// The config file's schema. Unknown keys are errors, so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Where vaults are stored.
+    pub state_dir: Option<PathBuf>,
+    /// The IPC socket path.
+    pub socket: Option<PathBuf>,
+    /// Keystore backend.
+    pub keystore: Option<Choice>,
+    /// PIN policy.
+    #[serde(default)]
+    pub pin: PinSection,
+}
+
+/// `[pin]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinSection {
+    /// Consecutive wrong PINs before lockout (default 5).
+    pub max_attempts: Option<u32>,
+    /// Lockout length in seconds (default 300).
+    pub lockout_seconds: Option<u64>,
+}
+
+/// Overrides from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--socket`.
+    pub socket: Option<PathBuf>,
+    /// `--keystore`.
+    pub keystore: Option<Choice>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where vaults are stored.
+    pub state_dir: PathBuf,
+    /// The IPC socket path.
+    pub socket: PathBuf,
+    /// Keystore backend.
+    pub keystore: Choice,
+    /// PIN policy.
+    pub pin: Policy,
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+/// `$XDG_DATA_HOME/passmesh`, else `$HOME/.local/share/passmesh`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    env_path("XDG_DATA_HOME")
+        .or_else(|| env_path("HOME").map(|h| h.join(".local/share")))
+        .map(|d| d.join("passmesh"))
+}
+
+/// `$XDG_RUNTIME_DIR/passmesh/ipc.sock`, else `/tmp/passmesh-UID/ipc.sock` (a private directory the daemon
+/// creates and checks).
+pub fn default_socket() -> PathBuf {
+    match env_path("XDG_RUNTIME_DIR") {
+        Some(d) => d.join("passmesh/ipc.sock"),
+        None => PathBuf::from(format!(
+            "/tmp/passmesh-{}/ipc.sock",
+            rustix::process::geteuid().as_raw()
+        )),
+    }
+}
+
+impl Config {
+    /// Resolves the configuration from defaults, the file named by `flags.config` and the flags.
+    pub fn resolve(flags: &Flags) -> Result<Config, Error> {
+        let file = match &flags.config {
+            Some(path) => load_file(path)?,
+            None => File::default(),
+        };
+        let state_dir = flags
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .or_else(default_state_dir)
+            .ok_or(Error::NoStateDir)?;
+        let socket = flags
+            .socket
+            .clone()
+            .or(file.socket)
+            .unwrap_or_else(default_socket);
+        let mut pin = Policy::default();
+        if let Some(n) = file.pin.max_attempts {
+            if !(1..=100).contains(&n) {
+                return Err(Error::Invalid(format!(
+                    "pin.max_attempts must be 1..=100, got {n}"
+                )));
+            }
+            pin.max_attempts = n;
+        }
+        if let Some(s) = file.pin.lockout_seconds {
+            if !(1..=86_400 * 7).contains(&s) {
+                return Err(Error::Invalid(format!(
+                    "pin.lockout_seconds must be 1..=604800, got {s}"
+                )));
+            }
+            pin.lockout = Duration::from_secs(s);
+        }
+        Ok(Config {
+            state_dir,
+            socket,
+            keystore: flags.keystore.or(file.keystore).unwrap_or_default(),
+            pin,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<File, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| Error::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let (_d, p) = write(
+            "state_dir = \"/from/file\"\nsocket = \"/file.sock\"\nkeystore = \"software\"\n[pin]\nmax_attempts = 3\nlockout_seconds = 60\n",
+        );
+        let c = Config::resolve(&Flags {
+            config: Some(p),
+            state_dir: Some("/from/flag".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.socket, PathBuf::from("/file.sock"));
+        assert_eq!(c.keystore, Choice::Software);
+        assert_eq!(c.pin.max_attempts, 3);
+        assert_eq!(c.pin.lockout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let (_d, p) = write("keystore = \"floppy\"\n");
+        let e = Config::resolve(&Flags {
+            config: Some(p),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("floppy"), "{e}");
+        let (_d, p) = write("[pin]\nmax_atempts = 3\n");
+        let e = Config::resolve(&Flags {
+            config: Some(p),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("max_atempts"), "{e}");
+        let (_d, p) = write("[pin]\nmax_attempts = 0\n");
+        assert!(matches!(
+            Config::resolve(&Flags {
+                config: Some(p),
+                ..Flags::default()
+            }),
+            Err(Error::Invalid(_))
+        ));
+        let e = Config::resolve(&Flags {
+            config: Some("/nonexistent/passmesh.toml".into()),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/nonexistent/passmesh.toml"), "{e}");
+    }
+}

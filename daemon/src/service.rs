@@ -1,0 +1,387 @@
+//! The socket request handler: authorises the caller, runs the WebAuthn client and authenticator steps, and
+//! talks to the caller's vault actor. Also the daemon's start-up and run loop.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use passmesh_ipc::{
+    Caller, ErrorBody, ErrorName, Handler, Pin, PublicKeyCredentialCreationOptionsJson,
+    PublicKeyCredentialRequestOptionsJson, RequestBody, ResponseBody, StatusInfo,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::authenticator::{self, UserVerification};
+use crate::config::Config;
+use crate::keystore;
+use crate::origin;
+use crate::pin::{self, PinHash};
+use crate::vault::{self, PinCheck};
+
+/// Start-up failures, reported before the socket is opened.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The keystore cannot be opened.
+    #[error(transparent)]
+    Keystore(#[from] keystore::Error),
+    /// The vault cannot be opened.
+    #[error("cannot open the vault in {path}: {source}")]
+    Vault {
+        /// The vault's directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: vault::Error,
+    },
+    /// The socket cannot be created.
+    #[error("cannot listen on {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Serves one local user's vault. (System mode, with a vault per uid, extends this with a map of handles.)
+#[derive(Debug)]
+pub struct Service {
+    uid: u32,
+    vault: vault::Handle,
+    keystore: &'static str,
+    keystore_warning: Option<String>,
+}
+
+fn e(name: ErrorName, message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(name, message)
+}
+
+fn internal(err: vault::Error) -> ErrorBody {
+    tracing::error!(error = %err, "request failed inside the daemon");
+    e(ErrorName::UnknownError, err.to_string())
+}
+
+fn security(err: origin::Error) -> ErrorBody {
+    e(ErrorName::SecurityError, err.to_string())
+}
+
+impl Service {
+    /// Handles one request from `caller`.
+    pub async fn handle_request(
+        &self,
+        caller: &Caller,
+        request: RequestBody,
+    ) -> Result<ResponseBody, ErrorBody> {
+        if caller.uid != self.uid {
+            tracing::warn!(
+                caller = caller.uid,
+                served = self.uid,
+                "refused a caller of another uid"
+            );
+            return Err(e(
+                ErrorName::NotAllowedError,
+                format!(
+                    "this passmeshd serves uid {}; requests from uid {} are refused",
+                    self.uid, caller.uid
+                ),
+            ));
+        }
+        match request {
+            RequestBody::Create {
+                origin,
+                options,
+                pin,
+            } => self.create(&origin, &options, pin.as_ref()).await,
+            RequestBody::Get {
+                origin,
+                options,
+                pin,
+            } => self.get(&origin, &options, pin.as_ref()).await,
+            RequestBody::List { rp_id } => {
+                let passkeys = self.vault.list(rp_id).await.map_err(internal)?;
+                Ok(ResponseBody::List { passkeys })
+            }
+            RequestBody::Delete { credential_id } => {
+                let deleted = self.vault.delete(credential_id.0).await.map_err(internal)?;
+                Ok(ResponseBody::Delete { deleted })
+            }
+            RequestBody::Status => self.status().await,
+            RequestBody::SetPin { pin, current_pin } => {
+                self.set_pin(&pin, current_pin.as_ref()).await
+            }
+        }
+    }
+
+    async fn status(&self) -> Result<ResponseBody, ErrorBody> {
+        let s = self.vault.status().await.map_err(internal)?;
+        Ok(ResponseBody::Status {
+            status: StatusInfo {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                uid: self.uid,
+                vault_id: s.vault_id,
+                passkeys: s.passkeys,
+                keystore: self.keystore.to_owned(),
+                keystore_warning: self.keystore_warning.clone(),
+                pin_set: s.pin_set,
+                pin_attempts_left: s.pin_attempts_left,
+                pin_locked_for_ms: s.pin_locked_for_ms,
+            },
+        })
+    }
+
+    async fn create(
+        &self,
+        origin: &str,
+        options: &PublicKeyCredentialCreationOptionsJson,
+        pin: Option<&Pin>,
+    ) -> Result<ResponseBody, ErrorBody> {
+        let checked = origin::check(origin, options.rp.id.as_deref()).map_err(security)?;
+        authenticator::check_creation(options)?;
+        let excluded: Vec<Vec<u8>> = options
+            .exclude_credentials
+            .iter()
+            .filter(|d| d.type_ == "public-key")
+            .map(|d| d.id.0.clone())
+            .collect();
+        if !excluded.is_empty()
+            && self
+                .vault
+                .any_excluded(checked.rp_id.clone(), excluded)
+                .await
+                .map_err(internal)?
+        {
+            return Err(e(
+                ErrorName::InvalidStateError,
+                "a passkey in excludeCredentials is already stored in this vault",
+            ));
+        }
+        let uv_wanted = UserVerification::parse(
+            options
+                .authenticator_selection
+                .as_ref()
+                .and_then(|s| s.user_verification.as_deref()),
+        );
+        let uv = self.verify_user(uv_wanted, pin).await?;
+        let made = authenticator::make_credential(&checked, options, uv, crate::now_ms())?;
+        self.vault.insert(made.passkey).await.map_err(internal)?;
+        tracing::info!(rp = %checked.rp_id, "created a passkey");
+        Ok(ResponseBody::Create {
+            credential: made.response,
+        })
+    }
+
+    async fn get(
+        &self,
+        origin: &str,
+        options: &PublicKeyCredentialRequestOptionsJson,
+        pin: Option<&Pin>,
+    ) -> Result<ResponseBody, ErrorBody> {
+        let checked = origin::check(origin, options.rp_id.as_deref()).map_err(security)?;
+        let allow: Vec<Vec<u8>> = options
+            .allow_credentials
+            .iter()
+            .filter(|d| d.type_ == "public-key")
+            .map(|d| d.id.0.clone())
+            .collect();
+        if !options.allow_credentials.is_empty() && allow.is_empty() {
+            return Err(e(
+                ErrorName::NotAllowedError,
+                "allowCredentials names no public-key credential",
+            ));
+        }
+        let credential = self
+            .vault
+            .find_for_get(checked.rp_id.clone(), allow)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                e(
+                    ErrorName::NotAllowedError,
+                    format!("no matching passkey for {}", checked.rp_id),
+                )
+            })?;
+        let uv = self
+            .verify_user(
+                UserVerification::parse(options.user_verification.as_deref()),
+                pin,
+            )
+            .await?;
+        let credential = authenticator::get_assertion(&checked, options, &credential, uv)?;
+        Ok(ResponseBody::Get { credential })
+    }
+
+    /// Decides the UV flag: verifies the PIN when one is given; refuses when verification is required but
+    /// impossible or failed.
+    async fn verify_user(
+        &self,
+        wanted: UserVerification,
+        pin: Option<&Pin>,
+    ) -> Result<bool, ErrorBody> {
+        let Some(pin) = pin else {
+            return match wanted {
+                UserVerification::Required => Err(e(
+                    ErrorName::NotAllowedError,
+                    "user verification is required: pass the device PIN",
+                )),
+                _ => Ok(false),
+            };
+        };
+        match self.check_pin(pin).await? {
+            Some(()) => Ok(true),
+            None if wanted == UserVerification::Required => Err(e(
+                ErrorName::NotAllowedError,
+                "user verification is required but no PIN is set on this device (run `passmesh pin set`)",
+            )),
+            None => Ok(false),
+        }
+    }
+
+    /// `Some(())` when the PIN is right, `None` when no PIN is set; an error when it is wrong or locked.
+    async fn check_pin(&self, pin: &Pin) -> Result<Option<()>, ErrorBody> {
+        let hash = match self.vault.pin_begin().await {
+            Ok(PinCheck::NotSet) => return Ok(None),
+            Ok(PinCheck::Verify(hash)) => hash,
+            Err(vault::Error::Pin(p @ pin::Error::Locked { .. })) => {
+                return Err(e(ErrorName::NotAllowedError, p.to_string()));
+            }
+            Err(other) => return Err(internal(other)),
+        };
+        let candidate = pin.clone();
+        let ok = tokio::task::spawn_blocking(move || hash.verify(candidate.as_str()))
+            .await
+            .map_err(|_| e(ErrorName::UnknownError, "PIN check was interrupted"))?
+            .map_err(|p| e(ErrorName::UnknownError, p.to_string()))?;
+        self.vault.pin_finish(ok).await.map_err(internal)?;
+        if ok {
+            return Ok(Some(()));
+        }
+        let left = self
+            .vault
+            .status()
+            .await
+            .map(|s| s.pin_attempts_left)
+            .unwrap_or(0);
+        Err(e(
+            ErrorName::NotAllowedError,
+            if left == 0 {
+                "wrong PIN; the PIN is now locked".to_owned()
+            } else {
+                format!("wrong PIN; {left} attempt(s) left")
+            },
+        ))
+    }
+
+    async fn set_pin(&self, new: &Pin, current: Option<&Pin>) -> Result<ResponseBody, ErrorBody> {
+        pin::validate(new.as_str()).map_err(|p| e(ErrorName::ConstraintError, p.to_string()))?;
+        let status = self.vault.status().await.map_err(internal)?;
+        if status.pin_set {
+            let Some(current) = current else {
+                return Err(e(
+                    ErrorName::NotAllowedError,
+                    "a PIN is already set: the current PIN is needed to change it",
+                ));
+            };
+            self.check_pin(current).await?;
+        }
+        let new = new.clone();
+        let hash = tokio::task::spawn_blocking(move || PinHash::new(new.as_str()))
+            .await
+            .map_err(|_| e(ErrorName::UnknownError, "PIN hashing was interrupted"))?
+            .map_err(|p| e(ErrorName::ConstraintError, p.to_string()))?;
+        self.vault.set_pin(hash).await.map_err(internal)?;
+        tracing::info!("the device PIN was set");
+        Ok(ResponseBody::SetPin {})
+    }
+}
+
+impl Handler for Service {
+    async fn handle(
+        &self,
+        caller: &Caller,
+        request: RequestBody,
+    ) -> Result<ResponseBody, ErrorBody> {
+        self.handle_request(caller, request).await
+    }
+}
+
+/// Makes sure the socket's directory is ours and private before anything listens in it: in a shared
+/// fallback location (`/tmp`) another user could otherwise have prepared it.
+fn check_socket_dir(socket: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let Some(dir) = socket.parent() else {
+        return Ok(());
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let meta = std::fs::metadata(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}, not to us (uid {me})",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is writable by others", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the keystore and the invoking user's vault, then serves the socket until `shutdown` is cancelled.
+/// `ready` is called once the socket accepts connections.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(&Config),
+) -> Result<(), Error> {
+    let opened = keystore::open(config.keystore)?;
+    if let Some(w) = &opened.warning {
+        tracing::warn!("{w}");
+    }
+    let keystore = opened.keystore.name();
+    let uid = rustix::process::geteuid().as_raw();
+    let dir = vault::user_dir(&config.state_dir, uid);
+    let running =
+        vault::open(&dir, opened.keystore, config.pin).map_err(|source| Error::Vault {
+            path: dir.clone(),
+            source,
+        })?;
+    let service = Arc::new(Service {
+        uid,
+        vault: running.handle,
+        keystore,
+        keystore_warning: opened.warning,
+    });
+    let socket_err = |source| Error::Socket {
+        path: config.socket.clone(),
+        source,
+    };
+    check_socket_dir(&config.socket).map_err(socket_err)?;
+    let listener = passmesh_ipc::bind(&config.socket).map_err(socket_err)?;
+    tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), keystore, "serving");
+    ready(&config);
+    passmesh_ipc::serve(
+        listener,
+        service.clone(),
+        passmesh_ipc::Config::default(),
+        shutdown,
+    )
+    .await;
+    let _ = std::fs::remove_file(&config.socket);
+    // Dropping the last handle stops the actor after a final flush.
+    drop(service);
+    if running.thread.join().is_err() {
+        tracing::error!("the vault thread panicked");
+    }
+    Ok(())
+}

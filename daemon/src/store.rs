@@ -1,0 +1,186 @@
+//! Durable storage of one user's vault on this device, in sled.
+//!
+//! One sled tree, two key spaces: `d` ‖ seq (u64 big-endian) holds the automerge document as a snapshot
+//! (seq 0) followed by incremental chunks, and `m:` ‖ name holds small metadata (the sealed keyring, the PIN
+//! state). Every write that acknowledges something to a caller is flushed before it returns. Compaction
+//! replaces snapshot and chunks in one atomic batch, so a crash leaves either the old or the new layout.
+
+use std::path::Path;
+
+/// Storage failures.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// sled could not open, read, write or flush.
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A key in the store has an unexpected shape (written by something else, or damaged).
+    #[error("storage is damaged: {0}")]
+    Damaged(String),
+}
+
+const DOC: u8 = b'd';
+
+fn doc_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = DOC;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = b"m:".to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// An open store.
+pub struct Store {
+    db: sled::Db,
+    next_seq: u64,
+    chunks: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("next_seq", &self.next_seq)
+            .field("chunks", &self.chunks)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in directory `dir`. Fails if another process has it open.
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let mut next_seq = 0;
+        let mut chunks = 0;
+        if let Some((k, _)) = db.scan_prefix([DOC]).next_back().transpose()? {
+            next_seq = parse_seq(&k)? + 1;
+            chunks = db.scan_prefix([DOC]).count() as u64;
+        }
+        Ok(Store {
+            db,
+            next_seq,
+            chunks,
+        })
+    }
+
+    /// The stored document: snapshot and chunks concatenated in order, `None` for a new store.
+    pub fn document(&self) -> Result<Option<Vec<u8>>, Error> {
+        let mut out = Vec::new();
+        let mut any = false;
+        for item in self.db.scan_prefix([DOC]) {
+            let (_, v) = item?;
+            out.extend_from_slice(&v);
+            any = true;
+        }
+        Ok(any.then_some(out))
+    }
+
+    /// Number of document entries (snapshot plus chunks) stored.
+    pub fn chunk_count(&self) -> u64 {
+        self.chunks
+    }
+
+    /// Appends an incremental document chunk and flushes it to disk.
+    pub fn append(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.db.insert(doc_key(self.next_seq), chunk)?;
+        self.db.flush()?;
+        self.next_seq += 1;
+        self.chunks += 1;
+        Ok(())
+    }
+
+    /// Replaces the whole document with `full` (a compacted save), plus optional metadata, atomically, then flushes.
+    pub fn replace(&mut self, full: &[u8], meta: &[(&str, &[u8])]) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for item in self.db.scan_prefix([DOC]) {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        batch.insert(&doc_key(0), full);
+        for (name, value) in meta {
+            batch.insert(meta_key(name), *value);
+        }
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        self.next_seq = 1;
+        self.chunks = 1;
+        Ok(())
+    }
+
+    /// Reads a metadata value.
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
+    }
+
+    /// Writes a metadata value and flushes it.
+    pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), Error> {
+        self.db.insert(meta_key(name), value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Flushes everything written so far.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn parse_seq(key: &[u8]) -> Result<u64, Error> {
+    key.get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .filter(|_| key.len() == 9)
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::Damaged(format!("bad document key of {} bytes", key.len())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_concatenate_in_order_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.document().unwrap(), None);
+            s.replace(b"snap-", &[("k", b"v")]).unwrap();
+            for i in 0..300u32 {
+                s.append(format!("{i},").as_bytes()).unwrap();
+            }
+        }
+        let mut s = Store::open(dir.path()).unwrap();
+        let doc = String::from_utf8(s.document().unwrap().unwrap()).unwrap();
+        let want: String = std::iter::once("snap-".to_owned())
+            .chain((0..300).map(|i| format!("{i},")))
+            .collect();
+        assert_eq!(doc, want);
+        assert_eq!(s.chunk_count(), 301);
+        assert_eq!(s.meta("k").unwrap().as_deref(), Some(&b"v"[..]));
+        s.append(b"more").unwrap();
+        s.replace(b"compacted", &[]).unwrap();
+        assert_eq!(s.document().unwrap().as_deref(), Some(&b"compacted"[..]));
+        assert_eq!(s.chunk_count(), 1);
+        s.append(b"+1").unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.document().unwrap().as_deref(), Some(&b"compacted+1"[..]));
+    }
+
+    #[test]
+    fn second_open_of_the_same_dir_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Store::open(dir.path()).unwrap();
+        assert!(Store::open(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,552 @@
+//! The actor that owns one user's vault on this device: the CRDT document, its sled store and the PIN state.
+//!
+//! It runs on its own OS thread because every write ends in an fsync; async callers reach it through a
+//! [`Handle`] over a bounded channel and get answers on oneshot channels. Writes are group-committed: the actor
+//! drains what is queued, applies it, persists one incremental chunk with one flush, and only then answers —
+//! so no caller ever sees (or is acknowledged for) a change that is not on disk.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use passmesh_crdt::{Epoch, Keyring, NewPasskey, Vault, VaultId, VaultKey};
+use passmesh_ipc::{Base64Url, PasskeyInfo};
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+use crate::authenticator::Credential;
+use crate::keystore::Keystore;
+use crate::pin::{self, PinHash, PinState, Policy};
+use crate::store::{self, Store};
+
+/// Queue depth of the actor's inbox; senders wait when it is full.
+const INBOX: usize = 256;
+/// Commands applied per group commit at most.
+const BATCH: usize = 64;
+/// Incremental chunks kept before the document is compacted into one snapshot.
+const COMPACT_AFTER: u64 = 512;
+
+/// Failures of the vault actor.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The keystore could not seal or unseal the keyring.
+    #[error(transparent)]
+    Keystore(#[from] crate::keystore::Error),
+    /// The vault document failed (damaged, or a key mismatch).
+    #[error("vault: {0}")]
+    Vault(#[from] passmesh_crdt::Error),
+    /// The stored keyring cannot be parsed.
+    #[error("the sealed keyring is damaged")]
+    Keyring,
+    /// A PIN operation failed.
+    #[error(transparent)]
+    Pin(#[from] pin::Error),
+    /// The actor has stopped (daemon shutting down).
+    #[error("the vault is shut down")]
+    Stopped,
+    /// A persisted write failed; the change was not acknowledged.
+    #[error("could not persist the change: {0}")]
+    Persist(String),
+}
+
+/// Snapshot of the vault for `status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The vault id (hex).
+    pub vault_id: String,
+    /// Passkeys in the vault.
+    pub passkeys: u64,
+    /// Whether a PIN is set.
+    pub pin_set: bool,
+    /// PIN attempts left.
+    pub pin_attempts_left: u32,
+    /// Remaining lockout, in ms.
+    pub pin_locked_for_ms: Option<u64>,
+}
+
+/// Outcome of starting a PIN check.
+#[derive(Debug)]
+pub enum PinCheck {
+    /// No PIN is set: nothing to verify against (no attempt was counted).
+    NotSet,
+    /// The attempt was counted; verify against this hash and report with [`Handle::pin_finish`].
+    Verify(PinHash),
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+enum Command {
+    AnyExcluded {
+        rp_id: String,
+        ids: Vec<Vec<u8>>,
+        reply: Reply<bool>,
+    },
+    Insert {
+        passkey: Box<NewPasskey>,
+        reply: Reply<Result<(), Error>>,
+    },
+    FindForGet {
+        rp_id: String,
+        allow: Vec<Vec<u8>>,
+        reply: Reply<Option<Credential>>,
+    },
+    List {
+        rp_id: Option<String>,
+        reply: Reply<Vec<PasskeyInfo>>,
+    },
+    Delete {
+        credential_id: Vec<u8>,
+        reply: Reply<Result<bool, Error>>,
+    },
+    Status {
+        reply: Reply<Status>,
+    },
+    PinBegin {
+        reply: Reply<Result<PinCheck, Error>>,
+    },
+    PinFinish {
+        ok: bool,
+        reply: Reply<Result<(), Error>>,
+    },
+    SetPin {
+        hash: PinHash,
+        reply: Reply<Result<(), Error>>,
+    },
+}
+
+/// A cloneable handle to a vault actor. The actor stops when every handle is dropped.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The running actor: a handle plus the thread to join on shutdown.
+#[derive(Debug)]
+pub struct Running {
+    /// Talk to the vault through this.
+    pub handle: Handle,
+    /// The actor's thread; it ends once every handle is dropped, after a final flush.
+    pub thread: JoinHandle<()>,
+}
+
+/// Opens (or creates on first use) the vault stored in `dir` and starts its actor.
+pub fn open(dir: &Path, keystore: Keystore, policy: Policy) -> Result<Running, Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| store::Error::Damaged(format!("cannot create {}: {e}", dir.display())))?;
+    let mut store = Store::open(&dir.join("db"))?;
+    let sealed = store.meta("keyring")?;
+    let document = store.document()?;
+    let vault = match (sealed, document) {
+        (Some(sealed), Some(doc)) => {
+            let keyring = decode_keyring(&keystore.unseal(&sealed)?)?;
+            let vault = Vault::load(&doc, keyring)?;
+            for (id, problem) in vault.problems() {
+                tracing::warn!(record = %id, %problem, "a vault record cannot be read and is left out");
+            }
+            vault
+        }
+        (None, None) => {
+            let key = VaultKey::generate();
+            let keyring = Keyring::new(Epoch(0), key);
+            let sealed = keystore.seal(&encode_keyring(&keyring))?;
+            let mut vault = Vault::create(VaultId::random(), keyring)?;
+            let full = vault.save();
+            let pin_state = serde_json::to_vec(&PinState::default()).map_err(|_| Error::Keyring)?;
+            store.replace(&full, &[("keyring", &sealed), ("pin", &pin_state)])?;
+            tracing::info!(vault = %vault.id(), "created a new vault");
+            vault
+        }
+        (Some(_), None) => {
+            return Err(store::Error::Damaged("keyring without a document".into()).into());
+        }
+        (None, Some(_)) => {
+            return Err(store::Error::Damaged("document without a keyring".into()).into());
+        }
+    };
+    let pin = match store.meta("pin")? {
+        Some(b) => serde_json::from_slice(&b)
+            .map_err(|e| store::Error::Damaged(format!("PIN state: {e}")))?,
+        None => PinState::default(),
+    };
+    let mut actor = Actor {
+        vault,
+        store,
+        pin,
+        policy,
+        dirty: false,
+    };
+    if actor.store.chunk_count() > 1 {
+        actor.compact()?;
+    }
+    let (tx, rx) = mpsc::channel(INBOX);
+    let name = format!(
+        "vault-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+    );
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || actor.run(rx))
+        .map_err(|e| Error::Persist(format!("cannot start the vault thread: {e}")))?;
+    Ok(Running {
+        handle: Handle { tx },
+        thread,
+    })
+}
+
+/// The default place of a user's vault under the state directory.
+pub fn user_dir(state_dir: &Path, uid: u32) -> PathBuf {
+    state_dir.join("users").join(uid.to_string())
+}
+
+// Keyring encoding inside the sealed blob: version 1, current epoch, then (epoch, key) pairs.
+fn encode_keyring(k: &Keyring) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(vec![1u8]);
+    out.extend_from_slice(&k.current().0.to_be_bytes());
+    for e in 0..=k.current().0 {
+        if let Some(key) = k.key(Epoch(e)) {
+            out.extend_from_slice(&e.to_be_bytes());
+            out.extend_from_slice(key.as_bytes());
+        }
+    }
+    out
+}
+
+fn decode_keyring(b: &[u8]) -> Result<Keyring, Error> {
+    let (&[1], rest) = b.split_at_checked(1).ok_or(Error::Keyring)? else {
+        return Err(Error::Keyring);
+    };
+    let (cur, mut rest) = rest.split_at_checked(4).ok_or(Error::Keyring)?;
+    let current = Epoch(u32::from_be_bytes(
+        cur.try_into().map_err(|_| Error::Keyring)?,
+    ));
+    let mut ring: Option<Keyring> = None;
+    while !rest.is_empty() {
+        let (entry, tail) = rest.split_at_checked(36).ok_or(Error::Keyring)?;
+        rest = tail;
+        let epoch = Epoch(u32::from_be_bytes(
+            entry[..4].try_into().map_err(|_| Error::Keyring)?,
+        ));
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&entry[4..]);
+        let key = VaultKey::from_bytes(*key);
+        match &mut ring {
+            None => ring = Some(Keyring::new(epoch, key)),
+            Some(r) => r.insert(epoch, key),
+        }
+    }
+    let mut ring = ring.ok_or(Error::Keyring)?;
+    ring.set_current(current).map_err(|_| Error::Keyring)?;
+    Ok(ring)
+}
+
+struct Actor {
+    vault: Vault,
+    store: Store,
+    pin: PinState,
+    policy: Policy,
+    dirty: bool,
+}
+
+/// Replies held back until the batch's writes are on disk.
+type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
+
+impl Actor {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut deferred: Vec<Deferred> = Vec::new();
+        while let Some(cmd) = rx.blocking_recv() {
+            self.apply(cmd, &mut deferred);
+            for _ in 1..BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => self.apply(cmd, &mut deferred),
+                    Err(_) => break,
+                }
+            }
+            let failure = self.persist().err().map(|e| {
+                tracing::error!(error = %e, "persisting the vault failed");
+                e.to_string()
+            });
+            for reply in deferred.drain(..) {
+                reply(failure.as_deref());
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+
+    fn persist(&mut self) -> Result<(), Error> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.dirty = false;
+        let chunk = self.vault.save_incremental();
+        self.store.append(&chunk)?;
+        if self.store.chunk_count() > COMPACT_AFTER {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self) -> Result<(), Error> {
+        let full = self.vault.save();
+        self.store.replace(&full, &[])?;
+        Ok(())
+    }
+
+    fn save_pin(&self) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(&self.pin).map_err(|e| Error::Persist(e.to_string()))?;
+        self.store.set_meta("pin", &bytes)?;
+        Ok(())
+    }
+
+    fn apply(&mut self, cmd: Command, deferred: &mut Vec<Deferred>) {
+        // Every answer waits for the batch's flush: a reader must never see what a crash could still lose.
+        fn later<T: Send + 'static>(deferred: &mut Vec<Deferred>, reply: Reply<T>, value: T) {
+            deferred.push(Box::new(move |_| {
+                let _ = reply.send(value);
+            }));
+        }
+        fn later_write<T: Send + 'static>(
+            deferred: &mut Vec<Deferred>,
+            reply: Reply<Result<T, Error>>,
+            value: Result<T, Error>,
+        ) {
+            deferred.push(Box::new(move |failure| {
+                let value = match (value, failure) {
+                    (Ok(_), Some(f)) => Err(Error::Persist(f.to_owned())),
+                    (v, _) => v,
+                };
+                let _ = reply.send(value);
+            }));
+        }
+        match cmd {
+            Command::AnyExcluded { rp_id, ids, reply } => {
+                let hit = ids.iter().any(|id| {
+                    self.vault
+                        .find_by_credential_id(id)
+                        .is_some_and(|p| p.rp_id == rp_id)
+                });
+                later(deferred, reply, hit);
+            }
+            Command::Insert { passkey, reply } => {
+                let now = crate::now_ms();
+                let result = self
+                    .vault
+                    .insert(*passkey, now)
+                    .map(|_| ())
+                    .map_err(Error::from);
+                self.dirty |= result.is_ok();
+                later_write(deferred, reply, result);
+            }
+            Command::FindForGet {
+                rp_id,
+                allow,
+                reply,
+            } => {
+                let found = if allow.is_empty() {
+                    self.vault
+                        .find_by_rp(&rp_id)
+                        .max_by_key(|p| (p.created_at_ms, p.record_id))
+                } else {
+                    allow
+                        .iter()
+                        .filter_map(|id| self.vault.find_by_credential_id(id))
+                        .find(|p| p.rp_id == rp_id)
+                };
+                let cred = found.map(|p| Credential {
+                    credential_id: p.credential_id.clone(),
+                    user_handle: p.user_handle.clone(),
+                    private_key: p.private_key.clone(),
+                    backed_up: false,
+                });
+                later(deferred, reply, cred);
+            }
+            Command::List { rp_id, reply } => {
+                let mut list: Vec<PasskeyInfo> = match &rp_id {
+                    Some(rp) => self.vault.find_by_rp(rp).map(info).collect(),
+                    None => self.vault.passkeys().map(info).collect(),
+                };
+                list.sort_by(|a, b| {
+                    (a.created_at_ms, &a.credential_id.0)
+                        .cmp(&(b.created_at_ms, &b.credential_id.0))
+                });
+                later(deferred, reply, list);
+            }
+            Command::Delete {
+                credential_id,
+                reply,
+            } => {
+                let result = match self.vault.find_by_credential_id(&credential_id) {
+                    Some(p) => {
+                        let id = p.record_id;
+                        self.vault.remove(&id).map_err(Error::from)
+                    }
+                    None => Ok(false),
+                };
+                self.dirty |= matches!(result, Ok(true));
+                later_write(deferred, reply, result);
+            }
+            Command::Status { reply } => {
+                let now = crate::now_ms();
+                let status = Status {
+                    vault_id: self.vault.id().to_string(),
+                    passkeys: self.vault.len() as u64,
+                    pin_set: self.pin.hash.is_some(),
+                    pin_attempts_left: self.pin.attempts_left(now, &self.policy),
+                    pin_locked_for_ms: self
+                        .pin
+                        .locked_for(now)
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                };
+                later(deferred, reply, status);
+            }
+            Command::PinBegin { reply } => {
+                let result = match self.pin.hash.clone() {
+                    None => Ok(PinCheck::NotSet),
+                    Some(hash) => {
+                        let mut next = self.pin.clone();
+                        match next.begin_attempt(crate::now_ms(), &self.policy) {
+                            Err(e) => Err(Error::Pin(e)),
+                            Ok(()) => {
+                                // The attempt is on disk before anyone checks the PIN.
+                                let old = std::mem::replace(&mut self.pin, next);
+                                self.save_pin()
+                                    .map(|()| PinCheck::Verify(hash))
+                                    .inspect_err(|_| {
+                                        self.pin = old;
+                                    })
+                            }
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::PinFinish { ok, reply } => {
+                let result = if ok {
+                    self.pin.succeed();
+                    self.save_pin()
+                } else {
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
+            Command::SetPin { hash, reply } => {
+                let old = std::mem::take(&mut self.pin);
+                self.pin = PinState {
+                    hash: Some(hash),
+                    failures: 0,
+                    locked_until_ms: 0,
+                };
+                let result = self.save_pin().inspect_err(|_| self.pin = old);
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+fn info(p: &passmesh_crdt::Passkey) -> PasskeyInfo {
+    PasskeyInfo {
+        credential_id: Base64Url(p.credential_id.clone()),
+        rp_id: p.rp_id.clone(),
+        user_name: p.user_name.clone(),
+        user_display_name: p.user_display_name.clone(),
+        user_handle: Base64Url(p.user_handle.clone()),
+        label: p.label.clone(),
+        created_at_ms: p.created_at_ms,
+        backed_up: false,
+    }
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Whether any of `ids` is a credential of `rp_id` in this vault.
+    pub async fn any_excluded(&self, rp_id: String, ids: Vec<Vec<u8>>) -> Result<bool, Error> {
+        self.ask(|reply| Command::AnyExcluded { rp_id, ids, reply })
+            .await
+    }
+
+    /// Stores a new passkey; returns once it is on disk.
+    pub async fn insert(&self, passkey: NewPasskey) -> Result<(), Error> {
+        self.ask(|reply| Command::Insert {
+            passkey: Box::new(passkey),
+            reply,
+        })
+        .await?
+    }
+
+    /// The credential to sign with: one of `allow` for `rp_id`, or with `allow` empty the newest of `rp_id`.
+    pub async fn find_for_get(
+        &self,
+        rp_id: String,
+        allow: Vec<Vec<u8>>,
+    ) -> Result<Option<Credential>, Error> {
+        self.ask(|reply| Command::FindForGet {
+            rp_id,
+            allow,
+            reply,
+        })
+        .await
+    }
+
+    /// The passkeys, optionally of one rpId, oldest first.
+    pub async fn list(&self, rp_id: Option<String>) -> Result<Vec<PasskeyInfo>, Error> {
+        self.ask(|reply| Command::List { rp_id, reply }).await
+    }
+
+    /// Deletes a passkey by credential id; `false` if there was none. Returns once it is on disk.
+    pub async fn delete(&self, credential_id: Vec<u8>) -> Result<bool, Error> {
+        self.ask(|reply| Command::Delete {
+            credential_id,
+            reply,
+        })
+        .await?
+    }
+
+    /// Vault and PIN status.
+    pub async fn status(&self) -> Result<Status, Error> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Starts a PIN check: refuses while locked, else counts the attempt (durably) and hands out the hash.
+    pub async fn pin_begin(&self) -> Result<PinCheck, Error> {
+        self.ask(|reply| Command::PinBegin { reply }).await?
+    }
+
+    /// Finishes a PIN check started with [`Handle::pin_begin`].
+    pub async fn pin_finish(&self, ok: bool) -> Result<(), Error> {
+        self.ask(|reply| Command::PinFinish { ok, reply }).await?
+    }
+
+    /// Sets a new PIN hash and clears the attempt counter.
+    pub async fn set_pin(&self, hash: PinHash) -> Result<(), Error> {
+        self.ask(|reply| Command::SetPin { hash, reply }).await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_encoding_round_trips_and_rejects_garbage() {
+        let mut k = Keyring::new(Epoch(0), VaultKey::from_bytes([7; 32]));
+        k.insert(Epoch(1), VaultKey::from_bytes([9; 32]));
+        k.set_current(Epoch(1)).unwrap();
+        let b = encode_keyring(&k);
+        let d = decode_keyring(&b).unwrap();
+        assert_eq!(d.current(), Epoch(1));
+        assert_eq!(d.key(Epoch(0)).unwrap().as_bytes(), &[7; 32]);
+        assert_eq!(d.key(Epoch(1)).unwrap().as_bytes(), &[9; 32]);
+        for bad in [&b[..0], &b[..3], &b[..b.len() - 1], &[2u8, 0, 0, 0, 0][..]] {
+            assert!(decode_keyring(bad).is_err());
+        }
+    }
+}
