@@ -42,13 +42,50 @@ pub enum Error {
     },
 }
 
-/// Serves one local user's vault. (System mode, with a vault per uid, extends this with a map of handles.)
+/// Which vault serves which caller. Every request is served from the vault of the caller's kernel-reported
+/// uid and no other.
+#[derive(Debug)]
+pub enum Vaults {
+    /// User mode: the daemon runs as one user and serves only that uid.
+    Single {
+        /// The served uid (the daemon's own).
+        uid: u32,
+        /// That user's vault.
+        vault: vault::Handle,
+    },
+}
+
+impl Vaults {
+    /// The vault for `uid`, or the error the caller gets.
+    fn for_uid(&self, uid: u32) -> Result<&vault::Handle, ErrorBody> {
+        match self {
+            Vaults::Single { uid: served, vault } if *served == uid => Ok(vault),
+            Vaults::Single { uid: served, .. } => {
+                tracing::warn!(caller = uid, served, "refused a caller of another uid");
+                Err(e(
+                    ErrorName::NotAllowedError,
+                    format!(
+                        "this passmeshd serves uid {served}; requests from uid {uid} are refused"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// The socket request handler.
 #[derive(Debug)]
 pub struct Service {
-    uid: u32,
-    vault: vault::Handle,
+    vaults: Vaults,
     keystore: &'static str,
     keystore_warning: Option<String>,
+}
+
+/// One request's context: the caller's uid and vault.
+struct Session<'a> {
+    uid: u32,
+    vault: &'a vault::Handle,
+    service: &'a Service,
 }
 
 fn e(name: ErrorName, message: impl Into<String>) -> ErrorBody {
@@ -71,20 +108,17 @@ impl Service {
         caller: &Caller,
         request: RequestBody,
     ) -> Result<ResponseBody, ErrorBody> {
-        if caller.uid != self.uid {
-            tracing::warn!(
-                caller = caller.uid,
-                served = self.uid,
-                "refused a caller of another uid"
-            );
-            return Err(e(
-                ErrorName::NotAllowedError,
-                format!(
-                    "this passmeshd serves uid {}; requests from uid {} are refused",
-                    self.uid, caller.uid
-                ),
-            ));
-        }
+        let s = Session {
+            uid: caller.uid,
+            vault: self.vaults.for_uid(caller.uid)?,
+            service: self,
+        };
+        s.handle(request).await
+    }
+}
+
+impl Session<'_> {
+    async fn handle(&self, request: RequestBody) -> Result<ResponseBody, ErrorBody> {
         match request {
             RequestBody::Create {
                 origin,
@@ -119,8 +153,8 @@ impl Service {
                 uid: self.uid,
                 vault_id: s.vault_id,
                 passkeys: s.passkeys,
-                keystore: self.keystore.to_owned(),
-                keystore_warning: self.keystore_warning.clone(),
+                keystore: self.service.keystore.to_owned(),
+                keystore_warning: self.service.keystore_warning.clone(),
                 pin_set: s.pin_set,
                 pin_attempts_left: s.pin_attempts_left,
                 pin_locked_for_ms: s.pin_locked_for_ms,
@@ -357,8 +391,10 @@ pub async fn run(
             source,
         })?;
     let service = Arc::new(Service {
-        uid,
-        vault: running.handle,
+        vaults: Vaults::Single {
+            uid,
+            vault: running.handle,
+        },
         keystore,
         keystore_warning: opened.warning,
     });

@@ -1,0 +1,871 @@
+//! Typed requests and responses, and their JSON wire shapes.
+//!
+//! A request is `{"id": <u64>, "type": "...", ...fields}`. A response is either
+//! `{"id": <u64>, "ok": true, "type": "...", ...fields}` or
+//! `{"id": <u64|null>, "ok": false, "error": {"name": "...", "message": "..."}}`.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::b64::Base64Url;
+use crate::pin::Pin;
+use crate::webauthn::{
+    AuthenticationResponseJson, PublicKeyCredentialCreationOptionsJson,
+    PublicKeyCredentialRequestOptionsJson, RegistrationResponseJson,
+};
+
+/// A request frame: an id chosen by the caller and the request itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Echoed in the response so callers can match answers to questions.
+    pub id: u64,
+    /// What is asked.
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+/// What a caller can ask the daemon. The `"type"` field selects the variant.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "plain fields keep the daemon's construction and matching simple; a request lives once per connection"
+)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum RequestBody {
+    /// `navigator.credentials.create()` on behalf of `origin`.
+    Create {
+        /// The web origin the caller acts for, e.g. `https://example.com`.
+        origin: String,
+        /// The relying party's options.
+        options: PublicKeyCredentialCreationOptionsJson,
+        /// PIN for user verification, if the caller collected one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<Pin>,
+    },
+    /// `navigator.credentials.get()` on behalf of `origin`.
+    Get {
+        /// The web origin the caller acts for.
+        origin: String,
+        /// The relying party's options.
+        options: PublicKeyCredentialRequestOptionsJson,
+        /// PIN for user verification, if the caller collected one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<Pin>,
+    },
+    /// List the caller's passkeys, optionally only those of one relying party.
+    List {
+        /// Only passkeys for this relying party id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rp_id: Option<String>,
+    },
+    /// Delete one passkey.
+    Delete {
+        /// The credential to delete.
+        credential_id: Base64Url,
+    },
+    /// Daemon and vault status.
+    Status,
+    /// Set or change the PIN.
+    SetPin {
+        /// The new PIN.
+        pin: Pin,
+        /// The current PIN, required when one is set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current_pin: Option<Pin>,
+    },
+}
+
+impl RequestBody {
+    /// The wire `"type"` of this request, for logs and error messages (never the contents).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "create",
+            Self::Get { .. } => "get",
+            Self::List { .. } => "list",
+            Self::Delete { .. } => "delete",
+            Self::Status => "status",
+            Self::SetPin { .. } => "setPin",
+        }
+    }
+}
+
+/// A successful answer. The `"type"` matches the request's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ResponseBody {
+    /// The new credential.
+    Create {
+        /// `RegistrationResponseJSON`, ready to hand to the relying party.
+        credential: RegistrationResponseJson,
+    },
+    /// The assertion.
+    Get {
+        /// `AuthenticationResponseJSON`, ready to hand to the relying party.
+        credential: AuthenticationResponseJson,
+    },
+    /// The caller's passkeys.
+    List {
+        /// One entry per passkey.
+        passkeys: Vec<PasskeyInfo>,
+    },
+    /// Result of a delete.
+    Delete {
+        /// False if no such credential existed.
+        deleted: bool,
+    },
+    /// Daemon and vault status.
+    Status {
+        /// The status.
+        status: StatusInfo,
+    },
+    /// The PIN was set.
+    SetPin {},
+}
+
+impl ResponseBody {
+    /// The wire `"type"` of this response.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "create",
+            Self::Get { .. } => "get",
+            Self::List { .. } => "list",
+            Self::Delete { .. } => "delete",
+            Self::Status { .. } => "status",
+            Self::SetPin {} => "setPin",
+        }
+    }
+}
+
+/// One passkey as `list` shows it. No key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PasskeyInfo {
+    /// The credential id.
+    pub credential_id: Base64Url,
+    /// The relying party id it is scoped to.
+    pub rp_id: String,
+    /// The account name.
+    pub user_name: String,
+    /// The account's display name.
+    pub user_display_name: String,
+    /// The relying party's user handle.
+    pub user_handle: Base64Url,
+    /// A label the user gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Whether another paired device is known to hold it (the BS flag).
+    pub backed_up: bool,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusInfo {
+    /// Daemon version.
+    pub version: String,
+    /// The caller's uid, i.e. whose vault this is.
+    pub uid: u32,
+    /// The vault's id.
+    pub vault_id: String,
+    /// Number of passkeys in the vault.
+    pub passkeys: u64,
+    /// Which keystore seals the device secrets (`"tpm"` or `"software"`).
+    pub keystore: String,
+    /// Set when secrets are not TPM-protected, for display to the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystore_warning: Option<String>,
+    /// Whether a PIN is set.
+    pub pin_set: bool,
+    /// PIN attempts left before lockout.
+    pub pin_attempts_left: u32,
+    /// Remaining lockout, if the PIN is locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_locked_for_ms: Option<u64>,
+}
+
+/// WebAuthn `DOMException` names the daemon answers with.
+///
+/// Serialized as exactly the variant name; an unknown name on input reads as `UnknownError`, so
+/// older clients keep working when a newer daemon adds names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorName {
+    /// User verification failed or was required, PIN locked, unknown credential, caller refused.
+    NotAllowedError,
+    /// An excluded credential already exists here.
+    InvalidStateError,
+    /// Origin and rpId do not match, or the origin is not secure.
+    SecurityError,
+    /// The request asks for something this authenticator does not do.
+    NotSupportedError,
+    /// A size or option constraint cannot be met.
+    ConstraintError,
+    /// The operation was cancelled.
+    AbortError,
+    /// The frame was not UTF-8 JSON.
+    SyntaxError,
+    /// The JSON was not a valid request.
+    TypeError,
+    /// A value was well-formed but unusable.
+    DataError,
+    /// Internal failure, or a name this version does not know.
+    UnknownError,
+}
+
+impl ErrorName {
+    /// Every name, in declaration order.
+    pub const ALL: [ErrorName; 10] = [
+        Self::NotAllowedError,
+        Self::InvalidStateError,
+        Self::SecurityError,
+        Self::NotSupportedError,
+        Self::ConstraintError,
+        Self::AbortError,
+        Self::SyntaxError,
+        Self::TypeError,
+        Self::DataError,
+        Self::UnknownError,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotAllowedError => "NotAllowedError",
+            Self::InvalidStateError => "InvalidStateError",
+            Self::SecurityError => "SecurityError",
+            Self::NotSupportedError => "NotSupportedError",
+            Self::ConstraintError => "ConstraintError",
+            Self::AbortError => "AbortError",
+            Self::SyntaxError => "SyntaxError",
+            Self::TypeError => "TypeError",
+            Self::DataError => "DataError",
+            Self::UnknownError => "UnknownError",
+        }
+    }
+
+    /// Parses a wire name; anything unrecognised becomes `UnknownError`.
+    pub fn from_name(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|n| n.as_str() == name)
+            .unwrap_or(Self::UnknownError)
+    }
+}
+
+impl fmt::Display for ErrorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(Self::from_name(&name))
+    }
+}
+
+/// A failed request: a WebAuthn error name and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Which kind of failure.
+    pub name: ErrorName,
+    /// What went wrong, for humans. Never contains secrets.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Builds an error body.
+    pub fn new(name: ErrorName, message: impl Into<String>) -> Self {
+        Self {
+            name,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+impl std::error::Error for ErrorBody {}
+
+/// A response frame.
+///
+/// `id` is `None` only when the server could not tell which request it answers (the frame was
+/// not JSON, had no usable id, or the connection was refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The id of the request answered.
+    pub id: Option<u64>,
+    /// The answer.
+    pub result: Result<ResponseBody, ErrorBody>,
+}
+
+impl Response {
+    /// A successful response to request `id`.
+    pub fn ok(id: u64, body: ResponseBody) -> Self {
+        Self {
+            id: Some(id),
+            result: Ok(body),
+        }
+    }
+
+    /// A failed response.
+    pub fn error(id: Option<u64>, error: ErrorBody) -> Self {
+        Self {
+            id,
+            result: Err(error),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OkWire<'a> {
+    id: Option<u64>,
+    ok: bool,
+    #[serde(flatten)]
+    body: &'a ResponseBody,
+}
+
+#[derive(Serialize)]
+struct ErrWire<'a> {
+    id: Option<u64>,
+    ok: bool,
+    error: &'a ErrorBody,
+}
+
+impl Serialize for Response {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.result {
+            Ok(body) => OkWire {
+                id: self.id,
+                ok: true,
+                body,
+            }
+            .serialize(serializer),
+            Err(error) => ErrWire {
+                id: self.id,
+                ok: false,
+                error,
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut map = serde_json::Map::deserialize(deserializer)?;
+        let id = match map.remove("id") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or_else(|| de::Error::custom("`id` must be an unsigned integer or null"))?,
+            ),
+        };
+        let ok = match map.remove("ok") {
+            Some(Value::Bool(ok)) => ok,
+            Some(_) => return Err(de::Error::custom("`ok` must be a boolean")),
+            None => return Err(de::Error::missing_field("ok")),
+        };
+        let result = if ok {
+            Ok(ResponseBody::deserialize(Value::Object(map)).map_err(de::Error::custom)?)
+        } else {
+            let error = map
+                .remove("error")
+                .ok_or_else(|| de::Error::missing_field("error"))?;
+            Err(ErrorBody::deserialize(error).map_err(de::Error::custom)?)
+        };
+        Ok(Self { id, result })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::webauthn::*;
+
+    /// Serializes `value` and checks it equals the literal `expected` JSON.
+    fn assert_wire<T: Serialize>(value: &T, expected: &str) {
+        let got: Value = serde_json::to_value(value).unwrap();
+        let want: Value = serde_json::from_str(expected).unwrap();
+        assert_eq!(got, want);
+    }
+
+    /// Parses the literal, re-serializes it, and checks nothing changed.
+    fn round_trip_request(literal: &str) -> Request {
+        let parsed: Request = serde_json::from_str(literal).unwrap();
+        assert_wire(&parsed, literal);
+        parsed
+    }
+
+    fn round_trip_response(literal: &str) -> Response {
+        let parsed: Response = serde_json::from_str(literal).unwrap();
+        assert_wire(&parsed, literal);
+        parsed
+    }
+
+    const CREATE_OPTIONS: &str = r#"{
+        "rp": {"id": "example.com", "name": "Example"},
+        "user": {"id": "dXNlci0x", "name": "alice@example.com", "displayName": "Alice"},
+        "challenge": "Y2hhbGxlbmdl",
+        "pubKeyCredParams": [{"type": "public-key", "alg": -7}, {"type": "public-key", "alg": -257}],
+        "timeout": 60000,
+        "excludeCredentials": [{"type": "public-key", "id": "AQID", "transports": ["internal"]}],
+        "authenticatorSelection": {"residentKey": "required", "requireResidentKey": true, "userVerification": "preferred"},
+        "attestation": "none",
+        "extensions": {"credProps": true}
+    }"#;
+
+    #[test]
+    fn create_request() {
+        let literal = format!(
+            r#"{{"id": 7, "type": "create", "origin": "https://example.com", "pin": "1234", "options": {CREATE_OPTIONS}}}"#
+        );
+        let req = round_trip_request(&literal);
+        assert_eq!(req.id, 7);
+        let RequestBody::Create {
+            origin,
+            options,
+            pin,
+        } = req.body
+        else {
+            panic!("expected create");
+        };
+        assert_eq!(origin, "https://example.com");
+        assert_eq!(pin.unwrap().as_str(), "1234");
+        assert_eq!(options.rp.id.as_deref(), Some("example.com"));
+        assert_eq!(options.user.id.as_bytes(), b"user-1");
+        assert_eq!(options.user.display_name, "Alice");
+        assert_eq!(options.challenge.as_bytes(), b"challenge");
+        assert_eq!(options.pub_key_cred_params[0].alg, -7);
+        assert_eq!(options.exclude_credentials[0].id.as_bytes(), [1, 2, 3]);
+        let sel = options.authenticator_selection.unwrap();
+        assert_eq!(sel.resident_key.as_deref(), Some("required"));
+        assert!(sel.require_resident_key);
+        assert_eq!(options.extensions.cred_props, Some(true));
+    }
+
+    #[test]
+    fn get_request() {
+        let req = round_trip_request(
+            r#"{"id": 8, "type": "get", "origin": "https://login.example.com",
+                "options": {"challenge": "AAEC", "rpId": "example.com", "timeout": 30000,
+                            "allowCredentials": [{"type": "public-key", "id": "BAUG"}],
+                            "userVerification": "required"}}"#,
+        );
+        let RequestBody::Get { options, pin, .. } = req.body else {
+            panic!("expected get");
+        };
+        assert!(pin.is_none());
+        assert_eq!(options.rp_id.as_deref(), Some("example.com"));
+        assert_eq!(options.allow_credentials[0].id.as_bytes(), [4, 5, 6]);
+        assert!(options.allow_credentials[0].transports.is_empty());
+        assert_eq!(options.user_verification.as_deref(), Some("required"));
+    }
+
+    #[test]
+    fn list_delete_status_set_pin_requests() {
+        let req = round_trip_request(r#"{"id": 1, "type": "list", "rpId": "example.com"}"#);
+        assert!(matches!(req.body, RequestBody::List { rp_id: Some(ref r) } if r == "example.com"));
+        let req = round_trip_request(r#"{"id": 2, "type": "list"}"#);
+        assert!(matches!(req.body, RequestBody::List { rp_id: None }));
+        let req = round_trip_request(r#"{"id": 3, "type": "delete", "credentialId": "AQID"}"#);
+        assert!(
+            matches!(req.body, RequestBody::Delete { ref credential_id } if credential_id.as_bytes() == [1, 2, 3])
+        );
+        let req = round_trip_request(r#"{"id": 4, "type": "status"}"#);
+        assert!(matches!(req.body, RequestBody::Status));
+        let req = round_trip_request(
+            r#"{"id": 5, "type": "setPin", "pin": "9999", "currentPin": "1234"}"#,
+        );
+        let RequestBody::SetPin { pin, current_pin } = req.body else {
+            panic!("expected setPin");
+        };
+        assert_eq!(pin.as_str(), "9999");
+        assert_eq!(current_pin.unwrap().as_str(), "1234");
+        round_trip_request(r#"{"id": 6, "type": "setPin", "pin": "9999"}"#);
+    }
+
+    #[test]
+    fn request_kinds_match_the_wire_type() {
+        for literal in [
+            r#"{"id": 1, "type": "list"}"#,
+            r#"{"id": 1, "type": "delete", "credentialId": ""}"#,
+            r#"{"id": 1, "type": "status"}"#,
+            r#"{"id": 1, "type": "setPin", "pin": ""}"#,
+        ] {
+            let req: Request = serde_json::from_str(literal).unwrap();
+            let value: Value = serde_json::from_str(literal).unwrap();
+            assert_eq!(value["type"], req.body.kind());
+        }
+    }
+
+    #[test]
+    fn debug_of_a_request_hides_pins() {
+        let req: Request = serde_json::from_str(
+            r#"{"id": 5, "type": "setPin", "pin": "secret-pin-9", "currentPin": "old-pin-1"}"#,
+        )
+        .unwrap();
+        let debug = format!("{req:?}");
+        assert!(!debug.contains("secret-pin-9"), "{debug}");
+        assert!(!debug.contains("old-pin-1"), "{debug}");
+    }
+
+    #[test]
+    fn invalid_requests_are_rejected() {
+        for bad in [
+            r#"{"id": 1, "type": "frobnicate"}"#,
+            r#"{"id": 1}"#,
+            r#"{"type": "status"}"#,
+            r#"{"id": -1, "type": "status"}"#,
+            r#"{"id": "1", "type": "status"}"#,
+            r#"{"id": 1, "type": "delete"}"#,
+            r#"{"id": 1, "type": "delete", "credentialId": "+/+/"}"#,
+            r#"{"id": 1, "type": "setPin", "pin": 1234}"#,
+            r#"[1, 2]"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn registration() -> RegistrationResponseJson {
+        RegistrationResponseJson {
+            id: "AQID".into(),
+            raw_id: Base64Url(vec![1, 2, 3]),
+            response: AuthenticatorAttestationResponseJson {
+                client_data_json: Base64Url(b"{}".to_vec()),
+                authenticator_data: Base64Url(vec![9; 3]),
+                transports: vec!["internal".into(), "hybrid".into()],
+                public_key: Some(Base64Url(vec![0x30, 0x59])),
+                public_key_algorithm: -7,
+                attestation_object: Base64Url(vec![0xA3]),
+            },
+            authenticator_attachment: Some("platform".into()),
+            client_extension_results: ClientExtensionResults {
+                cred_props: Some(CredProps { rk: true }),
+            },
+            type_: PUBLIC_KEY_TYPE.into(),
+        }
+    }
+
+    #[test]
+    fn create_response() {
+        let literal = r#"{"id": 7, "ok": true, "type": "create", "credential": {
+            "id": "AQID", "rawId": "AQID",
+            "response": {"clientDataJSON": "e30", "authenticatorData": "CQkJ",
+                         "transports": ["internal", "hybrid"], "publicKey": "MFk",
+                         "publicKeyAlgorithm": -7, "attestationObject": "ow"},
+            "authenticatorAttachment": "platform",
+            "clientExtensionResults": {"credProps": {"rk": true}},
+            "type": "public-key"}}"#;
+        let resp = Response::ok(
+            7,
+            ResponseBody::Create {
+                credential: registration(),
+            },
+        );
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+    }
+
+    #[test]
+    fn create_response_without_optional_parts() {
+        let mut credential = registration();
+        credential.response.public_key = None;
+        credential.authenticator_attachment = None;
+        credential.client_extension_results = ClientExtensionResults::default();
+        let resp = Response::ok(7, ResponseBody::Create { credential });
+        let literal = r#"{"id": 7, "ok": true, "type": "create", "credential": {
+            "id": "AQID", "rawId": "AQID",
+            "response": {"clientDataJSON": "e30", "authenticatorData": "CQkJ",
+                         "transports": ["internal", "hybrid"],
+                         "publicKeyAlgorithm": -7, "attestationObject": "ow"},
+            "clientExtensionResults": {},
+            "type": "public-key"}}"#;
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+    }
+
+    #[test]
+    fn get_response() {
+        let literal = r#"{"id": 8, "ok": true, "type": "get", "credential": {
+            "id": "AQID", "rawId": "AQID",
+            "response": {"clientDataJSON": "e30", "authenticatorData": "CQkJ",
+                         "signature": "MEQ", "userHandle": "dXNlci0x"},
+            "authenticatorAttachment": "platform",
+            "clientExtensionResults": {},
+            "type": "public-key"}}"#;
+        let resp = Response::ok(
+            8,
+            ResponseBody::Get {
+                credential: AuthenticationResponseJson {
+                    id: "AQID".into(),
+                    raw_id: Base64Url(vec![1, 2, 3]),
+                    response: AuthenticatorAssertionResponseJson {
+                        client_data_json: Base64Url(b"{}".to_vec()),
+                        authenticator_data: Base64Url(vec![9; 3]),
+                        signature: Base64Url(vec![0x30, 0x44]),
+                        user_handle: Some(Base64Url(b"user-1".to_vec())),
+                    },
+                    authenticator_attachment: Some("platform".into()),
+                    client_extension_results: ClientExtensionResults::default(),
+                    type_: PUBLIC_KEY_TYPE.into(),
+                },
+            },
+        );
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+    }
+
+    #[test]
+    fn list_response() {
+        let literal = r#"{"id": 1, "ok": true, "type": "list", "passkeys": [
+            {"credentialId": "AQID", "rpId": "example.com", "userName": "alice@example.com",
+             "userDisplayName": "Alice", "userHandle": "dXNlci0x", "label": "work laptop",
+             "createdAtMs": 1700000000000, "backedUp": true},
+            {"credentialId": "BAUG", "rpId": "example.org", "userName": "bob",
+             "userDisplayName": "Bob", "userHandle": "Ym9i",
+             "createdAtMs": 1700000000001, "backedUp": false}]}"#;
+        let resp = Response::ok(
+            1,
+            ResponseBody::List {
+                passkeys: vec![
+                    PasskeyInfo {
+                        credential_id: Base64Url(vec![1, 2, 3]),
+                        rp_id: "example.com".into(),
+                        user_name: "alice@example.com".into(),
+                        user_display_name: "Alice".into(),
+                        user_handle: Base64Url(b"user-1".to_vec()),
+                        label: Some("work laptop".into()),
+                        created_at_ms: 1_700_000_000_000,
+                        backed_up: true,
+                    },
+                    PasskeyInfo {
+                        credential_id: Base64Url(vec![4, 5, 6]),
+                        rp_id: "example.org".into(),
+                        user_name: "bob".into(),
+                        user_display_name: "Bob".into(),
+                        user_handle: Base64Url(b"bob".to_vec()),
+                        label: None,
+                        created_at_ms: 1_700_000_000_001,
+                        backed_up: false,
+                    },
+                ],
+            },
+        );
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+    }
+
+    #[test]
+    fn delete_status_set_pin_responses() {
+        let literal = r#"{"id": 3, "ok": true, "type": "delete", "deleted": true}"#;
+        let resp = Response::ok(3, ResponseBody::Delete { deleted: true });
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+
+        let literal = r#"{"id": 4, "ok": true, "type": "status", "status": {
+            "version": "0.1.0", "uid": 1000, "vaultId": "v-1", "passkeys": 12,
+            "keystore": "software", "keystoreWarning": "no TPM: secrets are sealed in software",
+            "pinSet": true, "pinAttemptsLeft": 0, "pinLockedForMs": 30000}}"#;
+        let resp = Response::ok(
+            4,
+            ResponseBody::Status {
+                status: StatusInfo {
+                    version: "0.1.0".into(),
+                    uid: 1000,
+                    vault_id: "v-1".into(),
+                    passkeys: 12,
+                    keystore: "software".into(),
+                    keystore_warning: Some("no TPM: secrets are sealed in software".into()),
+                    pin_set: true,
+                    pin_attempts_left: 0,
+                    pin_locked_for_ms: Some(30_000),
+                },
+            },
+        );
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+
+        let literal = r#"{"id": 5, "ok": true, "type": "setPin"}"#;
+        let resp = Response::ok(5, ResponseBody::SetPin {});
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+    }
+
+    #[test]
+    fn error_responses() {
+        let literal = r#"{"id": 9, "ok": false, "error": {"name": "NotAllowedError", "message": "user verification required"}}"#;
+        let resp = Response::error(
+            Some(9),
+            ErrorBody::new(ErrorName::NotAllowedError, "user verification required"),
+        );
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+
+        let literal =
+            r#"{"id": null, "ok": false, "error": {"name": "SyntaxError", "message": "bad"}}"#;
+        let resp = Response::error(None, ErrorBody::new(ErrorName::SyntaxError, "bad"));
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+    }
+
+    #[test]
+    fn every_error_name_round_trips_and_unknown_names_degrade() {
+        for name in ErrorName::ALL {
+            let json = serde_json::to_string(&name).unwrap();
+            assert_eq!(json, format!("\"{}\"", name.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorName>(&json).unwrap(), name);
+        }
+        assert_eq!(
+            serde_json::from_str::<ErrorName>(r#""QuotaExceededError""#).unwrap(),
+            ErrorName::UnknownError
+        );
+        let resp: Response = serde_json::from_str(
+            r#"{"id": 1, "ok": false, "error": {"name": "FancyNewError", "message": "m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(resp.result.unwrap_err().name, ErrorName::UnknownError);
+    }
+
+    #[test]
+    fn malformed_responses_are_rejected() {
+        for bad in [
+            r#"{"id": 1, "type": "delete", "deleted": true}"#,
+            r#"{"id": 1, "ok": "yes", "type": "delete", "deleted": true}"#,
+            r#"{"id": -4, "ok": true, "type": "delete", "deleted": true}"#,
+            r#"{"id": 1, "ok": false}"#,
+            r#"{"id": 1, "ok": true, "type": "nope"}"#,
+            r#"{"id": 1, "ok": true, "type": "delete"}"#,
+        ] {
+            assert!(serde_json::from_str::<Response>(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// What a page would pass to `PublicKeyCredential.parseCreationOptionsFromJSON`, as produced
+    /// by a typical relying-party library, with fields this crate does not know.
+    #[test]
+    fn realistic_browser_creation_options() {
+        let json = r#"{
+            "rp": {"name": "Example Corp", "id": "login.example.com", "icon": "https://x/y.png"},
+            "user": {
+                "id": "3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                "name": "alice@example.com",
+                "displayName": "Alice Liddell"
+            },
+            "challenge": "gqVqGrzAQ4mCUsk7rRvg0mi4YI6y2r7wCq0t3gAPmrE",
+            "pubKeyCredParams": [
+                {"alg": -8, "type": "public-key"},
+                {"alg": -7, "type": "public-key"},
+                {"alg": -257, "type": "public-key"}
+            ],
+            "timeout": 300000,
+            "excludeCredentials": [
+                {"id": "lLTXAjc5GhAqW_Dnd_OQ5g", "type": "public-key", "transports": ["internal", "hybrid"]}
+            ],
+            "authenticatorSelection": {
+                "residentKey": "required",
+                "requireResidentKey": true,
+                "userVerification": "required",
+                "authenticatorAttachment": "platform"
+            },
+            "hints": ["client-device"],
+            "attestation": "none",
+            "attestationFormats": [],
+            "extensions": {"credProps": true, "prf": {"eval": {"first": "AAAA"}}},
+            "mediation": "conditional",
+            "someFutureField": {"nested": [1, 2, 3]}
+        }"#;
+        let options: PublicKeyCredentialCreationOptionsJson = serde_json::from_str(json).unwrap();
+        assert_eq!(options.rp.id.as_deref(), Some("login.example.com"));
+        assert_eq!(options.user.id.as_bytes().len(), 32);
+        assert_eq!(options.user.id.as_bytes()[..4], [0xDE, 0xAD, 0xBE, 0xEF]);
+        assert_eq!(options.challenge.as_bytes().len(), 32);
+        let algs: Vec<i64> = options.pub_key_cred_params.iter().map(|p| p.alg).collect();
+        assert_eq!(algs, [-8, -7, -257]);
+        assert!(
+            options
+                .pub_key_cred_params
+                .iter()
+                .all(|p| p.type_ == "public-key")
+        );
+        assert_eq!(options.timeout, Some(300_000));
+        assert_eq!(options.exclude_credentials.len(), 1);
+        assert_eq!(
+            options.exclude_credentials[0].transports,
+            ["internal", "hybrid"]
+        );
+        let sel = options.authenticator_selection.as_ref().unwrap();
+        assert_eq!(sel.authenticator_attachment.as_deref(), Some("platform"));
+        assert_eq!(sel.user_verification.as_deref(), Some("required"));
+        assert_eq!(options.hints, ["client-device"]);
+        assert_eq!(options.attestation.as_deref(), Some("none"));
+        assert_eq!(options.extensions.cred_props, Some(true));
+        assert_eq!(
+            options.extensions.other.get("prf"),
+            Some(&json!({"eval": {"first": "AAAA"}}))
+        );
+
+        // The same options, wrapped in a request, survive the flattened request envelope.
+        let request = format!(
+            r#"{{"id": 42, "type": "create", "origin": "https://login.example.com", "options": {json}}}"#
+        );
+        let req: Request = serde_json::from_str(&request).unwrap();
+        let RequestBody::Create {
+            options: wrapped, ..
+        } = req.body
+        else {
+            panic!("expected create");
+        };
+        assert_eq!(wrapped, options);
+    }
+
+    #[test]
+    fn minimal_creation_options_take_defaults() {
+        let options: PublicKeyCredentialCreationOptionsJson = serde_json::from_str(
+            r#"{"rp": {"name": "X"}, "user": {"id": "AA", "name": "u", "displayName": "U"},
+                "challenge": "AA", "pubKeyCredParams": []}"#,
+        )
+        .unwrap();
+        assert!(options.rp.id.is_none());
+        assert!(options.exclude_credentials.is_empty());
+        assert!(options.authenticator_selection.is_none());
+        assert!(options.extensions.is_empty());
+        assert_wire(
+            &options,
+            r#"{"rp": {"name": "X"}, "user": {"id": "AA", "name": "u", "displayName": "U"},
+                "challenge": "AA", "pubKeyCredParams": []}"#,
+        );
+    }
+
+    #[test]
+    fn error_body_display() {
+        let e = ErrorBody::new(ErrorName::SecurityError, "origin does not match rpId");
+        assert_eq!(e.to_string(), "SecurityError: origin does not match rpId");
+    }
+}
