@@ -203,7 +203,7 @@ pub fn make_credential(
             client_data_json: Base64Url(client_data),
             attestation_object: Base64Url(cbor::attestation_object_none(&auth_data)),
             authenticator_data: Base64Url(auth_data),
-            transports: vec!["internal".to_owned(), "hybrid".to_owned()],
+            transports: vec!["internal".to_owned()],
             public_key: Some(Base64Url(spki.as_bytes().to_vec())),
             public_key_algorithm: ES256,
         },

@@ -1,1 +1,24 @@
-//! placeholder
+//! End-to-end test harness for Passmesh: starts real `passmeshd` daemons in temporary
+//! directories, talks to them over their Unix socket (and through the `passmesh` CLI), and
+//! checks their WebAuthn answers with an independent relying party (webauthn-rs-core).
+//!
+//! What it does not do: it contains no daemon logic and never links the daemon crate; the
+//! daemon and CLI are separate processes, built on first use by [`binaries`].
+//!
+//! Modules:
+//! - [`bins`] — locate (and build once) the `passmeshd` and `passmesh` binaries.
+//! - [`daemon`] — [`Daemon`]: spawn, wait until serving, restart, SIGKILL, run the CLI.
+//! - [`ops`] — typed request helpers over [`passmesh_ipc::Client`], vault snapshots, error checks.
+//! - [`rp`] — a relying party wrapping webauthn-rs-core, speaking Passmesh's JSON types.
+//! - [`authdata`] — a small parser for authenticator data, so tests can read flags and the AAGUID.
+//!
+//! The integration tests live in `tests/e2e/`; the benchmark is `src/bin/passmesh-bench.rs`.
+
+pub mod authdata;
+pub mod bins;
+pub mod daemon;
+pub mod ops;
+pub mod rp;
+
+pub use bins::{Binaries, binaries};
+pub use daemon::{CliOutput, Daemon, DaemonOptions, run_cli};

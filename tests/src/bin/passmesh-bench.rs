@@ -1,0 +1,520 @@
+//! `passmesh-bench`: measures a real (release) `passmeshd` against the performance goals
+//! of the product brief and prints one table.
+//!
+//! Run: `cargo run --release -p passmesh-tests --bin passmesh-bench [-- --quick]`.
+//!
+//! Measured: one raw ES256 signature (p256) as the floor; `get` over the socket with 1 and
+//! 8 concurrent clients; durable `create`; a 10,000-passkey vault (load time, bytes on
+//! disk, idle RSS, restart-to-serving time, RSS after restart).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::elliptic_curve::Generate as _;
+use passmesh_ipc::{
+    Base64Url, Client, PublicKeyCredentialCreationOptionsJson,
+    PublicKeyCredentialRequestOptionsJson,
+};
+use passmesh_tests::rp::{RegistrationOptions, RelyingParty, User, UserVerificationPolicy};
+use passmesh_tests::{Daemon, DaemonOptions, ops};
+
+const RP_ID: &str = "example.com";
+const ORIGIN: &str = "https://login.example.com";
+const CONCURRENT_CLIENTS: usize = 8;
+
+struct Plan {
+    sign_iterations: usize,
+    get_duration: Duration,
+    creates: usize,
+    vault_size: usize,
+    idle_wait: Duration,
+}
+
+impl Plan {
+    fn full() -> Plan {
+        Plan {
+            sign_iterations: 5_000,
+            get_duration: Duration::from_secs(3),
+            creates: 300,
+            vault_size: 10_000,
+            idle_wait: Duration::from_secs(2),
+        }
+    }
+
+    fn quick() -> Plan {
+        Plan {
+            sign_iterations: 500,
+            get_duration: Duration::from_secs(1),
+            creates: 50,
+            vault_size: 1_000,
+            idle_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Latency samples with order statistics.
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.0.clone();
+        sorted.sort_unstable();
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    fn median(&self) -> Duration {
+        self.percentile(0.5)
+    }
+
+    fn p99(&self) -> Duration {
+        self.percentile(0.99)
+    }
+}
+
+/// One line of the result table.
+struct Row {
+    metric: String,
+    value: String,
+    target: String,
+    verdict: &'static str,
+}
+
+fn row(metric: impl Into<String>, value: impl Into<String>) -> Row {
+    Row {
+        metric: metric.into(),
+        value: value.into(),
+        target: "-".to_owned(),
+        verdict: "",
+    }
+}
+
+fn judged(
+    metric: impl Into<String>,
+    value: impl Into<String>,
+    target: impl Into<String>,
+    ok: bool,
+) -> Row {
+    Row {
+        metric: metric.into(),
+        value: value.into(),
+        target: target.into(),
+        verdict: if ok { "PASS" } else { "FAIL" },
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns < 10_000 {
+        format!("{ns} ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.2} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.2} s", ns as f64 / 1e9)
+    }
+}
+
+fn fmt_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+/// A signature over as many bytes as an assertion signs: authenticatorData (37 bytes)
+/// followed by the SHA-256 of clientDataJSON (32 bytes).
+fn bench_raw_signature(iterations: usize) -> Samples {
+    let key = SigningKey::generate();
+    let mut message = [0u8; 69];
+    let mut samples = Vec::with_capacity(iterations);
+    for i in 0..iterations + iterations / 10 {
+        message[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let start = Instant::now();
+        let signature: Signature = key.sign(&message);
+        let elapsed = start.elapsed();
+        std::hint::black_box(signature);
+        // The first tenth warms caches and CPU frequency.
+        if i >= iterations / 10 {
+            samples.push(elapsed);
+        }
+    }
+    Samples(samples)
+}
+
+/// Request options with a fresh challenge per call, as a page would send.
+fn with_challenge(
+    base: &PublicKeyCredentialRequestOptionsJson,
+    n: u64,
+) -> PublicKeyCredentialRequestOptionsJson {
+    let mut options = base.clone();
+    let mut challenge = n.to_le_bytes().to_vec();
+    challenge.resize(32, 0xc4);
+    options.challenge = Base64Url(challenge);
+    options
+}
+
+/// Creation options for user number `n`, from a template made once by the RP.
+fn for_user(
+    template: &PublicKeyCredentialCreationOptionsJson,
+    n: u64,
+) -> PublicKeyCredentialCreationOptionsJson {
+    let mut options = template.clone();
+    options.user.id = Base64Url(format!("bench-user-{n}").into_bytes());
+    options.user.name = format!("user{n}@example.com");
+    options.user.display_name = format!("User {n}");
+    let mut challenge = n.to_be_bytes().to_vec();
+    challenge.resize(32, 0x3a);
+    options.challenge = Base64Url(challenge);
+    options
+}
+
+/// Runs `get` back to back on one connection for `duration`.
+async fn get_loop(
+    mut client: Client,
+    base: PublicKeyCredentialRequestOptionsJson,
+    duration: Duration,
+    seed: u64,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    let mut n = seed;
+    while started.elapsed() < duration {
+        let options = with_challenge(&base, n);
+        n += 1;
+        let t = Instant::now();
+        ops::get(&mut client, ORIGIN, options, None)
+            .await
+            .context("get failed during the benchmark")?;
+        latencies.push(t.elapsed());
+    }
+    Ok(latencies)
+}
+
+/// `get` throughput and latency with `clients` concurrent connections.
+async fn bench_get(
+    daemon: &Daemon,
+    base: &PublicKeyCredentialRequestOptionsJson,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<(Samples, f64)> {
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let client = daemon.client().await?;
+        tasks.push(tokio::spawn(get_loop(
+            client,
+            base.clone(),
+            duration,
+            (i as u64) << 40,
+        )));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.context("get task panicked")??);
+    }
+    let elapsed = started.elapsed();
+    let rate = all.len() as f64 / elapsed.as_secs_f64();
+    Ok((Samples(all), rate))
+}
+
+/// Sequential durable creates.
+async fn bench_create(
+    daemon: &Daemon,
+    template: &PublicKeyCredentialCreationOptionsJson,
+    count: usize,
+) -> anyhow::Result<Samples> {
+    let mut client = daemon.client().await?;
+    let mut samples = Vec::with_capacity(count);
+    for n in 0..count as u64 {
+        let options = for_user(template, 1_000_000 + n);
+        let t = Instant::now();
+        ops::create(&mut client, ORIGIN, options, None)
+            .await
+            .context("create failed during the benchmark")?;
+        samples.push(t.elapsed());
+    }
+    Ok(Samples(samples))
+}
+
+/// Creates `total` passkeys over `clients` parallel connections; returns the wall time.
+async fn fill_vault(
+    daemon: &Daemon,
+    template: &PublicKeyCredentialCreationOptionsJson,
+    total: usize,
+    clients: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let mut client = daemon.client().await?;
+        let template = template.clone();
+        let share: Vec<u64> = (0..total as u64)
+            .filter(|n| *n as usize % clients == i)
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            for n in share {
+                ops::create(&mut client, ORIGIN, for_user(&template, n), None)
+                    .await
+                    .context("create failed while filling the vault")?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("fill task panicked")??;
+    }
+    Ok(started.elapsed())
+}
+
+fn dir_size(path: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).with_context(|| format!("read {}", path.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc/PID/status")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS line")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// The 1-minute load average: other work on the machine skews every number here.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn print_table(rows: &[Row]) {
+    let w0 = rows
+        .iter()
+        .map(|r| r.metric.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let w1 = rows
+        .iter()
+        .map(|r| r.value.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let w2 = rows
+        .iter()
+        .map(|r| r.target.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "| {:w0$} | {:>w1$} | {:w2$} | result |",
+        "metric", "value", "target"
+    );
+    println!(
+        "|{}|{}|{}|--------|",
+        "-".repeat(w0 + 2),
+        "-".repeat(w1 + 2),
+        "-".repeat(w2 + 2)
+    );
+    for r in rows {
+        println!(
+            "| {:w0$} | {:>w1$} | {:w2$} | {:6} |",
+            r.metric, r.value, r.target, r.verdict
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    if let Some(other) = args.iter().find(|a| *a != "--quick") {
+        bail!("unknown argument {other}; usage: passmesh-bench [--quick]");
+    }
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let load_before = load_average();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "passmesh-bench: {} run on {cores} cores; building/starting the daemon…",
+        if quick { "quick" } else { "full" }
+    );
+
+    let mut rows = Vec::new();
+
+    // 1. The floor: one raw ES256 signature.
+    let raw_median = bench_raw_signature(plan.sign_iterations).median();
+    rows.push(row("raw ES256 signature, median", fmt_duration(raw_median)));
+    rows.push(row(
+        "raw ES256 signatures/s (1 thread)",
+        format!("{:.0}", 1.0 / raw_median.as_secs_f64()),
+    ));
+
+    // 2. get over the socket.
+    let daemon = Daemon::start(DaemonOptions::default()).await?;
+    rows.push(row(
+        "start to serving, empty vault",
+        fmt_duration(daemon.startup_time()),
+    ));
+    let rp = RelyingParty::new(RP_ID, ORIGIN)?;
+    let mut client = daemon.client().await?;
+    let alice = User::new("alice");
+    let (creation, state) = rp.begin_registration(&alice, &RegistrationOptions::default())?;
+    let template = creation.clone();
+    let response = ops::create(&mut client, ORIGIN, creation, None).await?;
+    let credential = rp.finish_registration(&response, &state)?;
+    let (request, pending) = rp.begin_authentication(
+        std::slice::from_ref(&credential),
+        UserVerificationPolicy::Preferred,
+    )?;
+    // Benchmark only answers a relying party accepts.
+    let assertion = ops::get(&mut client, ORIGIN, request.clone(), None).await?;
+    rp.finish_authentication(&assertion, pending, &[])?;
+
+    // Measured again right before the comparison, under the same machine load.
+    let raw_median = bench_raw_signature(plan.sign_iterations).median();
+    rows.push(row(
+        "raw ES256 signature, median (before get)",
+        fmt_duration(raw_median),
+    ));
+    eprintln!("get, 1 client…");
+    let (one, one_rate) = bench_get(&daemon, &request, 1, plan.get_duration).await?;
+    let ratio = one.median().as_secs_f64() / raw_median.as_secs_f64();
+    rows.push(judged(
+        "get, 1 client: median",
+        fmt_duration(one.median()),
+        format!("<= 3x raw ({})", fmt_duration(raw_median * 3)),
+        ratio <= 3.0,
+    ));
+    rows.push(row(
+        "get, 1 client: median / raw signature",
+        format!("{ratio:.2}x"),
+    ));
+    rows.push(row("get, 1 client: p99", fmt_duration(one.p99())));
+    rows.push(row("get, 1 client: ops/s", format!("{one_rate:.0}")));
+
+    eprintln!("get, {CONCURRENT_CLIENTS} clients…");
+    let (many, many_rate) =
+        bench_get(&daemon, &request, CONCURRENT_CLIENTS, plan.get_duration).await?;
+    rows.push(row(
+        format!("get, {CONCURRENT_CLIENTS} clients: median"),
+        fmt_duration(many.median()),
+    ));
+    rows.push(row(
+        format!("get, {CONCURRENT_CLIENTS} clients: p99"),
+        fmt_duration(many.p99()),
+    ));
+    rows.push(judged(
+        format!("get, {CONCURRENT_CLIENTS} clients: total ops/s"),
+        format!("{many_rate:.0}"),
+        "> 4000/s",
+        many_rate > 4000.0,
+    ));
+
+    // 3. Durable create.
+    eprintln!("create x{}…", plan.creates);
+    let creates = bench_create(&daemon, &template, plan.creates).await?;
+    rows.push(judged(
+        format!("durable create (x{}): median", plan.creates),
+        fmt_duration(creates.median()),
+        "< 5 ms",
+        creates.median() < Duration::from_millis(5),
+    ));
+    rows.push(row(
+        format!("durable create (x{}): p99", plan.creates),
+        fmt_duration(creates.p99()),
+    ));
+    drop(client);
+    drop(daemon);
+
+    // 4. A large vault.
+    let n = plan.vault_size;
+    eprintln!("filling a vault with {n} passkeys…");
+    let mut big = Daemon::start(DaemonOptions::default()).await?;
+    let fill = fill_vault(&big, &template, n, CONCURRENT_CLIENTS).await?;
+    let mut client = big.client().await?;
+    let count = ops::status(&mut client).await?.passkeys;
+    if count != n as u64 {
+        bail!("the vault holds {count} passkeys after creating {n}");
+    }
+    drop(client);
+    rows.push(row(
+        format!("create {n} passkeys ({CONCURRENT_CLIENTS} clients)"),
+        fmt_duration(fill),
+    ));
+    rows.push(row(
+        "  creates/s while filling",
+        format!("{:.0}", n as f64 / fill.as_secs_f64()),
+    ));
+    rows.push(row(
+        format!("state dir size, {n} passkeys"),
+        fmt_bytes(dir_size(big.state_dir())?),
+    ));
+    tokio::time::sleep(plan.idle_wait).await;
+    let pid = big.pid().context("daemon pid")?;
+    let rss = rss_bytes(pid)?;
+    rows.push(judged(
+        format!("idle RSS, {n} passkeys"),
+        fmt_bytes(rss),
+        "< 64 MiB",
+        rss < 64 << 20,
+    ));
+
+    eprintln!("restarting…");
+    big.restart().await?;
+    let startup = big.startup_time();
+    rows.push(judged(
+        format!("restart: spawn to serving, {n} passkeys"),
+        fmt_duration(startup),
+        "< 300 ms",
+        startup < Duration::from_millis(300),
+    ));
+    let mut client = big.client().await?;
+    let count = ops::status(&mut client).await?.passkeys;
+    if count != n as u64 {
+        bail!("the vault holds {count} passkeys after a restart, not {n}");
+    }
+    drop(client);
+    tokio::time::sleep(plan.idle_wait).await;
+    let pid = big.pid().context("daemon pid")?;
+    let rss = rss_bytes(pid)?;
+    rows.push(judged(
+        format!("RSS after restart, {n} passkeys"),
+        fmt_bytes(rss),
+        "< 64 MiB",
+        rss < 64 << 20,
+    ));
+    drop(big);
+
+    println!(
+        "\npassmesh-bench ({} run, {cores} cores, release daemon, software keystore; \
+         load average {load_before} before, {} after; the bench client shares the cores)\n",
+        if quick { "quick" } else { "full" },
+        load_average()
+    );
+    print_table(&rows);
+    Ok(())
+}
