@@ -1,1 +1,35 @@
-//! placeholder
+//! The Passmesh vault: one user's passkeys and device table in an automerge document, every sensitive field
+//! encrypted with XChaCha20-Poly1305 under the vault key of an epoch.
+//!
+//! The document's structure (record ids, tombstones, epochs, device public keys) is visible to anyone holding
+//! a replica; contents (credential ids, rp ids, user data, private keys, times, labels) are not. Each value is
+//! bound to its vault, record or device, field and epoch by its associated data, so ciphertexts cannot be
+//! swapped around undetected. Decrypted records live in an in-memory index, so reads never decrypt.
+//!
+//! Sync is sans-IO: [`Vault::generate_sync_message`] and [`Vault::receive_sync_message`] move opaque bytes,
+//! the caller keeps one [`SyncState`] per peer and owns the transport. This crate does no I/O and knows nothing
+//! of sockets, pairing or the TPM; the only threads it starts are scoped ones that decrypt in parallel during
+//! [`Vault::load`] and finish before it returns. Key rotation (re-encryption) is not implemented yet.
+//!
+//! Modules:
+//! - [`keys`] — [`VaultKey`], [`Epoch`], [`Keyring`].
+//! - [`ids`] — [`RecordId`], [`VaultId`], [`DeviceId`].
+//! - [`record`] — [`NewPasskey`], [`Passkey`], [`Device`].
+//! - [`vault`] — [`Vault`], [`SyncState`].
+//! - [`error`] — [`Error`].
+//! - private: `crypto` (field encryption), `doc` (document shape), `index` (the in-memory index).
+
+mod crypto;
+mod doc;
+pub mod error;
+pub mod ids;
+mod index;
+pub mod keys;
+pub mod record;
+pub mod vault;
+
+pub use error::Error;
+pub use ids::{DeviceId, RecordId, VaultId};
+pub use keys::{Epoch, Keyring, VaultKey};
+pub use record::{Device, NewPasskey, Passkey};
+pub use vault::{SyncState, Vault};

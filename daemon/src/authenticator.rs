@@ -232,8 +232,8 @@ pub struct Credential {
     pub credential_id: Vec<u8>,
     /// The user handle stored at registration.
     pub user_handle: Vec<u8>,
-    /// The raw P-256 private scalar.
-    pub private_key: Zeroizing<Vec<u8>>,
+    /// The signing key (its secret scalar is zeroized when the last reference drops).
+    pub signing_key: std::sync::Arc<SigningKey>,
     /// Whether another device is known to hold it (BS flag).
     pub backed_up: bool,
 }
@@ -256,8 +256,6 @@ pub fn get_assertion(
     if options.challenge.as_bytes().is_empty() {
         return Err(err(ErrorName::TypeError, "challenge must not be empty"));
     }
-    let key = SigningKey::from_slice(&credential.private_key)
-        .map_err(|_| err(ErrorName::UnknownError, "stored private key is unusable"))?;
     let auth_data = authenticator_data(&checked.rp_id, flag_byte(uv, credential.backed_up), None);
     let client_data = client_data_json(
         "webauthn.get",
@@ -267,7 +265,7 @@ pub fn get_assertion(
     let mut signed = Vec::with_capacity(auth_data.len() + 32);
     signed.extend_from_slice(&auth_data);
     signed.extend_from_slice(&Sha256::digest(&client_data));
-    let signature: Signature = key.sign(&signed);
+    let signature: Signature = credential.signing_key.sign(&signed);
     Ok(AuthenticationResponseJson {
         id: Base64Url::encode(&credential.credential_id),
         raw_id: Base64Url(credential.credential_id.clone()),
@@ -342,7 +340,9 @@ mod tests {
         let cred = Credential {
             credential_id: made.passkey.credential_id.clone(),
             user_handle: made.passkey.user_handle.clone(),
-            private_key: made.passkey.private_key.clone(),
+            signing_key: std::sync::Arc::new(
+                SigningKey::from_slice(&made.passkey.private_key).unwrap(),
+            ),
             backed_up: false,
         };
         let a = get_assertion(&checked(), &req, &cred, true).unwrap();

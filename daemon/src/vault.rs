@@ -5,9 +5,12 @@
 //! drains what is queued, applies it, persists one incremental chunk with one flush, and only then answers —
 //! so no caller ever sees (or is acknowledged for) a change that is not on disk.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use p256::ecdsa::SigningKey;
 use passmesh_crdt::{Epoch, Keyring, NewPasskey, Vault, VaultId, VaultKey};
 use passmesh_ipc::{Base64Url, PasskeyInfo};
 use tokio::sync::{mpsc, oneshot};
@@ -171,16 +174,14 @@ pub fn open(dir: &Path, keystore: Keystore, policy: Policy) -> Result<Running, E
             .map_err(|e| store::Error::Damaged(format!("PIN state: {e}")))?,
         None => PinState::default(),
     };
-    let mut actor = Actor {
+    let actor = Actor {
         vault,
+        keys: HashMap::new(),
         store,
         pin,
         policy,
         dirty: false,
     };
-    if actor.store.chunk_count() > 1 {
-        actor.compact()?;
-    }
     let (tx, rx) = mpsc::channel(INBOX);
     let name = format!(
         "vault-{}",
@@ -244,6 +245,9 @@ fn decode_keyring(b: &[u8]) -> Result<Keyring, Error> {
 
 struct Actor {
     vault: Vault,
+    /// Parsed signing keys by credential id: building a `SigningKey` derives its public key, a scalar
+    /// multiplication as costly as the signature itself, so it is done once per credential, not per `get`.
+    keys: HashMap<Vec<u8>, Arc<SigningKey>>,
     store: Store,
     pin: PinState,
     policy: Policy,
@@ -356,11 +360,21 @@ impl Actor {
                         .filter_map(|id| self.vault.find_by_credential_id(id))
                         .find(|p| p.rp_id == rp_id)
                 };
-                let cred = found.map(|p| Credential {
-                    credential_id: p.credential_id.clone(),
-                    user_handle: p.user_handle.clone(),
-                    private_key: p.private_key.clone(),
-                    backed_up: false,
+                let cred = found.and_then(|p| {
+                    let key = match self.keys.get(&p.credential_id) {
+                        Some(k) => k.clone(),
+                        None => {
+                            let k = Arc::new(SigningKey::from_slice(&p.private_key).ok()?);
+                            self.keys.insert(p.credential_id.clone(), k.clone());
+                            k
+                        }
+                    };
+                    Some(Credential {
+                        credential_id: p.credential_id.clone(),
+                        user_handle: p.user_handle.clone(),
+                        signing_key: key,
+                        backed_up: false,
+                    })
                 });
                 later(deferred, reply, cred);
             }
@@ -382,6 +396,7 @@ impl Actor {
                 let result = match self.vault.find_by_credential_id(&credential_id) {
                     Some(p) => {
                         let id = p.record_id;
+                        self.keys.remove(&credential_id);
                         self.vault.remove(&id).map_err(Error::from)
                     }
                     None => Ok(false),
