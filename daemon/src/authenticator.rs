@@ -30,6 +30,18 @@ pub const ES256: i64 = -7;
 /// Length of the credential ids this authenticator makes.
 pub const CREDENTIAL_ID_LEN: usize = 16;
 
+/// Longest user name or display name stored, in bytes (CTAP2 lets authenticators truncate to 64).
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 /// Authenticator data flag bits.
 pub mod flags {
     /// User present.
@@ -218,8 +230,8 @@ pub fn make_credential(
         credential_id,
         rp_id: checked.rp_id.clone(),
         user_handle: options.user.id.as_bytes().to_vec(),
-        user_name: options.user.name.clone(),
-        user_display_name: options.user.display_name.clone(),
+        user_name: truncate(&options.user.name, MAX_NAME_BYTES),
+        user_display_name: truncate(&options.user.display_name, MAX_NAME_BYTES),
         private_key: Zeroizing::new(key.to_bytes().to_vec()),
         created_at_ms: now_ms,
     };
@@ -357,6 +369,13 @@ mod tests {
         signed[0] ^= 1;
         assert!(vk.verify(&signed, &sig).is_err());
         assert!(!format!("{cred:?}").contains("private"));
+    }
+
+    #[test]
+    fn names_truncate_on_char_boundaries() {
+        assert_eq!(truncate("alice", 64), "alice");
+        assert_eq!(truncate(&"é".repeat(40), 64), "é".repeat(32));
+        assert_eq!(truncate("aé", 2), "a");
     }
 
     #[test]

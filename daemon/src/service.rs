@@ -5,8 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use passmesh_ipc::{
-    Caller, ErrorBody, ErrorName, Handler, Pin, PublicKeyCredentialCreationOptionsJson,
-    PublicKeyCredentialRequestOptionsJson, RequestBody, ResponseBody, StatusInfo,
+    Caller, ErrorBody, ErrorName, Handler, MAX_LIST_PAGE, Pin,
+    PublicKeyCredentialCreationOptionsJson, PublicKeyCredentialRequestOptionsJson, RequestBody,
+    ResponseBody, StatusInfo,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -130,9 +131,18 @@ impl Session<'_> {
                 options,
                 pin,
             } => self.get(&origin, &options, pin.as_ref()).await,
-            RequestBody::List { rp_id } => {
-                let passkeys = self.vault.list(rp_id).await.map_err(internal)?;
-                Ok(ResponseBody::List { passkeys })
+            RequestBody::List {
+                rp_id,
+                offset,
+                limit,
+            } => {
+                let limit = limit.unwrap_or(MAX_LIST_PAGE).min(MAX_LIST_PAGE) as usize;
+                let (passkeys, total) = self
+                    .vault
+                    .list(rp_id, offset, limit)
+                    .await
+                    .map_err(internal)?;
+                Ok(ResponseBody::List { passkeys, total })
             }
             RequestBody::Delete { credential_id } => {
                 let deleted = self.vault.delete(credential_id.0).await.map_err(internal)?;

@@ -98,7 +98,9 @@ enum Command {
     },
     List {
         rp_id: Option<String>,
-        reply: Reply<Vec<PasskeyInfo>>,
+        offset: u64,
+        limit: usize,
+        reply: Reply<(Vec<PasskeyInfo>, u64)>,
     },
     Delete {
         credential_id: Vec<u8>,
@@ -378,16 +380,27 @@ impl Actor {
                 });
                 later(deferred, reply, cred);
             }
-            Command::List { rp_id, reply } => {
-                let mut list: Vec<PasskeyInfo> = match &rp_id {
-                    Some(rp) => self.vault.find_by_rp(rp).map(info).collect(),
-                    None => self.vault.passkeys().map(info).collect(),
+            Command::List {
+                rp_id,
+                offset,
+                limit,
+                reply,
+            } => {
+                let mut all: Vec<&passmesh_crdt::Passkey> = match &rp_id {
+                    Some(rp) => self.vault.find_by_rp(rp).collect(),
+                    None => self.vault.passkeys().collect(),
                 };
-                list.sort_by(|a, b| {
-                    (a.created_at_ms, &a.credential_id.0)
-                        .cmp(&(b.created_at_ms, &b.credential_id.0))
+                all.sort_unstable_by(|a, b| {
+                    (a.created_at_ms, &a.credential_id).cmp(&(b.created_at_ms, &b.credential_id))
                 });
-                later(deferred, reply, list);
+                let total = all.len() as u64;
+                let page = all
+                    .into_iter()
+                    .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                    .take(limit)
+                    .map(info)
+                    .collect();
+                later(deferred, reply, (page, total));
             }
             Command::Delete {
                 credential_id,
@@ -511,9 +524,20 @@ impl Handle {
         .await
     }
 
-    /// The passkeys, optionally of one rpId, oldest first.
-    pub async fn list(&self, rp_id: Option<String>) -> Result<Vec<PasskeyInfo>, Error> {
-        self.ask(|reply| Command::List { rp_id, reply }).await
+    /// One page of the passkeys, optionally of one rpId, oldest first, with the total number of matches.
+    pub async fn list(
+        &self,
+        rp_id: Option<String>,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<PasskeyInfo>, u64), Error> {
+        self.ask(|reply| Command::List {
+            rp_id,
+            offset,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Deletes a passkey by credential id; `false` if there was none. Returns once it is on disk.

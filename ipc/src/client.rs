@@ -7,7 +7,7 @@ use tokio::net::UnixStream;
 use zeroize::Zeroizing;
 
 use crate::frame::{FrameError, read_frame, write_frame};
-use crate::message::{ErrorBody, Request, RequestBody, Response, ResponseBody};
+use crate::message::{ErrorBody, PasskeyInfo, Request, RequestBody, Response, ResponseBody};
 
 /// Errors talking to the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,34 @@ impl Client {
     /// Wraps an already connected stream.
     pub fn from_stream(stream: UnixStream) -> Client {
         Client { stream, next_id: 1 }
+    }
+
+    /// Every passkey (optionally of one rpId), fetching `list` pages until `total` is reached.
+    pub async fn list_all(&mut self, rp_id: Option<&str>) -> Result<Vec<PasskeyInfo>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            let body = RequestBody::List {
+                rp_id: rp_id.map(str::to_owned),
+                offset: all.len() as u64,
+                limit: None,
+            };
+            match self.call(body).await? {
+                ResponseBody::List { passkeys, total } => {
+                    let empty = passkeys.is_empty();
+                    all.extend(passkeys);
+                    // An empty page ends it too: the vault may shrink between pages.
+                    if empty || all.len() as u64 >= total {
+                        return Ok(all);
+                    }
+                }
+                other => {
+                    return Err(ClientError::UnexpectedReply(format!(
+                        "expected a list reply, got {}",
+                        other.kind()
+                    )));
+                }
+            }
+        }
     }
 
     /// Sends a request and waits for its answer. Ids are assigned here, starting at 1.

@@ -60,11 +60,18 @@ pub enum RequestBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pin: Option<Pin>,
     },
-    /// List the caller's passkeys, optionally only those of one relying party.
+    /// List the caller's passkeys, optionally only those of one relying party, one page at a time (oldest
+    /// first). A page holds at most [`MAX_LIST_PAGE`] entries so that it always fits in a frame.
     List {
         /// Only passkeys for this relying party id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rp_id: Option<String>,
+        /// Entries to skip (default 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
+        /// Page size (default and maximum [`MAX_LIST_PAGE`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
     /// Delete one passkey.
     Delete {
@@ -97,6 +104,14 @@ impl RequestBody {
     }
 }
 
+/// Most entries one `list` reply carries. Stored user names and display names are at most 64 bytes, so a full
+/// page stays far below [`crate::MAX_FRAME_LEN`].
+pub const MAX_LIST_PAGE: u32 = 1000;
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 /// A successful answer. The `"type"` matches the request's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
@@ -115,10 +130,12 @@ pub enum ResponseBody {
         /// `AuthenticationResponseJSON`, ready to hand to the relying party.
         credential: AuthenticationResponseJson,
     },
-    /// The caller's passkeys.
+    /// One page of the caller's passkeys.
     List {
-        /// One entry per passkey.
+        /// One entry per passkey, from `offset` on.
         passkeys: Vec<PasskeyInfo>,
+        /// How many passkeys match in all (more pages follow while `offset + passkeys.len() < total`).
+        total: u64,
     },
     /// Result of a delete.
     Delete {
@@ -491,9 +508,20 @@ mod tests {
     #[test]
     fn list_delete_status_set_pin_requests() {
         let req = round_trip_request(r#"{"id": 1, "type": "list", "rpId": "example.com"}"#);
-        assert!(matches!(req.body, RequestBody::List { rp_id: Some(ref r) } if r == "example.com"));
+        assert!(
+            matches!(req.body, RequestBody::List { rp_id: Some(ref r), offset: 0, limit: None } if r == "example.com")
+        );
         let req = round_trip_request(r#"{"id": 2, "type": "list"}"#);
-        assert!(matches!(req.body, RequestBody::List { rp_id: None }));
+        assert!(matches!(req.body, RequestBody::List { rp_id: None, .. }));
+        let req = round_trip_request(r#"{"id": 2, "type": "list", "offset": 1000, "limit": 10}"#);
+        assert!(matches!(
+            req.body,
+            RequestBody::List {
+                rp_id: None,
+                offset: 1000,
+                limit: Some(10)
+            }
+        ));
         let req = round_trip_request(r#"{"id": 3, "type": "delete", "credentialId": "AQID"}"#);
         assert!(
             matches!(req.body, RequestBody::Delete { ref credential_id } if credential_id.as_bytes() == [1, 2, 3])
@@ -650,7 +678,7 @@ mod tests {
              "createdAtMs": 1700000000000, "backedUp": true},
             {"credentialId": "BAUG", "rpId": "example.org", "userName": "bob",
              "userDisplayName": "Bob", "userHandle": "Ym9i",
-             "createdAtMs": 1700000000001, "backedUp": false}]}"#;
+             "createdAtMs": 1700000000001, "backedUp": false}], "total": 2}"#;
         let resp = Response::ok(
             1,
             ResponseBody::List {
@@ -676,6 +704,7 @@ mod tests {
                         backed_up: false,
                     },
                 ],
+                total: 2,
             },
         );
         assert_wire(&resp, literal);

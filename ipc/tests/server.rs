@@ -48,7 +48,7 @@ impl Handler for TestHandler {
                     pin_locked_for_ms: None,
                 },
             }),
-            RequestBody::List { rp_id } => {
+            RequestBody::List { rp_id, .. } => {
                 if rp_id.as_deref() == Some("slow") {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
@@ -63,6 +63,7 @@ impl Handler for TestHandler {
                         created_at_ms: 1,
                         backed_up: false,
                     }],
+                    total: 1,
                 })
             }
             RequestBody::Delete { credential_id } => Ok(ResponseBody::Delete {
@@ -179,9 +180,11 @@ async fn typed_calls_and_caller_identity() {
         .unwrap();
     assert_eq!(reply, ResponseBody::Delete { deleted: true });
 
-    let ResponseBody::List { passkeys } = client
+    let ResponseBody::List { passkeys, .. } = client
         .call(RequestBody::List {
             rp_id: Some("example.org".into()),
+            offset: 0,
+            limit: None,
         })
         .await
         .unwrap()
@@ -434,6 +437,8 @@ async fn connections_are_served_concurrently() {
     let slow_call = tokio::spawn(async move {
         slow.call(RequestBody::List {
             rp_id: Some("slow".into()),
+            offset: 0,
+            limit: None,
         })
         .await
     });

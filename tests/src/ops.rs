@@ -27,13 +27,7 @@ pub async fn list(
     client: &mut Client,
     rp_id: Option<&str>,
 ) -> Result<Vec<PasskeyInfo>, ClientError> {
-    let body = RequestBody::List {
-        rp_id: rp_id.map(str::to_owned),
-    };
-    match client.call(body).await? {
-        ResponseBody::List { passkeys } => Ok(passkeys),
-        other => Err(unexpected("list", &other)),
-    }
+    client.list_all(rp_id).await
 }
 
 /// `create` from `origin`, with an optional PIN.

@@ -211,13 +211,12 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
             }
         }
         Command::List { rp } => {
-            let body = client.call(RequestBody::List { rp_id: rp.clone() }).await?;
+            let passkeys = client.list_all(rp.as_deref()).await?;
             if args.json {
-                return print_json(&body);
+                let total = passkeys.len() as u64;
+                return print_json(&ResponseBody::List { passkeys, total });
             }
-            if let ResponseBody::List { passkeys } = body {
-                print_list(&passkeys);
-            }
+            print_list(&passkeys);
         }
         Command::Show { id } => {
             let p = resolve(&mut client, id).await?;
@@ -278,10 +277,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
 
 /// Finds a passkey by exact credential id or unique prefix.
 async fn resolve(client: &mut Client, id: &str) -> Result<PasskeyInfo, Failure> {
-    let ResponseBody::List { passkeys } = client.call(RequestBody::List { rp_id: None }).await?
-    else {
-        return Err(Failure::Local("unexpected reply to list".into()));
-    };
+    let passkeys = client.list_all(None).await?;
     let wanted = id.trim_end_matches('=');
     if let Some(p) = passkeys
         .iter()

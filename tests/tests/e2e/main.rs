@@ -6,6 +6,7 @@
 mod cli;
 mod durability;
 mod garbage;
+mod list;
 mod negative;
 mod pin;
 mod webauthn;
