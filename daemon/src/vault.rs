@@ -139,7 +139,7 @@ pub struct Running {
 
 /// Opens (or creates on first use) the vault stored in `dir` and starts its actor.
 pub fn open(dir: &Path, keystore: Keystore, policy: Policy) -> Result<Running, Error> {
-    std::fs::create_dir_all(dir)
+    private_dir(dir)
         .map_err(|e| store::Error::Damaged(format!("cannot create {}: {e}", dir.display())))?;
     let mut store = Store::open(&dir.join("db"))?;
     let sealed = store.meta("keyring")?;
@@ -197,6 +197,17 @@ pub fn open(dir: &Path, keystore: Keystore, policy: Policy) -> Result<Running, E
         handle: Handle { tx },
         thread,
     })
+}
+
+/// Creates `dir` and missing parents with mode 0700 and makes `dir` itself 0700: it holds the vault and, with
+/// the software keystore, its keys.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// The default place of a user's vault under the state directory.

@@ -9,6 +9,7 @@ mod garbage;
 mod list;
 mod negative;
 mod pin;
+mod uid;
 mod webauthn;
 
 use passmesh_ipc::{AuthenticationResponseJson, Client, RegistrationResponseJson};
