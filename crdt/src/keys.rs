@@ -1,0 +1,154 @@
+//! Vault keys and the keyring of epochs.
+//!
+//! Every record is encrypted under the key of one epoch. Rotation (a later feature) adds an epoch and makes it
+//! current; older epochs stay in the keyring as long as records encrypted under them must stay readable.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rand::RngExt;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::Error;
+
+/// A 256-bit XChaCha20-Poly1305 key of one vault epoch. Wiped from memory when dropped.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct VaultKey([u8; 32]);
+
+impl VaultKey {
+    /// A fresh key from the thread-local CSPRNG (seeded from the operating system).
+    pub fn generate() -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rand::rng().fill(&mut bytes[..]);
+        Self(*bytes)
+    }
+
+    /// Wraps existing key material (e.g. unsealed from the TPM or received while pairing).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw key material.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for VaultKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VaultKey(..)")
+    }
+}
+
+/// A key epoch. Records remember the epoch they were encrypted under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(pub u32);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The vault keys of all known epochs, and which epoch new records are encrypted under.
+#[derive(Clone)]
+pub struct Keyring {
+    keys: BTreeMap<Epoch, VaultKey>,
+    current: Epoch,
+}
+
+impl Keyring {
+    /// A keyring with a single epoch, which is current.
+    pub fn new(epoch: Epoch, key: VaultKey) -> Self {
+        Self {
+            keys: BTreeMap::from([(epoch, key)]),
+            current: epoch,
+        }
+    }
+
+    /// Adds (or replaces) the key of `epoch`. Does not change the current epoch.
+    pub fn insert(&mut self, epoch: Epoch, key: VaultKey) {
+        self.keys.insert(epoch, key);
+    }
+
+    /// The epoch new records are encrypted under.
+    pub fn current(&self) -> Epoch {
+        self.current
+    }
+
+    /// Makes `epoch` current; `Error::UnknownEpoch` if the keyring has no key for it.
+    pub fn set_current(&mut self, epoch: Epoch) -> Result<(), Error> {
+        if !self.keys.contains_key(&epoch) {
+            return Err(Error::UnknownEpoch(epoch));
+        }
+        self.current = epoch;
+        Ok(())
+    }
+
+    /// The key of `epoch`, if known.
+    pub fn key(&self, epoch: Epoch) -> Option<&VaultKey> {
+        self.keys.get(&epoch)
+    }
+
+    /// The key of the current epoch.
+    pub fn current_key(&self) -> &VaultKey {
+        // `new` inserts the current epoch, `set_current` only accepts known epochs and nothing removes keys.
+        self.keys
+            .get(&self.current)
+            .expect("the current epoch always has a key")
+    }
+
+    /// All epochs with a key, ascending.
+    pub fn epochs(&self) -> impl Iterator<Item = Epoch> + '_ {
+        self.keys.keys().copied()
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("epochs", &self.keys.keys().map(|e| e.0).collect::<Vec<_>>())
+            .field("current", &self.current.0)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_tracks_epochs() {
+        let mut k = Keyring::new(Epoch(0), VaultKey::from_bytes([1; 32]));
+        assert_eq!(k.set_current(Epoch(1)), Err(Error::UnknownEpoch(Epoch(1))));
+        k.insert(Epoch(1), VaultKey::from_bytes([2; 32]));
+        assert_eq!(k.current(), Epoch(0));
+        k.set_current(Epoch(1)).unwrap();
+        assert_eq!(k.current_key().as_bytes(), &[2; 32]);
+        assert_eq!(k.key(Epoch(0)).unwrap().as_bytes(), &[1; 32]);
+        assert!(k.key(Epoch(7)).is_none());
+        assert_eq!(k.epochs().collect::<Vec<_>>(), vec![Epoch(0), Epoch(1)]);
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        assert_ne!(
+            VaultKey::generate().as_bytes(),
+            VaultKey::generate().as_bytes()
+        );
+    }
+
+    #[test]
+    fn debug_hides_key_material() {
+        let bytes = [0xa7u8; 32];
+        let key = VaultKey::from_bytes(bytes);
+        let mut ring = Keyring::new(Epoch(3), key.clone());
+        ring.insert(Epoch(4), VaultKey::from_bytes([0x5c; 32]));
+        let printed = format!("{key:?} {ring:?} {key:#?} {ring:#?}");
+        assert!(printed.contains("VaultKey(..)"));
+        assert!(printed.contains('3') && printed.contains('4'));
+        for needle in ["a7", "A7", "167", "5c", "92"] {
+            assert!(!printed.contains(needle), "{needle} in {printed}");
+        }
+    }
+}

@@ -1,0 +1,1380 @@
+//! The vault: an automerge document of encrypted records, with an in-memory index of the decrypted ones.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, ReadDoc};
+
+use crate::doc::{self, Shape};
+use crate::index::Index;
+use crate::record;
+use crate::{Device, DeviceId, Error, Keyring, NewPasskey, Passkey, RecordId, VaultId};
+
+/// One replica of a user's vault.
+///
+/// Local operations commit one automerge change each. Reads (`passkeys`, `find_by_*`) are served from an
+/// in-memory index of decrypted records and never decrypt or touch the document. Sync is sans-IO: the caller
+/// keeps one [`SyncState`] per peer and moves the bytes.
+pub struct Vault {
+    doc: Automerge,
+    id: VaultId,
+    keyring: Keyring,
+    shape: Shape,
+    index: Index,
+    devices: BTreeMap<DeviceId, Device>,
+    device_problems: Vec<(DeviceId, Error)>,
+    /// Heads at the last `save`/`save_incremental` (empty before the first one).
+    saved_heads: Vec<ChangeHash>,
+    /// The genesis change every change of this vault descends from.
+    genesis: ChangeHash,
+    /// Which record (device) each known record (device) map belongs to, to map remote ops to records.
+    record_objs: HashMap<ObjId, RecordId>,
+    device_objs: HashMap<ObjId, DeviceId>,
+    /// Whether the document root is still as the genesis wrote it (reported once when that changes).
+    root_pristine: bool,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("id", &self.id)
+            .field("keyring", &self.keyring)
+            .field("passkeys", &self.index.len())
+            .field("problems", &self.index.problems().len())
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// A brand-new vault.
+    ///
+    /// The first change (the genesis: format, vault id, and the empty record, device and key-check maps) is
+    /// deterministic from `id` alone, so every device that calls `create` with the same id gets a
+    /// byte-identical genesis change and the maps never conflict. A second change, under a fresh random actor
+    /// of this replica, stores the key check of every epoch in `keyring`; its value is deterministic too, so
+    /// two devices writing it concurrently write the same bytes.
+    pub fn create(id: VaultId, keyring: Keyring) -> Result<Vault, Error> {
+        let (mut doc, shape) = doc::genesis(&id)?;
+        let genesis = doc::genesis_hash(&id)?;
+        doc.set_actor(ActorId::random());
+        doc::write_missing_keychecks(&mut doc, &shape, &id, &keyring)?;
+        Ok(Vault {
+            doc,
+            id,
+            keyring,
+            shape,
+            index: Index::default(),
+            devices: BTreeMap::new(),
+            device_problems: Vec::new(),
+            saved_heads: Vec::new(),
+            genesis,
+            record_objs: HashMap::new(),
+            device_objs: HashMap::new(),
+            root_pristine: true,
+        })
+    }
+
+    /// Loads a vault from the output of [`save`](Self::save) followed by any number of
+    /// [`save_incremental`](Self::save_incremental) chunks.
+    ///
+    /// `WrongKey` if a key of the keyring matches none of the vault's key-check values for its epoch,
+    /// `UnknownEpoch` if the vault has no key check for the keyring's current epoch, `Malformed` for bytes that
+    /// are not a vault. Records that fail to decrypt do not fail the load: they are left out and listed by
+    /// [`problems`](Self::problems).
+    pub fn load(bytes: &[u8], keyring: Keyring) -> Result<Vault, Error> {
+        if bytes.is_empty() {
+            return Err(Error::Malformed("empty vault".into()));
+        }
+        let doc = Automerge::load(bytes)
+            .map_err(|e| Error::Malformed(format!("not a vault document: {e}")))?;
+        let (id, shape) = doc::read_shape(&doc)?;
+        doc::verify_keychecks(&doc, &shape, &id, &keyring, doc::KeyCheck::AnyMatch)?;
+        let saved_heads = doc.get_heads();
+        let mut vault = Vault {
+            doc,
+            id,
+            keyring,
+            shape,
+            index: Index::default(),
+            devices: BTreeMap::new(),
+            device_problems: Vec::new(),
+            saved_heads,
+            genesis: doc::genesis_hash(&id)?,
+            record_objs: HashMap::new(),
+            device_objs: HashMap::new(),
+            root_pristine: true,
+        };
+        vault.root_pristine = doc::root_is_pristine(&vault.doc, &id)?;
+        vault.rebuild();
+        Ok(vault)
+    }
+
+    /// The vault's id.
+    pub fn id(&self) -> VaultId {
+        self.id
+    }
+
+    /// The keys this replica reads and writes with.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// The full, compacted document. Later `save_incremental` calls return changes after this point.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.saved_heads = self.doc.get_heads();
+        self.doc.save()
+    }
+
+    /// The changes since the last `save`/`save_incremental` (empty if there are none), to be appended to
+    /// what was saved before. A new vault's first call returns everything.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save_after(&self.saved_heads);
+        self.saved_heads = self.doc.get_heads();
+        bytes
+    }
+
+    /// The document's current heads (hashes of the latest changes, sorted). Equal heads mean equal documents.
+    pub fn heads(&self) -> Vec<[u8; 32]> {
+        self.doc.get_heads().into_iter().map(|h| h.0).collect()
+    }
+
+    /// Adds a passkey, encrypted under the keyring's current epoch, in one change. `now_ms` becomes its
+    /// update time. `InvalidInput` if a field is out of bounds (e.g. a private key that is not 32 bytes).
+    pub fn insert(&mut self, p: NewPasskey, now_ms: u64) -> Result<RecordId, Error> {
+        p.validate()?;
+        let passkey = Passkey {
+            record_id: RecordId::random(),
+            epoch: self.keyring.current(),
+            credential_id: p.credential_id,
+            rp_id: p.rp_id,
+            user_handle: p.user_handle,
+            user_name: p.user_name,
+            user_display_name: p.user_display_name,
+            label: None,
+            private_key: p.private_key,
+            created_at_ms: p.created_at_ms,
+            updated_at_ms: now_ms,
+        };
+        let sealed = doc::seal_record(&self.id, self.keyring.current_key(), &passkey)?;
+        let shape = &self.shape;
+        let id = passkey.record_id;
+        let obj = self
+            .doc
+            .transact(|tx| doc::put_record(tx, shape, &id, sealed))
+            .map_err(|f| Error::from(f.error))?
+            .result;
+        self.record_objs.insert(obj, id);
+        self.index.upsert(passkey);
+        Ok(id)
+    }
+
+    /// Deletes a record (readable or not). `false` if there is none.
+    pub fn remove(&mut self, id: &RecordId) -> Result<bool, Error> {
+        let key = id.to_string();
+        let Some((_, obj)) = self.doc.get(&self.shape.records, key.as_str())? else {
+            return Ok(false);
+        };
+        let records = &self.shape.records;
+        self.doc
+            .transact(|tx| tx.delete(records, key.as_str()))
+            .map_err(|f| Error::from(f.error))?;
+        self.record_objs.remove(&obj);
+        self.index.remove(id);
+        Ok(true)
+    }
+
+    /// Sets the label of a passkey and its update time. `NotFound` if there is no such record; the record's
+    /// own error if it is unreadable.
+    pub fn rename(&mut self, id: &RecordId, label: &str, now_ms: u64) -> Result<(), Error> {
+        record::validate_label(label)?;
+        let Some(current) = self.index.get(id) else {
+            return Err(self
+                .index
+                .problem(id)
+                .cloned()
+                .unwrap_or(Error::NotFound(*id)));
+        };
+        let epoch = current.epoch;
+        // The record's fields share one epoch, so the new ones must be sealed under it too.
+        let key = self.keyring.key(epoch).ok_or(Error::UnknownEpoch(epoch))?;
+        let obj = doc::record_obj(&self.doc, &self.shape, id)?.ok_or(Error::NotFound(*id))?;
+        let sealed = doc::seal_rename(&self.id, key, id, epoch, label, now_ms)?;
+        self.doc
+            .transact(|tx| doc::update_record(tx, &obj, sealed))
+            .map_err(|f| Error::from(f.error))?;
+        let mut updated = current.clone();
+        updated.label = Some(label.to_owned());
+        updated.updated_at_ms = now_ms;
+        self.index.upsert(updated);
+        Ok(())
+    }
+
+    /// All readable passkeys, ordered by creation time, then record id.
+    pub fn passkeys(&self) -> impl Iterator<Item = &Passkey> {
+        self.index.iter()
+    }
+
+    /// One readable passkey.
+    pub fn passkey(&self, id: &RecordId) -> Option<&Passkey> {
+        self.index.get(id)
+    }
+
+    /// The number of readable passkeys (records in [`problems`](Self::problems) not counted).
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether there are no readable passkeys.
+    pub fn is_empty(&self) -> bool {
+        self.index.len() == 0
+    }
+
+    /// The passkeys of one relying party, in list order. An index lookup, no scan.
+    pub fn find_by_rp(&self, rp_id: &str) -> impl Iterator<Item = &Passkey> {
+        self.index.by_rp(rp_id)
+    }
+
+    /// The passkey with this credential id (the oldest, should two records share it). A hash lookup.
+    pub fn find_by_credential_id(&self, credential_id: &[u8]) -> Option<&Passkey> {
+        self.index.by_credential(credential_id)
+    }
+
+    /// Decrypts a record straight from the document, bypassing the index.
+    pub fn decrypt_record(&self, id: &RecordId) -> Result<Passkey, Error> {
+        let obj = doc::record_obj(&self.doc, &self.shape, id)?.ok_or(Error::NotFound(*id))?;
+        doc::read_record(&self.doc, &obj, &self.id, &self.keyring, id)
+    }
+
+    /// Records present in the document but unreadable (tampered, unknown epoch, malformed), sorted by id.
+    pub fn problems(&self) -> &[(RecordId, Error)] {
+        self.index.problems()
+    }
+
+    /// Adds a device, or replaces its entry. Its name and time are sealed under the current epoch.
+    pub fn add_device(&mut self, d: Device) -> Result<(), Error> {
+        d.validate()?;
+        let obj = doc::put_device(&mut self.doc, &self.shape, &self.id, &self.keyring, &d)?;
+        self.device_objs.insert(obj, d.id.clone());
+        self.set_device_problem(&d.id, None);
+        self.devices.insert(d.id.clone(), d);
+        Ok(())
+    }
+
+    /// Removes a device from the table. `false` if it was not there.
+    pub fn remove_device(&mut self, id: &DeviceId) -> Result<bool, Error> {
+        let Some((_, obj)) = self.doc.get(&self.shape.devices, id.as_str())? else {
+            return Ok(false);
+        };
+        let devices = &self.shape.devices;
+        self.doc
+            .transact(|tx| tx.delete(devices, id.as_str()))
+            .map_err(|f| Error::from(f.error))?;
+        self.device_objs.remove(&obj);
+        self.devices.remove(id);
+        self.set_device_problem(id, None);
+        Ok(true)
+    }
+
+    /// The readable devices, sorted by id.
+    pub fn devices(&self) -> Vec<Device> {
+        self.devices.values().cloned().collect()
+    }
+
+    /// Device entries present but unreadable, sorted by id.
+    pub fn device_problems(&self) -> &[(DeviceId, Error)] {
+        &self.device_problems
+    }
+
+    /// The next message for the peer of `state`, or `None` if there is nothing to send right now.
+    pub fn generate_sync_message(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
+        self.doc
+            .generate_sync_message(&mut state.0)
+            .map(sync::Message::encode)
+    }
+
+    /// Applies a message from the peer of `state` and updates the index for the records it changed.
+    ///
+    /// `Malformed` for bytes that are not a sync message; `ForeignVault` (nothing applied) if it carries changes
+    /// that do not descend from this vault's genesis. If a peer's changes write to the document root (a buggy
+    /// peer), they are merged but ignored and `Malformed` is returned (once); `WrongKey` if they bring a key
+    /// check the keyring does not match.
+    pub fn receive_sync_message(&mut self, state: &mut SyncState, msg: &[u8]) -> Result<(), Error> {
+        let msg = sync::Message::decode(msg)
+            .map_err(|e| Error::Malformed(format!("not a sync message: {e}")))?;
+        let mut whole_document = false;
+        for blob in msg.changes.iter() {
+            whole_document |= doc::check_lineage(blob, &self.genesis)?;
+        }
+        let before = self.doc.get_heads();
+        let result = self.doc.receive_sync_message(&mut state.0, msg);
+        // Automerge sends its whole document when the peer lacks more than a third of it.
+        self.after_apply(&before, result, whole_document)
+    }
+
+    /// Merges all changes of `other` (a replica of the same vault) into this one.
+    pub fn merge(&mut self, other: &mut Vault) -> Result<(), Error> {
+        if other.id != self.id {
+            return Err(Error::ForeignVault);
+        }
+        let before = self.doc.get_heads();
+        let result = self.doc.merge(&mut other.doc).map(|_| ());
+        self.after_apply(&before, result, false)
+    }
+
+    /// Brings the index up to date after remote changes were applied. Unless `bulk`, it looks at the ops of the
+    /// new changes only, so the work is proportional to what arrived, not to the size of the vault (automerge's
+    /// patch log is not used: computing patch paths scans the whole records map). For bulk arrivals (a new
+    /// device's first sync) one parallel pass over everything is cheaper than finding out what changed.
+    fn after_apply(
+        &mut self,
+        before: &[ChangeHash],
+        result: Result<(), automerge::AutomergeError>,
+        bulk: bool,
+    ) -> Result<(), Error> {
+        if self.doc.get_heads() == before {
+            return result.map_err(Error::from);
+        }
+        let keycheck = if bulk || result.is_err() {
+            self.rebuild();
+            true
+        } else {
+            let touched = Touched::from_changes(&self.doc.get_changes(before), self);
+            if touched.records.len() > REBUILD_ABOVE.max(self.index.len() / 4) {
+                self.rebuild();
+            } else {
+                for id in &touched.records {
+                    self.reindex_record(id);
+                }
+                for id in &touched.devices {
+                    self.reindex_device(id);
+                }
+            }
+            touched.keycheck
+        };
+        result?;
+        if keycheck {
+            doc::verify_keychecks(
+                &self.doc,
+                &self.shape,
+                &self.id,
+                &self.keyring,
+                doc::KeyCheck::AllMatch,
+            )?;
+        }
+        if self.root_pristine && !doc::root_is_pristine(&self.doc, &self.id)? {
+            self.root_pristine = false;
+            return Err(Error::Malformed(
+                "a peer's changes write to the vault root; ignored".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the whole index from the document.
+    fn rebuild(&mut self) {
+        self.index.clear();
+        self.record_objs.clear();
+        for (id, obj, read) in
+            doc::read_all_records(&self.doc, &self.shape, &self.id, &self.keyring)
+        {
+            if let Some(obj) = obj {
+                self.record_objs.insert(obj, id);
+            }
+            match read {
+                Ok(p) => self.index.upsert(p),
+                Err(e) => self.index.set_problem(id, e),
+            }
+        }
+        self.devices.clear();
+        self.device_problems.clear();
+        self.device_objs.clear();
+        let ids: Vec<DeviceId> = self
+            .doc
+            .keys(&self.shape.devices)
+            .map(DeviceId::new)
+            .collect();
+        for id in &ids {
+            self.reindex_device(id);
+        }
+    }
+
+    fn reindex_record(&mut self, id: &RecordId) {
+        let read = match doc::record_obj(&self.doc, &self.shape, id) {
+            Ok(None) => None,
+            Ok(Some(obj)) => {
+                let read = doc::read_record(&self.doc, &obj, &self.id, &self.keyring, id);
+                self.record_objs.insert(obj, *id);
+                Some(read)
+            }
+            Err(e) => Some(Err(e)),
+        };
+        match read {
+            Some(Ok(p)) => self.index.upsert(p),
+            None => self.index.remove(id),
+            Some(Err(e)) => self.index.set_problem(*id, e),
+        }
+    }
+
+    fn reindex_device(&mut self, id: &DeviceId) {
+        if let Ok(Some((_, obj))) = self.doc.get(&self.shape.devices, id.as_str()) {
+            self.device_objs.insert(obj, id.clone());
+        }
+        match doc::read_device(&self.doc, &self.shape, &self.id, &self.keyring, id) {
+            Ok(Some(d)) => {
+                self.devices.insert(id.clone(), d);
+                self.set_device_problem(id, None);
+            }
+            Ok(None) => {
+                self.devices.remove(id);
+                self.set_device_problem(id, None);
+            }
+            Err(e) => {
+                self.devices.remove(id);
+                self.set_device_problem(id, Some(e));
+            }
+        }
+    }
+
+    fn set_device_problem(&mut self, id: &DeviceId, e: Option<Error>) {
+        let pos = self.device_problems.binary_search_by(|(d, _)| d.cmp(id));
+        match (pos, e) {
+            (Ok(i), Some(e)) => self.device_problems[i].1 = e,
+            (Ok(i), None) => {
+                self.device_problems.remove(i);
+            }
+            (Err(i), Some(e)) => self.device_problems.insert(i, (id.clone(), e)),
+            (Err(_), None) => {}
+        }
+    }
+}
+
+/// Above this many touched records (and a quarter of the vault), remote changes rebuild the whole index.
+const REBUILD_ABOVE: usize = 256;
+
+/// What a batch of remote changes touched.
+#[derive(Default)]
+struct Touched {
+    records: BTreeSet<RecordId>,
+    devices: BTreeSet<DeviceId>,
+    keycheck: bool,
+}
+
+impl Touched {
+    fn from_changes(changes: &[automerge::Change], vault: &Vault) -> Self {
+        // `ExpandedChange` (the decoded ops of a change) is automerge's public view of ops; its op types live in
+        // the `legacy` module.
+        use automerge::legacy::{Key, ObjectId};
+        let mut t = Touched::default();
+        for change in changes {
+            for op in change.decode().operations {
+                let obj = match op.obj {
+                    // Root writes are caught by `root_is_pristine`.
+                    ObjectId::Root => continue,
+                    ObjectId::Id(id) => ObjId::Id(id.0, id.1, 0),
+                };
+                let key = match &op.key {
+                    Key::Map(k) => Some(k.as_str()),
+                    Key::Seq(_) => None,
+                };
+                if obj == vault.shape.records {
+                    if let Some(id) = key.and_then(|k| k.parse().ok()) {
+                        t.records.insert(id);
+                    }
+                } else if obj == vault.shape.devices {
+                    if let Some(k) = key {
+                        t.devices.insert(DeviceId::new(k.to_owned()));
+                    }
+                } else if obj == vault.shape.keycheck {
+                    t.keycheck = true;
+                } else if let Some(id) = vault.record_objs.get(&obj) {
+                    t.records.insert(*id);
+                } else if let Some(id) = vault.device_objs.get(&obj) {
+                    t.devices.insert(id.clone());
+                }
+                // Anything else is inside a map created by the same changes (its creation is seen above) or in an
+                // object that is not part of the vault.
+            }
+        }
+        t
+    }
+}
+
+/// The sync protocol state for one peer. Create one per peer (and connection); keep it while the connection
+/// lives. [`encode`](Self::encode) keeps only what is worth persisting across connections.
+#[derive(Debug, Clone, Default)]
+pub struct SyncState(sync::State);
+
+impl SyncState {
+    /// A fresh state for a peer never synced with.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The part of the state worth persisting between connections (the heads both sides had in common).
+    pub fn encode(&self) -> Vec<u8> {
+        self.0.encode()
+    }
+
+    /// Restores an encoded state. `Malformed` for bytes that are not one.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        sync::State::decode(bytes)
+            .map(Self)
+            .map_err(|e| Error::Malformed(format!("not a sync state: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::{ObjType, ROOT, ScalarValue};
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::{Epoch, VaultKey};
+
+    const KEY: [u8; 32] = [0x42; 32];
+
+    fn keyring() -> Keyring {
+        Keyring::new(Epoch(0), VaultKey::from_bytes(KEY))
+    }
+
+    fn new_passkey(n: u8, rp: &str) -> NewPasskey {
+        NewPasskey {
+            credential_id: vec![n; 16],
+            rp_id: rp.to_owned(),
+            user_handle: vec![n, n, 1],
+            user_name: format!("user{n}@{rp}"),
+            user_display_name: format!("User {n}"),
+            private_key: Zeroizing::new(vec![n.wrapping_add(0x80); 32]),
+            created_at_ms: 1_000 + u64::from(n),
+        }
+    }
+
+    fn sync_pair(a: &mut Vault, b: &mut Vault) {
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        for _ in 0..50 {
+            let m1 = a.generate_sync_message(&mut sa);
+            if let Some(m) = &m1 {
+                b.receive_sync_message(&mut sb, m).unwrap();
+            }
+            let m2 = b.generate_sync_message(&mut sb);
+            if let Some(m) = &m2 {
+                a.receive_sync_message(&mut sa, m).unwrap();
+            }
+            if m1.is_none() && m2.is_none() {
+                return;
+            }
+        }
+        panic!("sync did not settle");
+    }
+
+    fn list(v: &Vault) -> Vec<Passkey> {
+        v.passkeys().cloned().collect()
+    }
+
+    /// The incrementally maintained index equals one built from scratch.
+    fn assert_index_fresh(v: &mut Vault) {
+        let reloaded = Vault::load(&v.save(), v.keyring().clone()).unwrap();
+        assert_eq!(list(v), list(&reloaded));
+        assert_eq!(v.problems(), reloaded.problems());
+        assert_eq!(v.devices(), reloaded.devices());
+        assert_eq!(v.device_problems(), reloaded.device_problems());
+    }
+
+    fn record_map(v: &Vault, id: &RecordId) -> automerge::ObjId {
+        doc::record_obj(&v.doc, &v.shape, id).unwrap().unwrap()
+    }
+
+    fn raw_field(v: &Vault, id: &RecordId, field: &str) -> Vec<u8> {
+        let obj = record_map(v, id);
+        match v.doc.get(&obj, field).unwrap().unwrap().0 {
+            automerge::Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Bytes(b) => b.clone(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn put_raw(v: &mut Vault, id: &RecordId, field: &str, value: ScalarValue) {
+        let obj = record_map(v, id);
+        let mut tx = v.doc.transaction();
+        tx.put(&obj, field, value).unwrap();
+        tx.commit();
+    }
+
+    #[test]
+    fn vault_is_send() {
+        fn send<T: Send>() {}
+        send::<Vault>();
+        send::<SyncState>();
+    }
+
+    #[test]
+    fn insert_list_find_rename_remove() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        assert!(v.is_empty());
+        let a = v.insert(new_passkey(1, "example.com"), 5_000).unwrap();
+        let b = v.insert(new_passkey(2, "example.org"), 5_001).unwrap();
+        let c = v.insert(new_passkey(3, "example.com"), 5_002).unwrap();
+        assert_eq!(v.len(), 3);
+
+        let pa = v.passkey(&a).unwrap();
+        assert_eq!(pa.rp_id, "example.com");
+        assert_eq!(pa.user_name, "user1@example.com");
+        assert_eq!(pa.user_display_name, "User 1");
+        assert_eq!(pa.user_handle, vec![1, 1, 1]);
+        assert_eq!(pa.credential_id, vec![1; 16]);
+        assert_eq!(&pa.private_key[..], &[0x81; 32]);
+        assert_eq!((pa.created_at_ms, pa.updated_at_ms), (1_001, 5_000));
+        assert_eq!(pa.epoch, Epoch(0));
+        assert_eq!(pa.label, None);
+
+        let order: Vec<RecordId> = v.passkeys().map(|p| p.record_id).collect();
+        assert_eq!(order, vec![a, b, c]);
+        let com: Vec<RecordId> = v.find_by_rp("example.com").map(|p| p.record_id).collect();
+        assert_eq!(com, vec![a, c]);
+        assert_eq!(v.find_by_rp("nope.example").count(), 0);
+        assert_eq!(v.find_by_credential_id(&[2; 16]).unwrap().record_id, b);
+        assert!(v.find_by_credential_id(&[9; 16]).is_none());
+        assert_eq!(&v.decrypt_record(&b).unwrap(), v.passkey(&b).unwrap());
+
+        v.rename(&a, "work key", 6_000).unwrap();
+        let pa = v.passkey(&a).unwrap();
+        assert_eq!(pa.label.as_deref(), Some("work key"));
+        assert_eq!(pa.updated_at_ms, 6_000);
+        assert_eq!(&v.decrypt_record(&a).unwrap(), pa);
+
+        assert!(v.remove(&a).unwrap());
+        assert!(!v.remove(&a).unwrap());
+        assert!(v.passkey(&a).is_none());
+        assert!(v.find_by_credential_id(&[1; 16]).is_none());
+        let com: Vec<RecordId> = v.find_by_rp("example.com").map(|p| p.record_id).collect();
+        assert_eq!(com, vec![c]);
+        assert_eq!(v.rename(&a, "x", 7_000), Err(Error::NotFound(a)));
+        assert_eq!(v.decrypt_record(&a), Err(Error::NotFound(a)));
+        assert_eq!(v.len(), 2);
+        assert!(v.problems().is_empty());
+        assert_index_fresh(&mut v);
+    }
+
+    #[test]
+    fn insert_rejects_bad_input() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        let mut p = new_passkey(1, "example.com");
+        p.private_key = Zeroizing::new(vec![1; 31]);
+        assert!(matches!(v.insert(p, 0), Err(Error::InvalidInput(_))));
+        let mut p = new_passkey(1, "example.com");
+        p.credential_id.clear();
+        assert!(matches!(v.insert(p, 0), Err(Error::InvalidInput(_))));
+        let mut p = new_passkey(1, "example.com");
+        p.user_handle = vec![0; 65];
+        assert!(matches!(v.insert(p, 0), Err(Error::InvalidInput(_))));
+        let id = v.insert(new_passkey(1, "example.com"), 0).unwrap();
+        assert!(matches!(
+            v.rename(&id, &"x".repeat(5000), 0),
+            Err(Error::InvalidInput(_))
+        ));
+        assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn genesis_is_identical_across_devices() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let mut b = Vault::create(id, keyring()).unwrap();
+        let genesis = |v: &Vault| {
+            let changes = v.doc.get_changes(&[]);
+            let g: Vec<_> = changes.iter().filter(|c| c.deps().is_empty()).collect();
+            assert_eq!(g.len(), 1);
+            (g[0].hash(), g[0].raw_bytes().to_vec())
+        };
+        assert_eq!(genesis(&a), genesis(&b));
+        assert_ne!(
+            a.doc.get_actor(),
+            b.doc.get_actor(),
+            "replicas need their own actors"
+        );
+
+        let ra = a.insert(new_passkey(1, "a.example"), 1).unwrap();
+        let rb = b.insert(new_passkey(2, "b.example"), 2).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert_eq!(a.heads(), b.heads());
+        for v in [&a, &b] {
+            assert_eq!(v.len(), 2);
+            assert!(v.passkey(&ra).is_some() && v.passkey(&rb).is_some());
+            // The three maps are one object each on both sides: no conflicts at the root.
+            for key in ["records", "devices", "keycheck", "vault_id", "format"] {
+                assert_eq!(v.doc.get_all(ROOT, key).unwrap().len(), 1, "{key}");
+            }
+        }
+        assert_eq!(list(&a), list(&b));
+        assert_index_fresh(&mut a);
+    }
+
+    #[test]
+    fn large_load_decrypts_in_parallel_and_keeps_problems() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        let ids: Vec<RecordId> = (0..700u32)
+            .map(|i| {
+                let mut p = new_passkey((i % 250) as u8, &format!("site{}.example", i % 7));
+                p.credential_id = i.to_be_bytes().to_vec();
+                v.insert(p, u64::from(i)).unwrap()
+            })
+            .collect();
+        let broken = ids[333];
+        let mut sealed = raw_field(&v, &broken, "core");
+        sealed[30] ^= 0x80;
+        put_raw(&mut v, &broken, "core", ScalarValue::Bytes(sealed));
+        v.index.set_problem(
+            broken,
+            Error::Decrypt {
+                record: broken,
+                field: "core",
+            },
+        );
+        let loaded = Vault::load(&v.save(), keyring()).unwrap();
+        assert_eq!(loaded.len(), 699);
+        assert_eq!(loaded.problems(), v.problems());
+        assert_eq!(list(&loaded), list(&v));
+        assert_eq!(
+            loaded
+                .find_by_credential_id(&5u32.to_be_bytes())
+                .unwrap()
+                .record_id,
+            ids[5]
+        );
+        assert_eq!(loaded.find_by_rp("site3.example").count(), 100);
+    }
+
+    #[test]
+    fn save_and_load() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        let a = v.insert(new_passkey(1, "example.com"), 10).unwrap();
+        v.insert(new_passkey(2, "example.com"), 11).unwrap();
+        v.rename(&a, "mine", 12).unwrap();
+        let bytes = v.save();
+        let mut w = Vault::load(&bytes, keyring()).unwrap();
+        assert_eq!(w.id(), v.id());
+        assert_eq!(list(&w), list(&v));
+        assert_eq!(w.heads(), v.heads());
+        // A loaded replica writes under its own actor and keeps working.
+        let c = w.insert(new_passkey(3, "example.net"), 13).unwrap();
+        assert_eq!(w.len(), 3);
+        assert!(!w.save_incremental().is_empty());
+        assert!(w.save_incremental().is_empty());
+        assert_eq!(w.passkey(&c).unwrap().rp_id, "example.net");
+    }
+
+    #[test]
+    fn save_then_incremental_chunks_load() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        let mut file = v.save_incremental();
+        assert!(
+            !file.is_empty(),
+            "a new vault's first chunk holds the genesis"
+        );
+        let a = v.insert(new_passkey(1, "example.com"), 10).unwrap();
+        file = v.save();
+        let b = v.insert(new_passkey(2, "example.com"), 11).unwrap();
+        file.extend(v.save_incremental());
+        v.rename(&b, "renamed", 12).unwrap();
+        v.add_device(device("peer-a", None)).unwrap();
+        file.extend(v.save_incremental());
+        assert!(v.save_incremental().is_empty());
+        v.remove(&a).unwrap();
+        file.extend(v.save_incremental());
+
+        let w = Vault::load(&file, keyring()).unwrap();
+        assert_eq!(list(&w), list(&v));
+        assert_eq!(w.heads(), v.heads());
+        assert_eq!(w.devices(), v.devices());
+        assert_eq!(w.passkey(&b).unwrap().label.as_deref(), Some("renamed"));
+        assert!(w.passkey(&a).is_none());
+    }
+
+    #[test]
+    fn wrong_keyring_is_refused() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        v.insert(new_passkey(1, "example.com"), 10).unwrap();
+        let bytes = v.save();
+        let wrong = Keyring::new(Epoch(0), VaultKey::from_bytes([0x43; 32]));
+        assert_eq!(Vault::load(&bytes, wrong).err(), Some(Error::WrongKey));
+        // The right key under an epoch the vault never saw: the vault cannot vouch for it.
+        let other_epoch = Keyring::new(Epoch(1), VaultKey::from_bytes(KEY));
+        assert_eq!(
+            Vault::load(&bytes, other_epoch).err(),
+            Some(Error::UnknownEpoch(Epoch(1)))
+        );
+        // An extra epoch the vault has never seen (a rotation not yet synced) has nothing to check against.
+        let mut mixed = Keyring::new(Epoch(0), VaultKey::from_bytes(KEY));
+        mixed.insert(Epoch(5), VaultKey::generate());
+        assert!(Vault::load(&bytes, mixed).is_ok());
+    }
+
+    #[test]
+    fn same_vault_id_with_another_key_is_detected_on_sync() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let mine = a.insert(new_passkey(1, "example.com"), 1).unwrap();
+        let other_key = Keyring::new(Epoch(0), VaultKey::from_bytes([7; 32]));
+        let mut b = Vault::create(id, other_key).unwrap();
+        let theirs = b.insert(new_passkey(2, "example.com"), 2).unwrap();
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        let mut saw_wrong_key = false;
+        for _ in 0..10 {
+            if let Some(m) = a.generate_sync_message(&mut sa) {
+                saw_wrong_key |= b.receive_sync_message(&mut sb, &m) == Err(Error::WrongKey);
+            }
+            if let Some(m) = b.generate_sync_message(&mut sb) {
+                saw_wrong_key |= a.receive_sync_message(&mut sa, &m) == Err(Error::WrongKey);
+            }
+        }
+        assert!(saw_wrong_key);
+        // The foreign records are problems, and the vault still loads with the right key (not with b's).
+        assert!(matches!(a.problems(), [(id, Error::Decrypt { .. })] if *id == theirs));
+        let reloaded = Vault::load(&a.save(), keyring()).unwrap();
+        assert!(reloaded.passkey(&mine).is_some());
+        assert!(matches!(reloaded.problems(), [(id, Error::Decrypt { .. })] if *id == theirs));
+        let wrong = Keyring::new(Epoch(0), VaultKey::from_bytes([8; 32]));
+        assert_eq!(Vault::load(&a.save(), wrong).err(), Some(Error::WrongKey));
+    }
+
+    #[test]
+    fn tampered_field_shows_as_problem_only_for_that_record() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        let a = v.insert(new_passkey(1, "example.com"), 10).unwrap();
+        let b = v.insert(new_passkey(2, "example.com"), 11).unwrap();
+        let mut peer = Vault::load(&v.save(), keyring()).unwrap();
+
+        let mut sealed = raw_field(&v, &a, "core");
+        let last = sealed.len() - 1;
+        sealed[last] ^= 0x01;
+        put_raw(&mut v, &a, "core", ScalarValue::Bytes(sealed));
+
+        let expected = [(
+            a,
+            Error::Decrypt {
+                record: a,
+                field: "core",
+            },
+        )];
+        let loaded = Vault::load(&v.save(), keyring()).unwrap();
+        assert_eq!(loaded.problems(), &expected[..]);
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            loaded.passkeys().map(|p| p.record_id).collect::<Vec<_>>(),
+            vec![b]
+        );
+        assert!(loaded.find_by_credential_id(&[1; 16]).is_none());
+        assert_eq!(loaded.decrypt_record(&a), Err(expected[0].1.clone()));
+        assert_eq!(loaded.find_by_rp("example.com").count(), 1);
+
+        // Arriving by sync, the replica's index drops the record too.
+        assert!(peer.passkey(&a).is_some());
+        sync_pair(&mut v, &mut peer);
+        assert_eq!(peer.problems(), &expected[..]);
+        assert!(peer.passkey(&a).is_none());
+        assert_eq!(peer.rename(&a, "x", 1), Err(expected[0].1.clone()));
+        assert_index_fresh(&mut peer);
+
+        // Deleting the broken record clears the problem.
+        assert!(peer.remove(&a).unwrap());
+        assert!(peer.problems().is_empty());
+        assert_index_fresh(&mut peer);
+    }
+
+    #[test]
+    fn moved_ciphertexts_do_not_decrypt() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        let a = v.insert(new_passkey(1, "example.com"), 10).unwrap();
+        let b = v.insert(new_passkey(2, "example.com"), 11).unwrap();
+        let c = v.insert(new_passkey(3, "example.com"), 12).unwrap();
+
+        // Between fields of one record.
+        let updated = raw_field(&v, &a, "updated_at");
+        put_raw(&mut v, &a, "label", ScalarValue::Bytes(updated));
+        assert_eq!(
+            v.decrypt_record(&a),
+            Err(Error::Decrypt {
+                record: a,
+                field: "label"
+            })
+        );
+        // Between records.
+        let core_a = raw_field(&v, &a, "core");
+        put_raw(&mut v, &b, "core", ScalarValue::Bytes(core_a));
+        assert_eq!(
+            v.decrypt_record(&b),
+            Err(Error::Decrypt {
+                record: b,
+                field: "core"
+            })
+        );
+        // To another epoch the keyring knows (same key even): the epoch is bound too.
+        v.keyring.insert(Epoch(1), VaultKey::from_bytes(KEY));
+        put_raw(&mut v, &c, "epoch", ScalarValue::Uint(1));
+        assert!(matches!(v.decrypt_record(&c), Err(Error::Decrypt { record, .. }) if record == c));
+        // To an epoch it does not know.
+        put_raw(&mut v, &c, "epoch", ScalarValue::Uint(9));
+        assert_eq!(v.decrypt_record(&c), Err(Error::UnknownEpoch(Epoch(9))));
+        // Between vaults.
+        let mut other = Vault::create(VaultId::random(), keyring()).unwrap();
+        let d = other.insert(new_passkey(4, "example.com"), 13).unwrap();
+        let obj = record_map(&other, &d);
+        let mut tx = other.doc.transaction();
+        tx.put(&obj, "core", ScalarValue::Bytes(raw_field(&v, &c, "core")))
+            .unwrap();
+        tx.commit();
+        assert_eq!(
+            other.decrypt_record(&d),
+            Err(Error::Decrypt {
+                record: d,
+                field: "core"
+            })
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_malformed() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        let a = v.insert(new_passkey(1, "example.com"), 10).unwrap();
+        let b = v.insert(new_passkey(2, "example.com"), 11).unwrap();
+        put_raw(&mut v, &a, "core", ScalarValue::Str("example.com".into()));
+        put_raw(&mut v, &b, "epoch", ScalarValue::Str("0".into()));
+        let loaded = Vault::load(&v.save(), keyring()).unwrap();
+        assert_eq!(loaded.len(), 0);
+        assert_eq!(loaded.problems().len(), 2);
+        assert!(
+            loaded
+                .problems()
+                .iter()
+                .all(|(_, e)| matches!(e, Error::Malformed(_)))
+        );
+
+        // The root in the wrong shape: the whole load fails.
+        let id = VaultId::random();
+        let (mut doc, _) = doc::genesis(&id).unwrap();
+        doc.set_actor(ActorId::random());
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "format", ScalarValue::Uint(2)).unwrap();
+        tx.commit();
+        assert!(matches!(
+            Vault::load(&doc.save(), keyring()),
+            Err(Error::Malformed(_))
+        ));
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "records", "not a map").unwrap();
+        tx.put(ROOT, "vault_id", ScalarValue::Bytes(vec![1; 16]))
+            .unwrap();
+        tx.commit();
+        assert!(matches!(
+            Vault::load(&doc.save(), keyring()),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_bytes_are_errors() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        v.insert(new_passkey(1, "example.com"), 10).unwrap();
+        let good = v.save();
+        let mut state = SyncState::new();
+        let mut junk: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0x85, 0x6f, 0x4a, 0x83],
+            vec![0x42; 100],
+            vec![0x43, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            (0..=255).collect(),
+            good[..good.len() / 2].to_vec(),
+            good[..good.len() - 1].to_vec(),
+        ];
+        let mut appended = good.clone();
+        appended.extend_from_slice(b"trailing garbage");
+        junk.push(appended);
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0xff;
+        junk.push(flipped);
+        for bytes in &junk {
+            assert!(
+                Vault::load(bytes, keyring()).is_err(),
+                "load accepted {} bytes",
+                bytes.len()
+            );
+            assert!(SyncState::decode(bytes).is_err() || bytes.is_empty() || bytes == &[0]);
+            assert!(v.receive_sync_message(&mut state, bytes).is_err() || bytes.is_empty());
+        }
+        // A plain automerge document is not a vault.
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "hello", "world").unwrap();
+        tx.commit();
+        assert!(matches!(
+            Vault::load(&doc.save(), keyring()),
+            Err(Error::Malformed(_))
+        ));
+        // The vault still works.
+        assert_eq!(v.len(), 1);
+        assert_index_fresh(&mut v);
+    }
+
+    #[test]
+    fn foreign_vault_changes_are_refused() {
+        let mut a = Vault::create(VaultId::random(), keyring()).unwrap();
+        let mut b = Vault::create(VaultId::random(), keyring()).unwrap();
+        let ra = a.insert(new_passkey(1, "a.example"), 1).unwrap();
+        b.insert(new_passkey(2, "b.example"), 2).unwrap();
+        let heads = a.heads();
+        assert_eq!(a.merge(&mut b), Err(Error::ForeignVault));
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        let mut refused = 0;
+        for _ in 0..10 {
+            if let Some(m) = b.generate_sync_message(&mut sb)
+                && let Err(e) = a.receive_sync_message(&mut sa, &m)
+            {
+                assert_eq!(e, Error::ForeignVault);
+                refused += 1;
+            }
+            if let Some(m) = a.generate_sync_message(&mut sa)
+                && let Err(e) = b.receive_sync_message(&mut sb, &m)
+            {
+                assert_eq!(e, Error::ForeignVault);
+                refused += 1;
+            }
+        }
+        assert!(refused > 0);
+        // Messages that carry b's changes (as b sends them to its own replica c) are refused by a.
+        let mut c = Vault::create(b.id(), keyring()).unwrap();
+        let (mut sb, mut sc) = (SyncState::new(), SyncState::new());
+        let mut carried = 0;
+        for _ in 0..10 {
+            if let Some(m) = b.generate_sync_message(&mut sb) {
+                c.receive_sync_message(&mut sc, &m).unwrap();
+                let decoded = automerge::sync::Message::decode(&m).unwrap();
+                if !decoded.changes.is_empty() {
+                    carried += 1;
+                    assert_eq!(
+                        a.receive_sync_message(&mut SyncState::new(), &m),
+                        Err(Error::ForeignVault)
+                    );
+                }
+            }
+            if let Some(m) = c.generate_sync_message(&mut sc) {
+                b.receive_sync_message(&mut sb, &m).unwrap();
+            }
+        }
+        assert!(carried > 0);
+        assert_eq!(list(&b), list(&c));
+        assert_eq!(a.heads(), heads, "nothing of the other vault was applied");
+        assert_eq!(
+            a.passkeys().map(|p| p.record_id).collect::<Vec<_>>(),
+            vec![ra]
+        );
+        let reloaded = Vault::load(&a.save(), keyring()).unwrap();
+        assert_eq!(reloaded.id(), a.id());
+        assert_eq!(list(&reloaded), list(&a));
+    }
+
+    #[test]
+    fn a_peer_writing_the_root_is_flagged_and_ignored() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let mut b = Vault::create(id, keyring()).unwrap();
+        let ra = a.insert(new_passkey(1, "a.example"), 1).unwrap();
+        sync_pair(&mut a, &mut b);
+        // b's buggy daemon replaces the records map.
+        let mut tx = b.doc.transaction();
+        tx.put_object(ROOT, "records", ObjType::Map).unwrap();
+        tx.commit();
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        let mut flagged = false;
+        for _ in 0..10 {
+            if let Some(m) = b.generate_sync_message(&mut sb) {
+                flagged |= matches!(
+                    a.receive_sync_message(&mut sa, &m),
+                    Err(Error::Malformed(_))
+                );
+            }
+            if let Some(m) = a.generate_sync_message(&mut sa) {
+                let _ = b.receive_sync_message(&mut sb, &m);
+            }
+        }
+        assert!(flagged);
+        assert!(a.passkey(&ra).is_some());
+        // Reported once; later changes from the same peer go through.
+        b.insert(new_passkey(3, "c.example"), 3).unwrap();
+        sync_pair(&mut b, &mut a);
+        assert_eq!(a.find_by_rp("c.example").count(), 1);
+        // The vault keeps addressing its genesis maps: after a reload the record is still there.
+        let mut reloaded = Vault::load(&a.save(), keyring()).unwrap();
+        assert!(reloaded.passkey(&ra).is_some());
+        let rb = reloaded.insert(new_passkey(2, "b.example"), 2).unwrap();
+        assert_eq!(reloaded.len(), 3);
+        assert!(
+            Vault::load(&reloaded.save(), keyring())
+                .unwrap()
+                .passkey(&rb)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn sync_updates_only_touched_records() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let mut b = Vault::create(id, keyring()).unwrap();
+        let r1 = a.insert(new_passkey(1, "example.com"), 1).unwrap();
+        let r2 = a.insert(new_passkey(2, "example.com"), 2).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert_eq!(list(&a), list(&b));
+
+        b.rename(&r1, "from b", 3).unwrap();
+        a.remove(&r2).unwrap();
+        let r3 = a.insert(new_passkey(3, "example.org"), 4).unwrap();
+        a.add_device(device("peer-a", None)).unwrap();
+        sync_pair(&mut a, &mut b);
+        for v in [&a, &b] {
+            assert_eq!(v.passkey(&r1).unwrap().label.as_deref(), Some("from b"));
+            assert!(v.passkey(&r2).is_none());
+            assert_eq!(v.find_by_rp("example.org").next().unwrap().record_id, r3);
+            assert_eq!(v.find_by_credential_id(&[3; 16]).unwrap().record_id, r3);
+            assert_eq!(v.devices().len(), 1);
+        }
+        assert_eq!(list(&a), list(&b));
+        assert_index_fresh(&mut a);
+        assert_index_fresh(&mut b);
+    }
+
+    #[test]
+    fn remote_changes_reread_only_the_records_they_touch() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let quiet = a.insert(new_passkey(1, "example.com"), 1).unwrap();
+        let mut b = Vault::create(id, keyring()).unwrap();
+        sync_pair(&mut a, &mut b);
+        // Break `quiet` in b's document behind the index's back: only a full re-read would notice.
+        put_raw(&mut b, &quiet, "core", ScalarValue::Bytes(vec![0; 60]));
+        let busy = a.insert(new_passkey(2, "example.com"), 2).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert!(b.passkey(&busy).is_some());
+        assert!(
+            b.passkey(&quiet).is_some(),
+            "an untouched record was re-read"
+        );
+        assert!(b.problems().is_empty());
+        // On a, the same sync carried the change to `quiet`, so a re-read it.
+        assert!(a.passkey(&quiet).is_none());
+        assert!(
+            matches!(a.problems(), [(id, Error::Decrypt { field: "core", .. })] if *id == quiet)
+        );
+    }
+
+    #[test]
+    fn a_new_replica_receives_many_records_at_once() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        for i in 0..300u32 {
+            let mut p = new_passkey((i % 200) as u8, &format!("site{}.example", i % 5));
+            p.credential_id = i.to_be_bytes().to_vec();
+            a.insert(p, u64::from(i)).unwrap();
+        }
+        a.add_device(device("peer-a", None)).unwrap();
+        let mut b = Vault::create(id, keyring()).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert_eq!(b.len(), 300);
+        assert_eq!(list(&a), list(&b));
+        assert_eq!(a.devices(), b.devices());
+        // After the bulk path, later single changes still reach the right records.
+        let first = a.passkeys().next().unwrap().record_id;
+        a.rename(&first, "after bulk", 1_000).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert_eq!(
+            b.passkey(&first).unwrap().label.as_deref(),
+            Some("after bulk")
+        );
+        assert_index_fresh(&mut b);
+    }
+
+    #[test]
+    fn remote_edits_reach_a_loaded_replica() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let r = a.insert(new_passkey(1, "example.com"), 1).unwrap();
+        a.add_device(device("peer-a", None)).unwrap();
+        let mut b = Vault::load(&a.save(), keyring()).unwrap();
+        a.rename(&r, "renamed on a", 2).unwrap();
+        let mut renamed = device("peer-a", None);
+        renamed.name = "new name".into();
+        a.add_device(renamed.clone()).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert_eq!(
+            b.passkey(&r).unwrap().label.as_deref(),
+            Some("renamed on a")
+        );
+        assert_eq!(b.devices(), vec![renamed]);
+        a.remove_device(&DeviceId::new("peer-a".into())).unwrap();
+        a.remove(&r).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert!(b.is_empty());
+        assert!(b.devices().is_empty());
+        assert_index_fresh(&mut b);
+    }
+
+    #[test]
+    fn every_epoch_of_the_keyring_is_checked() {
+        let mut ring = keyring();
+        ring.insert(Epoch(1), VaultKey::from_bytes([0x11; 32]));
+        ring.set_current(Epoch(1)).unwrap();
+        let mut v = Vault::create(VaultId::random(), ring.clone()).unwrap();
+        let id = v.insert(new_passkey(1, "example.com"), 1).unwrap();
+        assert_eq!(v.passkey(&id).unwrap().epoch, Epoch(1));
+        let bytes = v.save();
+        assert_eq!(Vault::load(&bytes, ring.clone()).unwrap().len(), 1);
+        // The current epoch's key is right, an older one is not.
+        let mut bad_old = Keyring::new(Epoch(0), VaultKey::from_bytes([0x99; 32]));
+        bad_old.insert(Epoch(1), VaultKey::from_bytes([0x11; 32]));
+        bad_old.set_current(Epoch(1)).unwrap();
+        assert_eq!(Vault::load(&bytes, bad_old).err(), Some(Error::WrongKey));
+        // Without the key of epoch 1 its records are problems, not a failed load.
+        let only_old = keyring();
+        let loaded = Vault::load(&bytes, only_old).unwrap();
+        assert!(loaded.is_empty());
+        assert_eq!(loaded.problems(), &[(id, Error::UnknownEpoch(Epoch(1)))]);
+    }
+
+    #[test]
+    fn concurrent_rename_and_delete_converge() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let mut b = Vault::create(id, keyring()).unwrap();
+        let r = a.insert(new_passkey(1, "example.com"), 1).unwrap();
+        sync_pair(&mut a, &mut b);
+        a.rename(&r, "renamed", 2).unwrap();
+        b.remove(&r).unwrap();
+        let mut c = Vault::load(&a.save(), keyring()).unwrap();
+        a.merge(&mut b).unwrap();
+        sync_pair(&mut b, &mut c);
+        for v in [&a, &b, &c] {
+            assert!(v.passkey(&r).is_none());
+            assert!(v.problems().is_empty());
+        }
+        assert_eq!(a.heads(), b.heads());
+        assert_eq!(b.heads(), c.heads());
+    }
+
+    fn device(id: &str, by: Option<&str>) -> Device {
+        Device {
+            id: DeviceId::new(id.into()),
+            name: format!("{id}'s laptop"),
+            x25519_public: [9; 32],
+            added_by: by.map(|b| DeviceId::new(b.into())),
+            added_at_ms: 77,
+        }
+    }
+
+    #[test]
+    fn devices_round_trip() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        v.add_device(device("12D3KooWA", None)).unwrap();
+        v.add_device(device("12D3KooWB", Some("12D3KooWA")))
+            .unwrap();
+        let mut renamed = device("12D3KooWB", Some("12D3KooWA"));
+        renamed.name = "desk".into();
+        v.add_device(renamed.clone()).unwrap();
+        assert_eq!(
+            v.devices(),
+            vec![device("12D3KooWA", None), renamed.clone()]
+        );
+        assert!(v.remove_device(&DeviceId::new("12D3KooWA".into())).unwrap());
+        assert!(!v.remove_device(&DeviceId::new("12D3KooWA".into())).unwrap());
+        assert_eq!(v.devices(), vec![renamed]);
+        assert!(v.add_device(device("", None)).is_err());
+        assert_index_fresh(&mut v);
+
+        // The clear fields are authenticated by the sealed ones: swapping the public key is detected.
+        let b = DeviceId::new("12D3KooWB".into());
+        let obj = match v.doc.get(&v.shape.devices, b.as_str()).unwrap().unwrap() {
+            (automerge::Value::Object(ObjType::Map), obj) => obj,
+            other => panic!("{other:?}"),
+        };
+        let mut tx = v.doc.transaction();
+        tx.put(&obj, "x25519_public", ScalarValue::Bytes(vec![6; 32]))
+            .unwrap();
+        tx.commit();
+        let reloaded = Vault::load(&v.save(), keyring()).unwrap();
+        assert!(reloaded.devices().is_empty());
+        assert!(matches!(
+            reloaded.device_problems(),
+            [(id, Error::DeviceDecrypt { field: "name", .. })] if *id == b
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_private_key() {
+        let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
+        let mut p = new_passkey(1, "example.com");
+        let secret: Vec<u8> = (200..232).collect();
+        p.private_key = Zeroizing::new(secret.clone());
+        let printed_new = format!("{p:?} {p:#?}");
+        let id = v.insert(p, 1).unwrap();
+        let passkey = v.passkey(&id).unwrap();
+        let printed = format!("{passkey:?} {passkey:#?} {printed_new} {v:?} {v:#?}");
+        assert!(printed.contains("private_key"));
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        for needle in [&hex[..], &hex[..6], "C8C9CA", "200, 201", "200,\n", "[200"] {
+            assert!(!printed.contains(needle), "{needle} in {printed}");
+        }
+        // The key bytes of the vault key do not show either.
+        assert!(!printed.contains("4242") && !printed.contains("66, 66"));
+    }
+
+    #[test]
+    fn receiving_a_message_twice_changes_nothing() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let mut b = Vault::create(id, keyring()).unwrap();
+        a.insert(new_passkey(1, "example.com"), 1).unwrap();
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        let mut all = Vec::new();
+        for _ in 0..10 {
+            if let Some(m) = a.generate_sync_message(&mut sa) {
+                b.receive_sync_message(&mut sb, &m).unwrap();
+                all.push(m);
+            }
+            if let Some(m) = b.generate_sync_message(&mut sb) {
+                a.receive_sync_message(&mut sa, &m).unwrap();
+            }
+        }
+        assert_eq!(b.len(), 1);
+        let (heads, passkeys) = (b.heads(), list(&b));
+        for m in &all {
+            b.receive_sync_message(&mut sb, m).unwrap();
+            b.receive_sync_message(&mut SyncState::new(), m).unwrap();
+        }
+        assert_eq!((b.heads(), list(&b)), (heads, passkeys));
+    }
+
+    #[test]
+    fn sync_state_round_trips() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let mut b = Vault::create(id, keyring()).unwrap();
+        a.insert(new_passkey(1, "example.com"), 1).unwrap();
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        for _ in 0..5 {
+            if let Some(m) = a.generate_sync_message(&mut sa) {
+                b.receive_sync_message(&mut sb, &m).unwrap();
+            }
+            if let Some(m) = b.generate_sync_message(&mut sb) {
+                a.receive_sync_message(&mut sa, &m).unwrap();
+            }
+        }
+        let restored = SyncState::decode(&sa.encode()).unwrap();
+        assert_eq!(restored.encode(), sa.encode());
+        assert!(!sa.encode().is_empty());
+    }
+}
