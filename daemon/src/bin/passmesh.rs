@@ -142,13 +142,7 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
             options,
             pin_stdin,
         } => {
-            let pin = read_pin_arg(*pin_stdin)?;
-            let options = serde_json::from_slice(&read_input(options)?).map_err(|e| {
-                Failure::Local(format!(
-                    "{}: not valid creation options: {e}",
-                    options.display()
-                ))
-            })?;
+            let (options, pin) = read_call(options, *pin_stdin, "creation options")?;
             Some(RequestBody::Create {
                 origin: origin.clone(),
                 options,
@@ -160,13 +154,7 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
             options,
             pin_stdin,
         } => {
-            let pin = read_pin_arg(*pin_stdin)?;
-            let options = serde_json::from_slice(&read_input(options)?).map_err(|e| {
-                Failure::Local(format!(
-                    "{}: not valid request options: {e}",
-                    options.display()
-                ))
-            })?;
+            let (options, pin) = read_call(options, *pin_stdin, "request options")?;
             Some(RequestBody::Get {
                 origin: origin.clone(),
                 options,
@@ -310,6 +298,18 @@ fn read_input(path: &Path) -> Result<Vec<u8>, Failure> {
     } else {
         std::fs::read(path).map_err(|e| Failure::Local(format!("{}: {e}", path.display())))
     }
+}
+
+/// The options JSON of `create`/`get` and, with `--pin-stdin`, the PIN (read first, from stdin's first line).
+fn read_call<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    pin_stdin: bool,
+    what: &str,
+) -> Result<(T, Option<Pin>), Failure> {
+    let pin = read_pin_arg(pin_stdin)?;
+    let options = serde_json::from_slice(&read_input(path)?)
+        .map_err(|e| Failure::Local(format!("{}: not valid {what}: {e}", path.display())))?;
+    Ok((options, pin))
 }
 
 fn read_pin_arg(from_stdin: bool) -> Result<Option<Pin>, Failure> {
