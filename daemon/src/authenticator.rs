@@ -232,7 +232,12 @@ pub fn make_credential(
         user_handle: options.user.id.as_bytes().to_vec(),
         user_name: truncate(&options.user.name, MAX_NAME_BYTES),
         user_display_name: truncate(&options.user.display_name, MAX_NAME_BYTES),
-        private_key: Zeroizing::new(key.to_bytes().to_vec()),
+        private_key: {
+            let mut scalar = key.to_bytes();
+            let copy = Zeroizing::new(scalar.to_vec());
+            zeroize::Zeroize::zeroize(scalar.as_mut_slice());
+            copy
+        },
         created_at_ms: now_ms,
     };
     Ok(Made { passkey, response })

@@ -105,11 +105,12 @@ impl Keystore {
         }
     }
 
-    /// Seals `secret` into a blob to store.
-    pub fn seal(&self, secret: &[u8]) -> Result<Vec<u8>, Error> {
+    /// Seals `secret` into a blob to store. (A software blob contains the secret itself, so it is zeroized too.)
+    pub fn seal(&self, secret: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         match self {
             Keystore::Software => {
-                let mut blob = Vec::with_capacity(SOFTWARE_TAG.len() + secret.len());
+                let mut blob =
+                    Zeroizing::new(Vec::with_capacity(SOFTWARE_TAG.len() + secret.len()));
                 blob.extend_from_slice(SOFTWARE_TAG);
                 blob.extend_from_slice(secret);
                 Ok(blob)

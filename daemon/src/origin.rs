@@ -27,6 +27,11 @@ pub enum Error {
         /// The caller's origin.
         origin: String,
     },
+    /// The origin's host is an IP address other than loopback, which cannot be a relying party.
+    #[error(
+        "origin {0:?} is an IP address: only domain names (or loopback, for development) can be relying parties"
+    )]
+    IpAddress(String),
     /// The rpId is a public suffix, which would let unrelated sites share credentials.
     #[error("rpId {0:?} is a public suffix and cannot be used as a relying party id")]
     PublicSuffix(String),
@@ -71,7 +76,8 @@ pub fn check(origin: &str, rp_id: Option<&str>) -> Result<Checked, Error> {
     }
     let serialized = url.origin().ascii_serialization();
     let host_str = match &host {
-        Host::Domain(d) => d.to_ascii_lowercase(),
+        // "example.com." is the same host as "example.com": one credential scope, one rpIdHash.
+        Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
         Host::Ipv4(ip) => ip.to_string(),
         Host::Ipv6(ip) => ip.to_string(),
     };
@@ -98,7 +104,11 @@ pub fn check(origin: &str, rp_id: Option<&str>) -> Result<Checked, Error> {
             return Err(Error::PublicSuffix(rp_id));
         }
     } else {
-        // IP addresses have no registrable suffixes: only the address itself.
+        // IP addresses are not valid rpIds (browsers refuse them); loopback stays usable for development.
+        if !is_loopback(&host) {
+            return Err(Error::IpAddress(serialized));
+        }
+        // They have no registrable suffixes: only the address itself.
         let same = rp_id
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -186,10 +196,22 @@ mod tests {
     }
 
     #[test]
-    fn ip_origins_accept_only_the_same_address() {
-        assert!(check("https://10.0.0.1", Some("10.0.0.1")).is_ok());
-        assert!(check("https://10.0.0.1", Some("0.1")).is_err());
+    fn ip_origins_only_on_loopback_and_only_the_same_address() {
+        assert!(check("https://127.0.0.1:8443", Some("127.0.0.1")).is_ok());
+        assert!(check("http://[::1]:8080", Some("::1")).is_ok());
+        assert!(matches!(
+            check("https://10.0.0.1", Some("10.0.0.1")),
+            Err(Error::IpAddress(_))
+        ));
+        assert!(check("https://127.0.0.1", Some("0.1")).is_err());
         assert!(check("https://example.com", Some("127.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn trailing_dot_hosts_are_the_same_scope() {
+        let c = check("https://login.example.com.", None).unwrap();
+        assert_eq!(c.rp_id, "login.example.com");
+        assert!(check("https://login.example.com.", Some("example.com")).is_ok());
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub const MIN_LEN: usize = 4;
 /// Longest PIN accepted, in characters (CTAP2's limit).
 pub const MAX_LEN: usize = 63;
 
+/// Longest lock the doubling reaches (unless the configured lockout is longer): one day.
+const MAX_BACKOFF_MS: u64 = 24 * 3600 * 1000;
+
 /// Failure of a PIN operation.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -38,7 +41,8 @@ pub enum Error {
 pub struct Policy {
     /// Consecutive wrong PINs before the PIN locks.
     pub max_attempts: u32,
-    /// How long a lock lasts. After it one attempt is allowed; a wrong one locks again.
+    /// How long the first lock lasts. After a lock one attempt is allowed; a wrong one locks again for twice
+    /// as long (up to a day).
     pub lockout: Duration,
 }
 
@@ -138,9 +142,15 @@ impl PinState {
             });
         }
         self.failures = self.failures.saturating_add(1);
-        if self.failures >= policy.max_attempts.max(1) {
-            // This attempt is the last one allowed: whatever its outcome, the next must wait.
-            let lock = u64::try_from(policy.lockout.as_millis()).unwrap_or(u64::MAX);
+        let max = policy.max_attempts.max(1);
+        if self.failures >= max {
+            // This attempt is the last one allowed: whatever its outcome, the next must wait. Each further
+            // failure doubles the wait (up to a day, or the configured lockout if longer), so guessing a short
+            // PIN one try per lockout does not stay cheap.
+            let base = u64::try_from(policy.lockout.as_millis()).unwrap_or(u64::MAX);
+            let doublings = (self.failures - max).min(20);
+            let cap = base.max(MAX_BACKOFF_MS);
+            let lock = base.saturating_mul(1 << doublings).min(cap);
             self.locked_until_ms = now_ms.saturating_add(lock);
         }
         Ok(())
@@ -209,11 +219,24 @@ mod tests {
             Err(Error::Locked { .. })
         ));
         assert_eq!(s.locked_for(2), Some(Duration::from_secs(60)));
-        // After the lock: one attempt, a wrong one locks again.
+        // After the lock: one attempt, a wrong one locks again, for twice as long each time.
         let later = 2 + 60_000;
         assert_eq!(s.attempts_left(later, &policy), 1);
         s.begin_attempt(later, &policy).unwrap();
         assert!(s.begin_attempt(later + 1, &policy).is_err());
+        assert_eq!(s.locked_for(later), Some(Duration::from_secs(120)));
+        let later = later + 120_000;
+        s.begin_attempt(later, &policy).unwrap();
+        assert_eq!(s.locked_for(later), Some(Duration::from_secs(240)));
+        // The doubling stops at a day.
+        for _ in 0..30 {
+            let t = s.locked_until_ms;
+            s.begin_attempt(t, &policy).unwrap();
+        }
+        assert_eq!(
+            s.locked_for(s.locked_until_ms - 86_400_000),
+            Some(Duration::from_secs(86_400))
+        );
         // Success clears everything.
         s.succeed();
         assert_eq!(s.attempts_left(later + 1, &policy), 3);

@@ -80,6 +80,28 @@ pub struct Service {
     vaults: Vaults,
     keystore: &'static str,
     keystore_warning: Option<String>,
+    /// Bounds concurrent argon2 runs (19 MiB and tens of ms each), whoever asks for them.
+    hashing: tokio::sync::Semaphore,
+}
+
+/// argon2 runs at once, at most.
+const PARALLEL_HASHES: usize = 2;
+
+impl Service {
+    /// Runs PIN hashing on the blocking pool, at most [`PARALLEL_HASHES`] at a time.
+    async fn hash_off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ErrorBody> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| e(ErrorName::UnknownError, "shutting down"))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| e(ErrorName::UnknownError, "PIN hashing was interrupted"))
+    }
 }
 
 /// One request's context: the caller's uid and vault.
@@ -220,6 +242,10 @@ impl Session<'_> {
         pin: Option<&Pin>,
     ) -> Result<ResponseBody, ErrorBody> {
         let checked = origin::check(origin, options.rp_id.as_deref()).map_err(security)?;
+        // Everything about the request is checked before a PIN attempt can be spent on it.
+        if options.challenge.as_bytes().is_empty() {
+            return Err(e(ErrorName::TypeError, "challenge must not be empty"));
+        }
         let allow: Vec<Vec<u8>> = options
             .allow_credentials
             .iter()
@@ -270,7 +296,7 @@ impl Session<'_> {
             };
         };
         match self.check_pin(pin).await? {
-            Some(()) => Ok(true),
+            Some(_) => Ok(true),
             None if wanted == UserVerification::Required => Err(e(
                 ErrorName::NotAllowedError,
                 "user verification is required but no PIN is set on this device (run `passmesh pin set`)",
@@ -279,8 +305,8 @@ impl Session<'_> {
         }
     }
 
-    /// `Some(())` when the PIN is right, `None` when no PIN is set; an error when it is wrong or locked.
-    async fn check_pin(&self, pin: &Pin) -> Result<Option<()>, ErrorBody> {
+    /// The verified hash when the PIN is right, `None` when no PIN is set; an error when it is wrong or locked.
+    async fn check_pin(&self, pin: &Pin) -> Result<Option<PinHash>, ErrorBody> {
         let hash = match self.vault.pin_begin().await {
             Ok(PinCheck::NotSet) => return Ok(None),
             Ok(PinCheck::Verify(hash)) => hash,
@@ -290,13 +316,15 @@ impl Session<'_> {
             Err(other) => return Err(internal(other)),
         };
         let candidate = pin.clone();
-        let ok = tokio::task::spawn_blocking(move || hash.verify(candidate.as_str()))
-            .await
-            .map_err(|_| e(ErrorName::UnknownError, "PIN check was interrupted"))?
+        let verified = hash.clone();
+        let ok = self
+            .service
+            .hash_off_runtime(move || verified.verify(candidate.as_str()))
+            .await?
             .map_err(|p| e(ErrorName::UnknownError, p.to_string()))?;
         self.vault.pin_finish(ok).await.map_err(internal)?;
         if ok {
-            return Ok(Some(()));
+            return Ok(Some(hash));
         }
         let left = self
             .vault
@@ -317,21 +345,30 @@ impl Session<'_> {
     async fn set_pin(&self, new: &Pin, current: Option<&Pin>) -> Result<ResponseBody, ErrorBody> {
         pin::validate(new.as_str()).map_err(|p| e(ErrorName::ConstraintError, p.to_string()))?;
         let status = self.vault.status().await.map_err(internal)?;
-        if status.pin_set {
+        let previous = if status.pin_set {
             let Some(current) = current else {
                 return Err(e(
                     ErrorName::NotAllowedError,
                     "a PIN is already set: the current PIN is needed to change it",
                 ));
             };
-            self.check_pin(current).await?;
-        }
+            self.check_pin(current).await?
+        } else {
+            None
+        };
         let new = new.clone();
-        let hash = tokio::task::spawn_blocking(move || PinHash::new(new.as_str()))
-            .await
-            .map_err(|_| e(ErrorName::UnknownError, "PIN hashing was interrupted"))?
+        let hash = self
+            .service
+            .hash_off_runtime(move || PinHash::new(new.as_str()))
+            .await?
             .map_err(|p| e(ErrorName::ConstraintError, p.to_string()))?;
-        self.vault.set_pin(hash).await.map_err(internal)?;
+        self.vault
+            .set_pin(hash, previous)
+            .await
+            .map_err(|err| match err {
+                vault::Error::PinChanged => e(ErrorName::InvalidStateError, err.to_string()),
+                other => internal(other),
+            })?;
         tracing::info!("the device PIN was set");
         Ok(ResponseBody::SetPin {})
     }
@@ -407,6 +444,7 @@ pub async fn run(
         },
         keystore,
         keystore_warning: opened.warning,
+        hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),
     });
     let socket_err = |source| Error::Socket {
         path: config.socket.clone(),
@@ -416,13 +454,12 @@ pub async fn run(
     let listener = passmesh_ipc::bind(&config.socket).map_err(socket_err)?;
     tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), keystore, "serving");
     ready(&config);
-    passmesh_ipc::serve(
-        listener,
-        service.clone(),
-        passmesh_ipc::Config::default(),
-        shutdown,
-    )
-    .await;
+    let ipc_config = passmesh_ipc::Config {
+        // Callers connect per request or per browser session; an idle connection only holds a slot.
+        idle_timeout: std::time::Duration::from_secs(60),
+        ..passmesh_ipc::Config::default()
+    };
+    passmesh_ipc::serve(listener, service.clone(), ipc_config, shutdown).await;
     let _ = std::fs::remove_file(&config.socket);
     // Dropping the last handle stops the actor after a final flush.
     drop(service);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use p256::ecdsa::SigningKey;
-use passmesh_crdt::{Epoch, Keyring, NewPasskey, Vault, VaultId, VaultKey};
+use passmesh_crdt::{Epoch, Keyring, NewPasskey, RecordId, Vault, VaultId, VaultKey};
 use passmesh_ipc::{Base64Url, PasskeyInfo};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
@@ -50,6 +50,9 @@ pub enum Error {
     /// The actor has stopped (daemon shutting down).
     #[error("the vault is shut down")]
     Stopped,
+    /// The PIN changed between verifying it and replacing it.
+    #[error("the PIN was changed concurrently; try again")]
+    PinChanged,
     /// A persisted write failed; the change was not acknowledged.
     #[error("could not persist the change: {0}")]
     Persist(String),
@@ -118,6 +121,7 @@ enum Command {
     },
     SetPin {
         hash: PinHash,
+        previous: Option<PinHash>,
         reply: Reply<Result<(), Error>>,
     },
 }
@@ -183,6 +187,7 @@ pub fn open(dir: &Path, keystore: Keystore, policy: Policy) -> Result<Running, E
         pin,
         policy,
         dirty: false,
+        full_save_needed: false,
     };
     let (tx, rx) = mpsc::channel(INBOX);
     let name = format!(
@@ -264,7 +269,10 @@ struct Actor {
     store: Store,
     pin: PinState,
     policy: Policy,
+    /// Changes applied in memory but not yet stored.
     dirty: bool,
+    /// A write failed: the next one must store a full snapshot.
+    full_save_needed: bool,
 }
 
 /// Replies held back until the batch's writes are on disk.
@@ -298,18 +306,51 @@ impl Actor {
         if !self.dirty {
             return Ok(());
         }
+        let written = if self.full_save_needed {
+            self.compact()
+        } else {
+            let chunk = self.vault.save_incremental();
+            self.store.append(&chunk).map_err(Error::from)
+        };
+        if let Err(e) = written {
+            self.recover();
+            return Err(e);
+        }
         self.dirty = false;
-        let chunk = self.vault.save_incremental();
-        self.store.append(&chunk)?;
-        if self.store.chunk_count() > COMPACT_AFTER {
-            self.compact()?;
+        if self.store.chunk_count() > COMPACT_AFTER
+            && let Err(e) = self.compact()
+        {
+            // The write itself is on disk; the chunks stay until a compaction succeeds.
+            tracing::warn!(error = %e, "compacting the vault failed");
         }
         Ok(())
+    }
+
+    /// After a failed write: the document in memory is ahead of the disk, and `save_incremental` has already
+    /// moved on, so later chunks would depend on changes that were never stored. Go back to what the store
+    /// holds (the failed change is not acknowledged, so nobody may rely on it) and make the next write a full
+    /// snapshot.
+    fn recover(&mut self) {
+        self.full_save_needed = true;
+        self.dirty = false;
+        let reloaded = self.store.document().map_err(Error::from).and_then(|doc| {
+            let doc = doc.ok_or_else(|| Error::Persist("the store lost its document".into()))?;
+            Vault::load(&doc, self.vault.keyring().clone()).map_err(Error::from)
+        });
+        match reloaded {
+            Ok(vault) => {
+                self.vault = vault;
+                self.keys.clear();
+            }
+            // Keep the in-memory state; the next successful full save stores all of it.
+            Err(e) => tracing::error!(error = %e, "cannot reload the vault after a failed write"),
+        }
     }
 
     fn compact(&mut self) -> Result<(), Error> {
         let full = self.vault.save();
         self.store.replace(&full, &[])?;
+        self.full_save_needed = false;
         Ok(())
     }
 
@@ -350,12 +391,23 @@ impl Actor {
             }
             Command::Insert { passkey, reply } => {
                 let now = crate::now_ms();
-                let result = self
+                // CTAP2: a new discoverable credential replaces the one this authenticator already holds for
+                // the same rpId and user handle, so re-registering an account leaves no stale key behind.
+                let replaced: Vec<(RecordId, Vec<u8>)> = self
                     .vault
-                    .insert(*passkey, now)
-                    .map(|_| ())
+                    .find_by_rp(&passkey.rp_id)
+                    .filter(|p| p.user_handle == passkey.user_handle)
+                    .map(|p| (p.record_id, p.credential_id.clone()))
+                    .collect();
+                let result = replaced
+                    .iter()
+                    .try_for_each(|(id, credential_id)| {
+                        self.keys.remove(credential_id);
+                        self.vault.remove(id).map(|_| ())
+                    })
+                    .and_then(|()| self.vault.insert(*passkey, now).map(|_| ()))
                     .map_err(Error::from);
-                self.dirty |= result.is_ok();
+                self.dirty |= result.is_ok() || !replaced.is_empty();
                 later_write(deferred, reply, result);
             }
             Command::FindForGet {
@@ -472,14 +524,22 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
-            Command::SetPin { hash, reply } => {
-                let old = std::mem::take(&mut self.pin);
-                self.pin = PinState {
-                    hash: Some(hash),
-                    failures: 0,
-                    locked_until_ms: 0,
+            Command::SetPin {
+                hash,
+                previous,
+                reply,
+            } => {
+                let result = if self.pin.hash != previous {
+                    Err(Error::PinChanged)
+                } else {
+                    let old = std::mem::take(&mut self.pin);
+                    self.pin = PinState {
+                        hash: Some(hash),
+                        failures: 0,
+                        locked_until_ms: 0,
+                    };
+                    self.save_pin().inspect_err(|_| self.pin = old)
                 };
-                let result = self.save_pin().inspect_err(|_| self.pin = old);
                 let _ = reply.send(result);
             }
         }
@@ -575,9 +635,15 @@ impl Handle {
         self.ask(|reply| Command::PinFinish { ok, reply }).await?
     }
 
-    /// Sets a new PIN hash and clears the attempt counter.
-    pub async fn set_pin(&self, hash: PinHash) -> Result<(), Error> {
-        self.ask(|reply| Command::SetPin { hash, reply }).await?
+    /// Sets a new PIN hash and clears the attempt counter, provided the current hash is still `previous`
+    /// (the one the caller verified, or none): two concurrent changes cannot both win.
+    pub async fn set_pin(&self, hash: PinHash, previous: Option<PinHash>) -> Result<(), Error> {
+        self.ask(|reply| Command::SetPin {
+            hash,
+            previous,
+            reply,
+        })
+        .await?
     }
 }
 

@@ -371,12 +371,14 @@ async fn answer<H: Handler>(handler: &H, caller: &Caller, payload: &[u8]) -> Res
     }
 }
 
-/// The request's id, if the JSON has a usable one, so even a rejected request can be matched.
+/// The request's id, if the JSON has a usable one, so even a rejected request can be matched. All other
+/// members are skipped unparsed (serde ignores unknown fields), so no copy of a PIN is made here.
 fn request_id(text: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(text)
-        .ok()?
-        .get("id")?
-        .as_u64()
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: u64,
+    }
+    serde_json::from_str::<IdOnly>(text).ok().map(|v| v.id)
 }
 
 /// Encodes a response; one that would not fit in a frame becomes a `ConstraintError`.

@@ -81,3 +81,47 @@ async fn long_user_names_are_stored_truncated_to_64_bytes() {
     assert_eq!(listed[0].user_name, "a".repeat(64));
     assert_eq!(listed[0].user_display_name, "é".repeat(32));
 }
+
+#[tokio::test]
+async fn registering_the_same_account_again_replaces_its_passkey() {
+    use passmesh_ipc::ErrorName;
+    use passmesh_tests::ops::expect_error;
+    use passmesh_tests::rp::UserVerificationPolicy;
+
+    let d = daemon().await;
+    let mut c = client(&d).await;
+    let rp = example_rp();
+    let first = register_user(&mut c, &rp, "alice").await;
+    let bob = register_user(&mut c, &rp, "bob").await;
+    let second = register_user(&mut c, &rp, "alice").await;
+    assert_ne!(first.id(), second.id());
+
+    let listed: Vec<Vec<u8>> = ops::list(&mut c, None)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|p| p.credential_id.0)
+        .collect();
+    assert_eq!(listed, vec![bob.id().to_vec(), second.id().to_vec()]);
+
+    // The old key is gone for good; the new one signs.
+    let (request, _) = rp
+        .begin_authentication(
+            std::slice::from_ref(&first.credential),
+            UserVerificationPolicy::Preferred,
+        )
+        .expect("request options");
+    expect_error(
+        ops::get(&mut c, rp.origin(), request, None).await,
+        ErrorName::NotAllowedError,
+    );
+    crate::sign_in(
+        &mut c,
+        &rp,
+        &[&second],
+        &[&second],
+        UserVerificationPolicy::Preferred,
+        None,
+    )
+    .await;
+}
