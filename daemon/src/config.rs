@@ -59,6 +59,8 @@ pub struct PinSection {
     pub max_attempts: Option<u32>,
     /// Lockout length in seconds (default 300).
     pub lockout_seconds: Option<u64>,
+    /// Require the PIN for every create and get, whatever the relying party asks (default false).
+    pub always_required: Option<bool>,
 }
 
 /// Overrides from the command line.
@@ -148,6 +150,9 @@ impl Config {
             }
             pin.lockout = Duration::from_secs(s);
         }
+        if let Some(a) = file.pin.always_required {
+            pin.always_required = a;
+        }
         Ok(Config {
             state_dir,
             socket,
@@ -182,7 +187,7 @@ mod tests {
     #[test]
     fn flags_override_file() {
         let (_d, p) = write(
-            "state_dir = \"/from/file\"\nsocket = \"/file.sock\"\nkeystore = \"software\"\n[pin]\nmax_attempts = 3\nlockout_seconds = 60\n",
+            "state_dir = \"/from/file\"\nsocket = \"/file.sock\"\nkeystore = \"software\"\n[pin]\nmax_attempts = 3\nlockout_seconds = 60\nalways_required = true\n",
         );
         let c = Config::resolve(&Flags {
             config: Some(p),
@@ -195,6 +200,7 @@ mod tests {
         assert_eq!(c.keystore, Choice::Software);
         assert_eq!(c.pin.max_attempts, 3);
         assert_eq!(c.pin.lockout, Duration::from_secs(60));
+        assert!(c.pin.always_required);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Policy {
     /// How long the first lock lasts. After a lock one attempt is allowed; a wrong one locks again for twice
     /// as long (up to a day).
     pub lockout: Duration,
+    /// Treat every create and get as `userVerification: "required"` (an administrator's policy).
+    pub always_required: bool,
 }
 
 impl Default for Policy {
@@ -51,6 +53,7 @@ impl Default for Policy {
         Policy {
             max_attempts: 5,
             lockout: Duration::from_secs(300),
+            always_required: false,
         }
     }
 }
@@ -206,6 +209,7 @@ mod tests {
         let policy = Policy {
             max_attempts: 3,
             lockout: Duration::from_secs(60),
+            always_required: false,
         };
         let mut s = PinState::default();
         assert_eq!(s.attempts_left(0, &policy), 3);

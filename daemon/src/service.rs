@@ -82,6 +82,8 @@ pub struct Service {
     keystore_warning: Option<String>,
     /// Bounds concurrent argon2 runs (19 MiB and tens of ms each), whoever asks for them.
     hashing: tokio::sync::Semaphore,
+    /// The administrator requires user verification for everything.
+    always_verify: bool,
 }
 
 /// argon2 runs at once, at most.
@@ -286,6 +288,11 @@ impl Session<'_> {
         wanted: UserVerification,
         pin: Option<&Pin>,
     ) -> Result<bool, ErrorBody> {
+        let wanted = if self.service.always_verify {
+            UserVerification::Required
+        } else {
+            wanted
+        };
         let Some(pin) = pin else {
             return match wanted {
                 UserVerification::Required => Err(e(
@@ -445,6 +452,7 @@ pub async fn run(
         keystore,
         keystore_warning: opened.warning,
         hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),
+        always_verify: config.pin.always_required,
     });
     let socket_err = |source| Error::Socket {
         path: config.socket.clone(),

@@ -366,3 +366,49 @@ async fn the_right_pin_works_again_when_the_lockout_ends() {
     assert!(result.user_verified());
     assert_eq!(ops::status(&mut c).await.unwrap().pin_attempts_left, 2);
 }
+
+#[tokio::test]
+async fn policy_always_required_demands_the_pin_even_when_the_rp_prefers() {
+    let d = Daemon::start(DaemonOptions {
+        config_toml: Some("[pin]\nalways_required = true\n".to_owned()),
+        ..DaemonOptions::default()
+    })
+    .await
+    .expect("daemon");
+    let mut c = client(&d).await;
+    let rp = example_rp();
+    ops::set_pin(&mut c, "482916", None).await.expect("set pin");
+    let before = ops::snapshot(&mut c).await.unwrap();
+
+    // The RP only prefers verification; the policy still refuses without the PIN.
+    let (creation, _) = rp
+        .begin_registration(&User::new("alice"), &RegistrationOptions::default())
+        .expect("options");
+    expect_error(
+        ops::create(&mut c, ORIGIN, creation, None).await,
+        ErrorName::NotAllowedError,
+    );
+    assert_eq!(ops::snapshot(&mut c).await.unwrap(), before);
+
+    let alice = register(
+        &mut c,
+        &rp,
+        &User::new("alice"),
+        &RegistrationOptions::default(),
+        Some("482916"),
+    )
+    .await;
+    assert!(uv_flag(
+        alice.response.response.authenticator_data.as_bytes()
+    ));
+    let (request, _) = rp
+        .begin_authentication(
+            std::slice::from_ref(&alice.credential),
+            UserVerificationPolicy::Discouraged_DO_NOT_USE,
+        )
+        .expect("request");
+    expect_error(
+        ops::get(&mut c, ORIGIN, request, None).await,
+        ErrorName::NotAllowedError,
+    );
+}
