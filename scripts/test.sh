@@ -3,8 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: a C toolchain and OpenSSL headers (the webauthn-rs relying party used by the tests).
-need=(build-essential pkg-config libssl-dev)
+# System packages: a C toolchain and OpenSSL headers (the webauthn-rs relying party used by the tests);
+# libtss2-dev for the daemon's TPM keystore (tss-esapi); swtpm (a software TPM, one per TPM test) and
+# tpm2-tools (the tests extend PCRs and list TPM handles with them).
+need=(build-essential pkg-config libssl-dev libtss2-dev swtpm tpm2-tools)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

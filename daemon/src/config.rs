@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::keystore::Choice;
+use crate::keystore::{Choice, TpmOptions};
 use crate::pin::Policy;
 
 /// Configuration problems; all are reported before the daemon touches any state.
@@ -49,6 +49,19 @@ pub struct File {
     /// PIN policy.
     #[serde(default)]
     pub pin: PinSection,
+    /// TPM settings.
+    #[serde(default)]
+    pub tpm: TpmSection,
+}
+
+/// `[tpm]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmSection {
+    /// TCTI of the TPM (default `device:/dev/tpmrm0`).
+    pub tcti: Option<String>,
+    /// sha256 PCRs (0..=23) that bind the seal (default none).
+    pub pcrs: Option<Vec<u32>>,
 }
 
 /// `[pin]` in the config file.
@@ -74,6 +87,8 @@ pub struct Flags {
     pub socket: Option<PathBuf>,
     /// `--keystore`.
     pub keystore: Option<Choice>,
+    /// `--tpm-tcti`.
+    pub tpm_tcti: Option<String>,
 }
 
 /// The resolved configuration.
@@ -87,6 +102,8 @@ pub struct Config {
     pub keystore: Choice,
     /// PIN policy.
     pub pin: Policy,
+    /// TPM settings.
+    pub tpm: TpmOptions,
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -153,11 +170,30 @@ impl Config {
         if let Some(a) = file.pin.always_required {
             pin.always_required = a;
         }
+        let mut pcrs = Vec::new();
+        for p in file.tpm.pcrs.unwrap_or_default() {
+            let p = u8::try_from(p)
+                .ok()
+                .filter(|p| *p <= crate::keystore::tpm::MAX_PCR)
+                .ok_or_else(|| Error::Invalid(format!("tpm.pcrs: no PCR {p} (0..=23)")))?;
+            pcrs.push(p);
+        }
+        pcrs.sort_unstable();
+        pcrs.dedup();
+        let tpm = TpmOptions {
+            tcti: flags
+                .tpm_tcti
+                .clone()
+                .or(file.tpm.tcti)
+                .unwrap_or_else(|| crate::keystore::DEFAULT_TCTI.to_owned()),
+            pcrs,
+        };
         Ok(Config {
             state_dir,
             socket,
             keystore: flags.keystore.or(file.keystore).unwrap_or_default(),
             pin,
+            tpm,
         })
     }
 }
@@ -201,6 +237,37 @@ mod tests {
         assert_eq!(c.pin.max_attempts, 3);
         assert_eq!(c.pin.lockout, Duration::from_secs(60));
         assert!(c.pin.always_required);
+        assert_eq!(c.tpm, TpmOptions::default());
+    }
+
+    #[test]
+    fn tpm_section_and_flag() {
+        let (_d, p) = write("[tpm]\ntcti = \"swtpm:port=1\"\npcrs = [14, 7, 7]\n");
+        let c = Config::resolve(&Flags {
+            config: Some(p.clone()),
+            state_dir: Some("/s".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(c.tpm.tcti, "swtpm:port=1");
+        assert_eq!(c.tpm.pcrs, vec![7, 14]);
+        let c = Config::resolve(&Flags {
+            config: Some(p),
+            state_dir: Some("/s".into()),
+            tpm_tcti: Some("device:/dev/tpm0".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(c.tpm.tcti, "device:/dev/tpm0");
+        let (_d, p) = write("[tpm]\npcrs = [24]\n");
+        let e = Config::resolve(&Flags {
+            config: Some(p),
+            state_dir: Some("/s".into()),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("PCR 24"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!
 //! Module map:
 //! - [`config`]: the TOML config file, command-line overrides and XDG defaults.
-//! - [`keystore`]: seals and unseals the device's secrets (software backend now, TPM later).
+//! - [`keystore`]: seals and unseals the device's secrets (TPM through tss-esapi, or software).
+//! - [`migrate`]: moves a vault to another keystore or re-seals it, through a fresh database.
 //! - [`store`]: sled storage of one user's vault document, sealed keyring and PIN state.
 //! - [`pin`]: argon2id PIN hashing and the attempt counter with lockout.
 //! - [`origin`]: origin and rpId validation (public suffix list).
@@ -19,6 +20,7 @@ pub mod authenticator;
 mod cbor;
 pub mod config;
 pub mod keystore;
+pub mod migrate;
 pub mod origin;
 pub mod pin;
 pub mod service;

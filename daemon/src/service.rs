@@ -7,7 +7,7 @@ use std::sync::Arc;
 use passmesh_ipc::{
     Caller, ErrorBody, ErrorName, Handler, MAX_LIST_PAGE, Pin,
     PublicKeyCredentialCreationOptionsJson, PublicKeyCredentialRequestOptionsJson, RequestBody,
-    ResponseBody, StatusInfo,
+    ResponseBody, StatusInfo, message::TpmStatus,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -78,8 +78,7 @@ impl Vaults {
 #[derive(Debug)]
 pub struct Service {
     vaults: Vaults,
-    keystore: &'static str,
-    keystore_warning: Option<String>,
+    keystore: vault::KeystoreReport,
     /// Bounds concurrent argon2 runs (19 MiB and tens of ms each), whoever asks for them.
     hashing: tokio::sync::Semaphore,
     /// The administrator requires user verification for everything.
@@ -187,11 +186,16 @@ impl Session<'_> {
                 uid: self.uid,
                 vault_id: s.vault_id,
                 passkeys: s.passkeys,
-                keystore: self.service.keystore.to_owned(),
-                keystore_warning: self.service.keystore_warning.clone(),
+                keystore: self.service.keystore.backend.name().to_owned(),
+                keystore_warning: self.service.keystore.warning.clone(),
                 pin_set: s.pin_set,
                 pin_attempts_left: s.pin_attempts_left,
                 pin_locked_for_ms: s.pin_locked_for_ms,
+                tpm: self.service.keystore.tpm.as_ref().map(|t| TpmStatus {
+                    manufacturer: t.manufacturer.clone(),
+                    firmware: t.firmware.clone(),
+                    pcrs: self.service.keystore.pcrs.clone().unwrap_or_default(),
+                }),
             },
         })
     }
@@ -432,25 +436,36 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: impl FnOnce(&Config),
 ) -> Result<(), Error> {
-    let opened = keystore::open(config.keystore)?;
-    if let Some(w) = &opened.warning {
-        tracing::warn!("{w}");
-    }
-    let keystore = opened.keystore.name();
     let uid = rustix::process::geteuid().as_raw();
     let dir = vault::user_dir(&config.state_dir, uid);
-    let running =
-        vault::open(&dir, opened.keystore, config.pin).map_err(|source| Error::Vault {
-            path: dir.clone(),
-            source,
-        })?;
+    let (running, report) = vault::open(&dir, config.keystore, &config.tpm, config.pin).map_err(
+        |source| match source {
+            // Keystore refusals are about the machine, not the vault's files: say them plainly.
+            vault::Error::Keystore(k) => Error::Keystore(k),
+            source => Error::Vault {
+                path: dir.clone(),
+                source,
+            },
+        },
+    )?;
+    if let Some(w) = &report.warning {
+        tracing::warn!("{w}");
+    }
+    let keystore = report.backend.name();
+    if let Some(t) = &report.tpm {
+        tracing::info!(
+            manufacturer = %t.manufacturer,
+            firmware = %t.firmware,
+            pcrs = %keystore::list_pcrs(report.pcrs.as_deref().unwrap_or_default()),
+            "vault keys are sealed by the TPM"
+        );
+    }
     let service = Arc::new(Service {
         vaults: Vaults::Single {
             uid,
             vault: running.handle,
         },
-        keystore,
-        keystore_warning: opened.warning,
+        keystore: report,
         hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),
         always_verify: config.pin.always_required,
     });

@@ -1,9 +1,14 @@
 //! Durable storage of one user's vault on this device, in sled.
 //!
 //! One sled tree, two key spaces: `d` ‖ seq (u64 big-endian) holds the automerge document as a snapshot
-//! (seq 0) followed by incremental chunks, and `m:` ‖ name holds small metadata (the sealed keyring, the PIN
-//! state). Every write that acknowledges something to a caller is flushed before it returns. Compaction
-//! replaces snapshot and chunks in one atomic batch, so a crash leaves either the old or the new layout.
+//! (seq 0) followed by incremental chunks, and `m:` ‖ name holds small metadata (the PIN state). Every write
+//! that acknowledges something to a caller is flushed before it returns. Compaction replaces snapshot and
+//! chunks in one atomic batch, so a crash leaves either the old or the new layout.
+//!
+//! The sealed keyring is a file of its own, [`KEYRING_FILE`], inside the store's directory: the daemon must be
+//! able to refuse to start (no TPM, changed PCRs) without opening sled, because opening sled writes to its
+//! files. It is replaced atomically (write, fsync, rename, fsync the directory). Stores written before this
+//! layout keep the keyring under the metadata name `keyring`; [`Store::meta`] still reads it.
 
 use std::path::Path;
 
@@ -14,6 +19,9 @@ pub enum Error {
     /// sled could not open, read, write or flush.
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// The keyring file cannot be read or written.
+    #[error("storage error: {0}")]
+    Io(#[from] std::io::Error),
     /// A key in the store has an unexpected shape (written by something else, or damaged).
     #[error("storage is damaged: {0}")]
     Damaged(String),
@@ -32,6 +40,37 @@ fn meta_key(name: &str) -> Vec<u8> {
     let mut k = b"m:".to_vec();
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+/// The sealed keyring's file name inside the store's directory.
+pub const KEYRING_FILE: &str = "keyring.sealed";
+
+/// Reads the sealed keyring of the store in `dir` without opening the store; `None` if there is none.
+pub fn read_keyring(dir: &Path) -> Result<Option<Vec<u8>>, Error> {
+    match std::fs::read(dir.join(KEYRING_FILE)) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io(e)),
+    }
+}
+
+/// Replaces the sealed keyring of the store in `dir` atomically and durably.
+pub fn write_keyring(dir: &Path, blob: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(".keyring.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(blob)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(KEYRING_FILE))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// An open store.
@@ -122,6 +161,18 @@ impl Store {
         Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
     }
 
+    /// Every metadata entry, by name.
+    pub fn meta_entries(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(b"m:") {
+            let (k, v) = item?;
+            let name = std::str::from_utf8(&k[2..])
+                .map_err(|_| Error::Damaged("a metadata name is not UTF-8".into()))?;
+            out.push((name.to_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Writes a metadata value and flushes it.
     pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), Error> {
         self.db.insert(meta_key(name), value)?;
@@ -178,6 +229,10 @@ mod tests {
         assert_eq!(doc, want);
         assert_eq!(s.chunk_count(), 301);
         assert_eq!(s.meta("k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            s.meta_entries().unwrap(),
+            vec![("k".to_owned(), b"v".to_vec())]
+        );
         s.append(b"more").unwrap();
         s.replace(b"compacted", &[]).unwrap();
         assert_eq!(s.document().unwrap().as_deref(), Some(&b"compacted"[..]));
@@ -186,6 +241,23 @@ mod tests {
         drop(s);
         let s = reopen(dir.path());
         assert_eq!(s.document().unwrap().as_deref(), Some(&b"compacted+1"[..]));
+    }
+
+    #[test]
+    fn the_keyring_file_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_keyring(dir.path()).unwrap(), None);
+        write_keyring(dir.path(), b"first").unwrap();
+        write_keyring(dir.path(), b"second").unwrap();
+        assert_eq!(
+            read_keyring(dir.path()).unwrap().as_deref(),
+            Some(&b"second"[..])
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(KEYRING_FILE)]);
     }
 
     #[test]

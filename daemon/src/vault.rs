@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::authenticator::Credential;
-use crate::keystore::Keystore;
+use crate::keystore::{self, Backend, Choice, TpmOptions, tpm};
 use crate::pin::{self, PinHash, PinState, Policy};
 use crate::store::{self, Store};
 
@@ -141,40 +141,110 @@ pub struct Running {
     pub thread: JoinHandle<()>,
 }
 
-/// Opens (or creates on first use) the vault stored in `dir` and starts its actor.
-pub fn open(dir: &Path, keystore: Keystore, policy: Policy) -> Result<Running, Error> {
+/// What opening the vault found out about its keystore, for the log and `status`.
+#[derive(Debug, Clone)]
+pub struct KeystoreReport {
+    /// The backend that sealed (and unsealed) the keyring.
+    pub backend: Backend,
+    /// Set when the secrets are less protected than they could be, or than configured.
+    pub warning: Option<String>,
+    /// The TPM's manufacturer and firmware, with the TPM backend.
+    pub tpm: Option<tpm::Info>,
+    /// With the TPM backend: the sha256 PCRs that bind the seal (empty when none).
+    pub pcrs: Option<Vec<u8>>,
+}
+
+/// Opens (or creates on first use) the vault stored in `dir` and starts its actor. The keystore (`choice`,
+/// `tpm`) is only used here: it unseals or seals the keyring and is closed before this returns.
+pub fn open(
+    dir: &Path,
+    choice: Choice,
+    tpm: &TpmOptions,
+    policy: Policy,
+) -> Result<(Running, KeystoreReport), Error> {
     private_dir(dir)
         .map_err(|e| store::Error::Damaged(format!("cannot create {}: {e}", dir.display())))?;
-    let mut store = Store::open(&dir.join("db"))?;
-    let sealed = store.meta("keyring")?;
+    crate::migrate::remove_leftovers(dir);
+    let db = dir.join(DB);
+    // Everything that can refuse (no TPM, another backend, changed PCRs) happens before sled opens the store,
+    // because opening it writes to its files: a refused start leaves the disk as it was.
+    let sealed = store::read_keyring(&db)?;
+    let mut opened = match (&sealed, db.exists()) {
+        (Some(blob), _) => Some(keystore::open_for(choice, tpm, Some(blob))?),
+        (None, false) => Some(keystore::open_for(choice, tpm, None)?),
+        // A store of the older layout, or one whose creation was interrupted: decided once it is open.
+        (None, true) => None,
+    };
+    let unsealed = match (&sealed, opened.as_mut()) {
+        (Some(blob), Some(o)) => Some(o.keystore.unseal(blob)?),
+        _ => None,
+    };
+    let mut store = Store::open(&db)?;
     let document = store.document()?;
-    let vault = match (sealed, document) {
-        (Some(sealed), Some(doc)) => {
-            let keyring = decode_keyring(&keystore.unseal(&sealed)?)?;
+    let (sealed, unsealed) = match (sealed, unsealed) {
+        (Some(s), u) => (Some(s), u),
+        (None, _) => match store.meta("keyring")? {
+            Some(legacy) => {
+                let mut o = keystore::open_for(choice, tpm, Some(&legacy))?;
+                let u = o.keystore.unseal(&legacy)?;
+                opened = Some(o);
+                (Some(legacy), Some(u))
+            }
+            None => (None, None),
+        },
+    };
+    let mut opened = match opened {
+        Some(o) => o,
+        None => keystore::open_for(choice, tpm, None)?,
+    };
+    let ks = &mut opened.keystore;
+    let (vault, blob_pcrs) = match (unsealed, document) {
+        (Some(secret), Some(doc)) => {
+            let keyring = decode_keyring(&secret)?;
             let vault = Vault::load(&doc, keyring)?;
             for (id, problem) in vault.problems() {
                 tracing::warn!(record = %id, %problem, "a vault record cannot be read and is left out");
             }
-            vault
+            (vault, sealed.as_deref().and_then(tpm::bound_pcrs))
         }
-        (None, None) => {
+        // No document yet: a new vault, or a creation interrupted after the keyring was written (nothing was
+        // ever encrypted under that keyring, so a new one replaces it).
+        (_, None) => {
             let key = VaultKey::generate();
             let keyring = Keyring::new(Epoch(0), key);
-            let sealed = keystore.seal(&encode_keyring(&keyring))?;
+            let sealed = ks.seal(&encode_keyring(&keyring))?;
             let mut vault = Vault::create(VaultId::random(), keyring)?;
             let full = vault.save();
             let pin_state = serde_json::to_vec(&PinState::default()).map_err(|_| Error::Keyring)?;
-            store.replace(&full, &[("keyring", &sealed), ("pin", &pin_state)])?;
-            tracing::info!(vault = %vault.id(), "created a new vault");
-            vault
-        }
-        (Some(_), None) => {
-            return Err(store::Error::Damaged("keyring without a document".into()).into());
+            store::write_keyring(&db, &sealed)?;
+            store.replace(&full, &[("pin", &pin_state)])?;
+            tracing::info!(vault = %vault.id(), keystore = ks.name(), "created a new vault");
+            (vault, tpm::bound_pcrs(&sealed))
         }
         (None, Some(_)) => {
             return Err(store::Error::Damaged("document without a keyring".into()).into());
         }
     };
+    let mut warning = opened.warning.take();
+    if let Some(bound) = &blob_pcrs
+        && *bound != tpm.pcrs
+        && warning.is_none()
+    {
+        warning = Some(format!(
+            "the seal is bound to PCR(s) [{}] but the config asks for [{}]: run `passmesh keystore reseal` \
+             (passmeshd stopped) to apply the config",
+            keystore::list_pcrs(bound),
+            keystore::list_pcrs(&tpm.pcrs)
+        ));
+    }
+    let report = KeystoreReport {
+        backend: opened.keystore.backend(),
+        warning,
+        tpm: opened.keystore.tpm_info().cloned(),
+        pcrs: blob_pcrs,
+    };
+    // Closes the TPM connection and flushes its handles: nothing after startup touches the TPM.
+    drop(opened);
     let pin = match store.meta("pin")? {
         Some(b) => serde_json::from_slice(&b)
             .map_err(|e| store::Error::Damaged(format!("PIN state: {e}")))?,
@@ -198,10 +268,13 @@ pub fn open(dir: &Path, keystore: Keystore, policy: Policy) -> Result<Running, E
         .name(name)
         .spawn(move || actor.run(rx))
         .map_err(|e| Error::Persist(format!("cannot start the vault thread: {e}")))?;
-    Ok(Running {
-        handle: Handle { tx },
-        thread,
-    })
+    Ok((
+        Running {
+            handle: Handle { tx },
+            thread,
+        },
+        report,
+    ))
 }
 
 /// Creates `dir` and missing parents with mode 0700 and makes `dir` itself 0700: it holds the vault and, with
@@ -214,6 +287,9 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
+
+/// The sled database's directory name inside a user's vault directory.
+pub const DB: &str = "db";
 
 /// The default place of a user's vault under the state directory.
 pub fn user_dir(state_dir: &Path, uid: u32) -> PathBuf {
@@ -233,7 +309,7 @@ fn encode_keyring(k: &Keyring) -> Zeroizing<Vec<u8>> {
     out
 }
 
-fn decode_keyring(b: &[u8]) -> Result<Keyring, Error> {
+pub(crate) fn decode_keyring(b: &[u8]) -> Result<Keyring, Error> {
     let (&[1], rest) = b.split_at_checked(1).ok_or(Error::Keyring)? else {
         return Err(Error::Keyring);
     };

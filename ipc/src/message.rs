@@ -212,6 +212,22 @@ pub struct StatusInfo {
     /// Remaining lockout, if the PIN is locked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_locked_for_ms: Option<u64>,
+    /// The TPM that seals the device secrets, when the keystore is `"tpm"`. Absent from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmStatus>,
+}
+
+/// The TPM part of `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmStatus {
+    /// TPM2_PT_MANUFACTURER as ASCII, e.g. `"IBM"` (swtpm), `"IFX"`, `"INTC"`.
+    pub manufacturer: String,
+    /// TPM2_PT_FIRMWARE_VERSION_1 and _2 as `"a.b.c.d"` (high and low 16 bits of each).
+    pub firmware: String,
+    /// The sha256 PCRs that bind the seal; empty when the seal is not bound to PCRs.
+    #[serde(default)]
+    pub pcrs: Vec<u8>,
 }
 
 /// WebAuthn `DOMException` names the daemon answers with.
@@ -735,6 +751,35 @@ mod tests {
                     pin_set: true,
                     pin_attempts_left: 0,
                     pin_locked_for_ms: Some(30_000),
+                    tpm: None,
+                },
+            },
+        );
+        assert_wire(&resp, literal);
+        assert_eq!(round_trip_response(literal), resp);
+
+        let literal = r#"{"id": 4, "ok": true, "type": "status", "status": {
+            "version": "0.1.0", "uid": 1000, "vaultId": "v-1", "passkeys": 0, "keystore": "tpm",
+            "pinSet": false, "pinAttemptsLeft": 5,
+            "tpm": {"manufacturer": "IBM", "firmware": "8217.4131.22.13878", "pcrs": [7, 14]}}}"#;
+        let resp = Response::ok(
+            4,
+            ResponseBody::Status {
+                status: StatusInfo {
+                    version: "0.1.0".into(),
+                    uid: 1000,
+                    vault_id: "v-1".into(),
+                    passkeys: 0,
+                    keystore: "tpm".into(),
+                    keystore_warning: None,
+                    pin_set: false,
+                    pin_attempts_left: 5,
+                    pin_locked_for_ms: None,
+                    tpm: Some(TpmStatus {
+                        manufacturer: "IBM".into(),
+                        firmware: "8217.4131.22.13878".into(),
+                        pcrs: vec![7, 14],
+                    }),
                 },
             },
         );

@@ -378,6 +378,10 @@ fn request_id(text: &str) -> Option<u64> {
     struct IdOnly {
         id: u64,
     }
+    // serde also reads a struct from an array (`[5]`); only an object has an "id" member.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
     serde_json::from_str::<IdOnly>(text).ok().map(|v| v.id)
 }
 

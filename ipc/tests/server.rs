@@ -46,6 +46,7 @@ impl Handler for TestHandler {
                     pin_set: false,
                     pin_attempts_left: 8,
                     pin_locked_for_ms: None,
+                    tpm: None,
                 },
             }),
             RequestBody::List { rp_id, .. } => {

@@ -30,6 +30,8 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// How long to wait for the socket to answer `status` after spawning.
     pub ready_timeout: Duration,
+    /// Use this existing state directory instead of a fresh one inside the daemon's tempdir.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for DaemonOptions {
@@ -41,6 +43,7 @@ impl Default for DaemonOptions {
             env: Vec::new(),
             // Generous: tests run in parallel on two cores next to other builds.
             ready_timeout: Duration::from_secs(30),
+            state_dir: None,
         }
     }
 }
@@ -112,7 +115,10 @@ impl Daemon {
             .prefix("passmesh-e2e-")
             .tempdir()
             .context("cannot create a temporary directory")?;
-        let state_dir = dir.path().join("state");
+        let state_dir = options
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         // Keep the socket path short: sun_path holds 108 bytes.
         let socket = dir.path().join("ipc.sock");
         let log = dir.path().join("daemon.log");

@@ -11,6 +11,8 @@
 //! - [`ops`] — typed request helpers over [`passmesh_ipc::Client`], vault snapshots, error checks.
 //! - [`rp`] — a relying party wrapping webauthn-rs-core, speaking Passmesh's JSON types.
 //! - [`authdata`] — a small parser for authenticator data, so tests can read flags and the AAGUID.
+//! - [`tpm`] — [`Swtpm`]: a private software TPM per test (own port pair and state), PCR and handle tools,
+//!   running `passmeshd` to an expected refusal, state-directory snapshots.
 //!
 //! The integration tests live in `tests/e2e/`; the benchmark is `src/bin/passmesh-bench.rs`.
 
@@ -19,6 +21,8 @@ pub mod bins;
 pub mod daemon;
 pub mod ops;
 pub mod rp;
+pub mod tpm;
 
 pub use bins::{Binaries, binaries};
 pub use daemon::{CliOutput, Daemon, DaemonOptions, run_cli};
+pub use tpm::Swtpm;

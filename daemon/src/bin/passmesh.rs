@@ -49,6 +49,13 @@ enum Command {
         #[command(subcommand)]
         command: PinCommand,
     },
+    /// Manage the keystore that seals the vault's keys (works on the state directory; passmeshd must be stopped)
+    Keystore {
+        #[command(flatten)]
+        location: VaultLocation,
+        #[command(subcommand)]
+        command: KeystoreCommand,
+    },
     /// Create a passkey from PublicKeyCredentialCreationOptionsJSON (for scripts and tests)
     Create {
         /// The calling origin, e.g. https://login.example.com
@@ -73,6 +80,57 @@ enum Command {
         #[arg(long)]
         pin_stdin: bool,
     },
+}
+
+/// Where `keystore` commands find the vault; the same flags and config file as passmeshd.
+#[derive(Debug, clap::Args)]
+struct VaultLocation {
+    /// passmeshd's state directory [default: $XDG_DATA_HOME/passmesh]
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// passmeshd's TOML config file (for `[tpm]` and `state_dir`)
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// TCTI of the TPM [default: from the config, else device:/dev/tpmrm0]
+    #[arg(long, global = true, value_name = "TCTI")]
+    tpm_tcti: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeystoreCommand {
+    /// Move the vault's sealed keys to another keystore (run with passmeshd stopped)
+    ///
+    /// Writes a new database holding the vault, the newly sealed keys and the PIN state, swaps it in atomically
+    /// and overwrites and deletes the old one, so that no copy of a software-sealed key stays in the state
+    /// directory. Start passmeshd with the matching --keystore afterwards.
+    Migrate {
+        /// The keystore to move to: tpm or software
+        #[arg(long, value_name = "KIND")]
+        to: Backend,
+    },
+    /// Seal the vault's keys again with the TPM, bound to the configured PCRs or to --pcrs
+    /// (run with passmeshd stopped)
+    ///
+    /// PCR binding means the TPM only unseals while those PCRs (sha256 bank) hold the values they had when
+    /// sealing; after a firmware, bootloader or kernel change passmeshd refuses to start. For an intended
+    /// change: run `passmesh keystore reseal --pcrs none` BEFORE it, make the change (reboot), then run
+    /// `passmesh keystore reseal` to bind the PCRs of `[tpm] pcrs` in the config to their new values.
+    /// If the change already happened and passmeshd refuses to start, boot the previous state (or restore
+    /// the previous settings) first, then do the same.
+    ///
+    /// Like `migrate`, it writes a new store, checks that the new seal unseals, and swaps it in atomically.
+    #[command(verbatim_doc_comment)]
+    Reseal {
+        /// PCRs to bind, e.g. 7,14, or `none`; default: `[tpm] pcrs` from the config
+        #[arg(long, value_name = "LIST")]
+        pcrs: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    Tpm,
+    Software,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +193,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
+    if let Command::Keystore { location, command } = &args.command {
+        return keystore(location, command, args.json);
+    }
     // Inputs are read before connecting, so a bad file fails fast and a prompt never holds a connection.
     let request = match &args.command {
         Command::Create {
@@ -252,9 +313,100 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
             }
             println!("PIN set");
         }
-        Command::Create { .. } | Command::Get { .. } => {}
+        Command::Create { .. } | Command::Get { .. } | Command::Keystore { .. } => {}
     }
     Ok(())
+}
+
+/// Runs `keystore migrate|reseal` in this process: the daemon's library does the work on the state directory,
+/// whose lock guarantees that no passmeshd has the vault open meanwhile.
+fn keystore(
+    location: &VaultLocation,
+    command: &KeystoreCommand,
+    json: bool,
+) -> Result<(), Failure> {
+    use passmesh_daemon::keystore::{Backend as Kind, list_pcrs};
+    use passmesh_daemon::migrate::{Target, reseal};
+    let config = passmesh_daemon::config::Config::resolve(&passmesh_daemon::config::Flags {
+        config: location.config.clone(),
+        state_dir: location.state_dir.clone(),
+        tpm_tcti: location.tpm_tcti.clone(),
+        ..Default::default()
+    })
+    .map_err(|e| Failure::Local(e.to_string()))?;
+    let target = match command {
+        KeystoreCommand::Migrate { to } => Target {
+            backend: match to {
+                Backend::Tpm => Kind::Tpm,
+                Backend::Software => Kind::Software,
+            },
+            pcrs: match to {
+                Backend::Tpm => config.tpm.pcrs.clone(),
+                Backend::Software => Vec::new(),
+            },
+        },
+        KeystoreCommand::Reseal { pcrs } => Target {
+            backend: Kind::Tpm,
+            pcrs: match pcrs.as_deref() {
+                None => config.tpm.pcrs.clone(),
+                Some(list) => parse_pcrs(list)?,
+            },
+        },
+    };
+    let uid = rustix::process::geteuid().as_raw();
+    let dir = passmesh_daemon::vault::user_dir(&config.state_dir, uid);
+    let out = reseal(&dir, &config.tpm, &target).map_err(|e| Failure::Local(e.to_string()))?;
+    if json {
+        let v = serde_json::json!({
+            "ok": true,
+            "from": out.from.name(),
+            "fromPcrs": out.from_pcrs,
+            "to": out.to.backend.name(),
+            "pcrs": out.to.pcrs,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let describe = |kind: Kind, pcrs: &[u8]| match (kind, pcrs) {
+        (Kind::Tpm, []) => "the TPM (no PCR binding)".to_owned(),
+        (Kind::Tpm, p) => format!("the TPM, bound to PCR(s) {} (sha256)", list_pcrs(p)),
+        (Kind::Software, _) => "the software keystore".to_owned(),
+    };
+    println!(
+        "vault keys re-sealed: from {} to {}",
+        describe(out.from, &out.from_pcrs),
+        describe(out.to.backend, &out.to.pcrs)
+    );
+    if out.to.backend == Kind::Software {
+        println!(
+            "WARNING: the vault keys are now protected by file permissions only; \
+             start passmeshd with --keystore software"
+        );
+    }
+    Ok(())
+}
+
+fn parse_pcrs(list: &str) -> Result<Vec<u8>, Failure> {
+    if list == "none" {
+        return Ok(Vec::new());
+    }
+    let mut pcrs = list
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= passmesh_daemon::keystore::tpm::MAX_PCR)
+                .ok_or_else(|| {
+                    Failure::Local(format!(
+                        "--pcrs: {p:?} is not a PCR number 0..=23 (use e.g. 7,14 or none)"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<u8>, _>>()?;
+    pcrs.sort_unstable();
+    pcrs.dedup();
+    Ok(pcrs)
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
@@ -374,6 +526,15 @@ fn print_status(s: &StatusInfo, socket: &Path) {
     match &s.keystore_warning {
         Some(w) => println!("keystore   {} (WARNING: {w})", s.keystore),
         None => println!("keystore   {}", s.keystore),
+    }
+    if let Some(t) = &s.tpm {
+        println!("TPM        {} firmware {}", t.manufacturer, t.firmware);
+        if t.pcrs.is_empty() {
+            println!("PCRs       seal not bound to PCRs");
+        } else {
+            let list: Vec<String> = t.pcrs.iter().map(u8::to_string).collect();
+            println!("PCRs       seal bound to sha256 PCR(s) {}", list.join(", "));
+        }
     }
     let pin = match (s.pin_set, s.pin_locked_for_ms) {
         (false, _) => "not set (user verification unavailable; `passmesh pin set`)".to_owned(),

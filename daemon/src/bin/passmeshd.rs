@@ -24,6 +24,9 @@ struct Args {
     /// Where device secrets are sealed: auto (TPM if present, else software with a warning), tpm, software
     #[arg(long, value_name = "KIND")]
     keystore: Option<Choice>,
+    /// TCTI of the TPM, e.g. swtpm:host=127.0.0.1,port=2321 [default: device:/dev/tpmrm0]
+    #[arg(long, value_name = "TCTI")]
+    tpm_tcti: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PASSMESH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tss_esapi=off")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         state_dir: args.state_dir,
         socket: args.socket,
         keystore: args.keystore,
+        tpm_tcti: args.tpm_tcti,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,7 +5,8 @@
 //!
 //! Measured: one raw ES256 signature (p256) as the floor; `get` over the socket with 1 and
 //! 8 concurrent clients; durable `create`; a 10,000-passkey vault (load time, bytes on
-//! disk, idle RSS, restart-to-serving time, RSS after restart).
+//! disk, idle RSS, restart-to-serving time, RSS after restart); start-to-serving with the software keystore
+//! and with the TPM keystore on a private swtpm (unbound and PCR-bound), with the daemon's own TPM timings.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use passmesh_ipc::{
     PublicKeyCredentialRequestOptionsJson,
 };
 use passmesh_tests::rp::{RegistrationOptions, RelyingParty, User, UserVerificationPolicy};
-use passmesh_tests::{Daemon, DaemonOptions, ops};
+use passmesh_tests::{Daemon, DaemonOptions, Swtpm, ops};
 
 const RP_ID: &str = "example.com";
 const ORIGIN: &str = "https://login.example.com";
@@ -31,6 +32,7 @@ struct Plan {
     creates: usize,
     vault_size: usize,
     idle_wait: Duration,
+    restarts: usize,
 }
 
 impl Plan {
@@ -41,6 +43,7 @@ impl Plan {
             creates: 300,
             vault_size: 10_000,
             idle_wait: Duration::from_secs(2),
+            restarts: 20,
         }
     }
 
@@ -51,6 +54,7 @@ impl Plan {
             creates: 50,
             vault_size: 1_000,
             idle_wait: Duration::from_millis(500),
+            restarts: 5,
         }
     }
 }
@@ -273,6 +277,77 @@ async fn fill_vault(
         task.await.context("fill task panicked")??;
     }
     Ok(started.elapsed())
+}
+
+/// `us=N` values of the daemon's log lines containing `message`, as durations.
+fn logged_micros(log: &str, message: &str) -> Samples {
+    Samples(
+        log.lines()
+            .filter(|l| l.contains(message))
+            .filter_map(|l| l.split("us=").nth(1))
+            .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(Duration::from_micros)
+            .collect(),
+    )
+}
+
+/// Start-to-serving for each keystore: the first start (creating and sealing a new vault), then the median
+/// and p99 of `restarts` restarts (unsealing). With the TPM, also the daemon's own TPM timings from its log.
+async fn bench_keystores(rows: &mut Vec<Row>, restarts: usize) -> anyhow::Result<()> {
+    let tpm = Swtpm::start()?;
+    let software = DaemonOptions::default();
+    let plain = tpm.daemon_options();
+    let mut bound = tpm.daemon_options();
+    bound.config_toml = Some("[tpm]\npcrs = [7, 14]\n".to_owned());
+    for (name, options) in [
+        ("software", software),
+        ("TPM (swtpm)", plain),
+        ("TPM (swtpm), PCRs 7+14", bound),
+    ] {
+        let mut d = Daemon::start(options).await?;
+        let first = d.startup_time();
+        let mut samples = Vec::with_capacity(restarts);
+        for _ in 0..restarts {
+            d.restart().await?;
+            samples.push(d.startup_time());
+        }
+        let samples = Samples(samples);
+        rows.push(row(
+            format!("start to serving, {name}: first start (seal)"),
+            fmt_duration(first),
+        ));
+        rows.push(judged(
+            format!("start to serving, {name}: restart median (unseal)"),
+            fmt_duration(samples.median()),
+            "< 300 ms",
+            samples.median() < Duration::from_millis(300),
+        ));
+        rows.push(row(
+            format!("start to serving, {name}: restart p99"),
+            fmt_duration(samples.p99()),
+        ));
+        let log = d.log();
+        let ready = logged_micros(&log, "TPM ready");
+        if !ready.0.is_empty() {
+            let seal = logged_micros(&log, "sealed a secret with the TPM");
+            let unseal = logged_micros(&log, "unsealed a secret with the TPM");
+            rows.push(row(
+                format!("  {name}: connect + flush + primary, median"),
+                fmt_duration(ready.median()),
+            ));
+            if !seal.0.is_empty() {
+                rows.push(row(
+                    format!("  {name}: seal (create)"),
+                    fmt_duration(seal.median()),
+                ));
+            }
+            rows.push(row(
+                format!("  {name}: unseal (load + unseal), median"),
+                fmt_duration(unseal.median()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn dir_size(path: &Path) -> anyhow::Result<u64> {
@@ -509,10 +584,23 @@ async fn main() -> anyhow::Result<()> {
     ));
     drop(big);
 
+    // 5. Keystores: start to serving (first start seals, restarts unseal).
+    eprintln!(
+        "keystores: software and TPM (swtpm), {} restarts each…",
+        plan.restarts
+    );
+    bench_keystores(&mut rows, plan.restarts).await?;
+
     println!(
-        "\npassmesh-bench ({} run, {cores} cores, release daemon, software keystore; \
+        "\npassmesh-bench ({} run, {cores} cores, {} daemon, software keystore unless noted; \
          load average {load_before} before, {} after; the bench client shares the cores)\n",
         if quick { "quick" } else { "full" },
+        // The daemon is built with the bench's own profile (see `bins`).
+        if cfg!(debug_assertions) {
+            "DEBUG"
+        } else {
+            "release"
+        },
         load_average()
     );
     print_table(&rows);
