@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 
 # System packages: a C toolchain and OpenSSL headers (the webauthn-rs relying party used by the tests);
 # libtss2-dev for the daemon's TPM keystore (tss-esapi); swtpm (a software TPM, one per TPM test) and
-# tpm2-tools (the tests extend PCRs and list TPM handles with them).
-need=(build-essential pkg-config libssl-dev libtss2-dev swtpm tpm2-tools)
+# tpm2-tools (the tests extend PCRs and list TPM handles with them); chromium for the browser-extension tests.
+need=(build-essential pkg-config libssl-dev libtss2-dev swtpm tpm2-tools chromium)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,8 +16,10 @@ if ((${#missing[@]})); then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
-  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
-    install -y --no-install-recommends "${missing[@]}"
+  install=("${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
+    install -y --no-install-recommends "${missing[@]}")
+  # chromium's first install has been seen to fail with a transient dpkg error: try once more.
+  "${install[@]}" || { sleep 5; "${install[@]}"; }
 fi
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
