@@ -314,6 +314,40 @@ impl Vault {
         self.after_apply(&before, result, whole_document)
     }
 
+    /// The passkeys whose creating change a replica with document heads `heads` holds (the change is one of
+    /// `heads` or an ancestor of one). Heads this replica does not know are ignored, so a peer cannot claim more
+    /// than this replica can check. The daemon uses it for the backup-state flag.
+    pub fn records_held_at(&self, heads: &[[u8; 32]]) -> Vec<RecordId> {
+        let missing = self.missing_at(heads);
+        self.record_objs
+            .iter()
+            .filter(|(obj, _)| {
+                self.doc
+                    .hash_for_opid(obj)
+                    .is_some_and(|h| !missing.contains(&h))
+            })
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// How many changes of this replica a replica with document heads `heads` lacks.
+    pub fn changes_missing_at(&self, heads: &[[u8; 32]]) -> usize {
+        self.missing_at(heads).len()
+    }
+
+    fn missing_at(&self, heads: &[[u8; 32]]) -> std::collections::HashSet<ChangeHash> {
+        let known: Vec<ChangeHash> = heads
+            .iter()
+            .map(|h| ChangeHash(*h))
+            .filter(|h| self.doc.get_change_meta_by_hash(h).is_some())
+            .collect();
+        self.doc
+            .get_changes_meta(&known)
+            .into_iter()
+            .map(|m| m.hash)
+            .collect()
+    }
+
     /// Merges all changes of `other` (a replica of the same vault) into this one.
     pub fn merge(&mut self, other: &mut Vault) -> Result<(), Error> {
         if other.id != self.id {
@@ -518,6 +552,27 @@ impl SyncState {
         self.0.encode()
     }
 
+    /// The document heads both sides were last known to have in common (kept by [`encode`](Self::encode)).
+    pub fn shared_heads(&self) -> Vec<[u8; 32]> {
+        self.0.shared_heads.iter().map(|h| h.0).collect()
+    }
+
+    /// The peer's document heads from its last message on this connection, if any.
+    pub fn their_heads(&self) -> Option<Vec<[u8; 32]>> {
+        self.0
+            .their_heads
+            .as_ref()
+            .map(|hs| hs.iter().map(|h| h.0).collect())
+    }
+
+    /// Makes the next [`Vault::generate_sync_message`] for this peer return a message even when the protocol
+    /// considers the peer up to date. Automerge stays silent after applying changes that bring both sides to
+    /// equal heads, so the sender never learns that they arrived; call this after applying a peer's changes to
+    /// acknowledge them with our heads.
+    pub fn acknowledge(&mut self) {
+        self.0.have_responded = false;
+    }
+
     /// Restores an encoded state. `Malformed` for bytes that are not one.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
         sync::State::decode(bytes)
@@ -568,6 +623,43 @@ mod tests {
             }
         }
         panic!("sync did not settle");
+    }
+
+    #[test]
+    fn held_records_follow_the_peers_heads() {
+        let id = VaultId::random();
+        let mut a = Vault::create(id, keyring()).unwrap();
+        let mut b = Vault::create(id, keyring()).unwrap();
+        let first = a.insert(new_passkey(1, "a.example"), 1).unwrap();
+        // A peer that never synced holds nothing; unknown heads claim nothing.
+        assert!(a.records_held_at(&[]).is_empty());
+        assert!(a.records_held_at(&[[7; 32]]).is_empty());
+        assert!(a.changes_missing_at(&[]) > 0);
+        sync_pair(&mut a, &mut b);
+        let second = a.insert(new_passkey(2, "a.example"), 2).unwrap();
+        let held = a.records_held_at(&b.heads());
+        assert_eq!(held, vec![first]);
+        assert_eq!(a.changes_missing_at(&b.heads()), 1);
+        sync_pair(&mut a, &mut b);
+        let mut held = a.records_held_at(&b.heads());
+        held.sort();
+        let mut want = vec![first, second];
+        want.sort();
+        assert_eq!(held, want);
+        assert_eq!(a.changes_missing_at(&b.heads()), 0);
+        // The sync state remembers the common heads.
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        for _ in 0..10 {
+            if let Some(m) = a.generate_sync_message(&mut sa) {
+                b.receive_sync_message(&mut sb, &m).unwrap();
+            }
+            if let Some(m) = b.generate_sync_message(&mut sb) {
+                a.receive_sync_message(&mut sa, &m).unwrap();
+            }
+        }
+        assert_eq!(sa.their_heads(), Some(b.heads()));
+        let restored = SyncState::decode(&sa.encode()).unwrap();
+        assert_eq!(restored.shared_heads(), a.heads());
     }
 
     fn list(v: &Vault) -> Vec<Passkey> {

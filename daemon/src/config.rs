@@ -52,6 +52,25 @@ pub struct File {
     /// TPM settings.
     #[serde(default)]
     pub tpm: TpmSection,
+    /// Peer-to-peer sync.
+    #[serde(default)]
+    pub network: NetworkSection,
+}
+
+/// `[network]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Sync with paired devices at all (default true).
+    pub enabled: Option<bool>,
+    /// Multiaddrs to listen on (default `/ip4/0.0.0.0/tcp/0` and `/ip4/0.0.0.0/udp/0/quic-v1`).
+    pub listen: Option<Vec<String>>,
+    /// Find paired devices on the local network by mDNS (default true).
+    pub mdns: Option<bool>,
+    /// Explicit peer addresses, each ending in `/p2p/<peer id>`.
+    pub peers: Option<Vec<String>>,
+    /// Relay servers for devices on other networks, each ending in `/p2p/<peer id>`.
+    pub relays: Option<Vec<String>>,
 }
 
 /// `[tpm]` in the config file.
@@ -89,6 +108,8 @@ pub struct Flags {
     pub keystore: Option<Choice>,
     /// `--tpm-tcti`.
     pub tpm_tcti: Option<String>,
+    /// `--listen` (repeatable); replaces `network.listen` when given.
+    pub listen: Vec<String>,
 }
 
 /// The resolved configuration.
@@ -104,6 +125,36 @@ pub struct Config {
     pub pin: Policy,
     /// TPM settings.
     pub tpm: TpmOptions,
+    /// Peer-to-peer sync.
+    pub network: Network,
+}
+
+/// The resolved `[network]` settings.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Sync with paired devices at all.
+    pub enabled: bool,
+    /// Addresses to listen on.
+    pub listen: Vec<passmesh_transport::Multiaddr>,
+    /// mDNS discovery on the local network.
+    pub mdns: bool,
+    /// Explicit peer addresses (with `/p2p/`).
+    pub peers: Vec<passmesh_transport::Multiaddr>,
+    /// Relay servers (with `/p2p/`).
+    pub relays: Vec<passmesh_transport::Multiaddr>,
+}
+
+fn multiaddrs(what: &str, list: &[String]) -> Result<Vec<passmesh_transport::Multiaddr>, Error> {
+    list.iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|e| Error::Invalid(format!("{what}: {a:?} is not a multiaddr: {e}")))
+        })
+        .collect()
+}
+
+fn has_peer_id(a: &passmesh_transport::Multiaddr) -> bool {
+    a.to_string().contains("/p2p/")
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -188,12 +239,41 @@ impl Config {
                 .unwrap_or_else(|| crate::keystore::DEFAULT_TCTI.to_owned()),
             pcrs,
         };
+        let n = file.network;
+        let listen = if flags.listen.is_empty() {
+            n.listen.unwrap_or_else(|| {
+                vec![
+                    "/ip4/0.0.0.0/tcp/0".to_owned(),
+                    "/ip4/0.0.0.0/udp/0/quic-v1".to_owned(),
+                ]
+            })
+        } else {
+            flags.listen.clone()
+        };
+        let network = Network {
+            enabled: n.enabled.unwrap_or(true),
+            listen: multiaddrs("listen", &listen)?,
+            mdns: n.mdns.unwrap_or(true),
+            peers: multiaddrs("network.peers", &n.peers.unwrap_or_default())?,
+            relays: multiaddrs("network.relays", &n.relays.unwrap_or_default())?,
+        };
+        if let Some(a) = network
+            .peers
+            .iter()
+            .chain(&network.relays)
+            .find(|a| !has_peer_id(a))
+        {
+            return Err(Error::Invalid(format!(
+                "network address {a} needs a /p2p/<peer id> suffix"
+            )));
+        }
         Ok(Config {
             state_dir,
             socket,
             keystore: flags.keystore.or(file.keystore).unwrap_or_default(),
             pin,
             tpm,
+            network,
         })
     }
 }
@@ -303,5 +383,41 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("/nonexistent/passmesh.toml"), "{e}");
+    }
+
+    #[test]
+    fn network_section_and_listen_flag() {
+        let c = Config::resolve(&Flags {
+            state_dir: Some("/s".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert!(c.network.enabled && c.network.mdns);
+        assert_eq!(c.network.listen.len(), 2);
+        let (_d, p) = write(
+            "[network]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/4001\"]\npeers = [\"/ip4/10.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN\"]\n",
+        );
+        let c = Config::resolve(&Flags {
+            config: Some(p.clone()),
+            state_dir: Some("/s".into()),
+            listen: vec!["/ip4/127.0.0.1/udp/5/quic-v1".into()],
+            ..Flags::default()
+        })
+        .unwrap();
+        assert!(!c.network.mdns);
+        assert_eq!(
+            c.network.listen[0].to_string(),
+            "/ip4/127.0.0.1/udp/5/quic-v1"
+        );
+        assert_eq!(c.network.peers.len(), 1);
+        let (_d, p) = write("[network]\npeers = [\"/ip4/10.0.0.1/tcp/1\"]\n");
+        let e = Config::resolve(&Flags {
+            config: Some(p),
+            state_dir: Some("/s".into()),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/p2p/"), "{e}");
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! It wires the [`passmesh_crdt`] vault and the [`passmesh_ipc`] socket protocol together and owns the parts
 //! with business logic: the WebAuthn authenticator, the per-device PIN, durable storage in sled and the
-//! keystore that protects the vault keys. It does not implement the CRDT, the wire protocol or (yet) the
-//! peer-to-peer transport.
+//! keystore that protects the vault keys, and replicates the vault to paired devices over the
+//! [`passmesh_transport`] host. It does not implement the CRDT, the wire protocol or the libp2p stack.
 //!
 //! Module map:
 //! - [`config`]: the TOML config file, command-line overrides and XDG defaults.
@@ -13,7 +13,9 @@
 //! - [`pin`]: argon2id PIN hashing and the attempt counter with lockout.
 //! - [`origin`]: origin and rpId validation (public suffix list).
 //! - [`authenticator`]: authenticator data, attestation objects, client data and ES256 signatures.
-//! - [`vault`]: the actor owning one user's vault, store and PIN state.
+//! - [`vault`]: the actor owning one user's vault, store, PIN state and per-peer sync states.
+//! - [`sync`]: the network tasks between the transport host and the vault actor.
+//! - [`pairing`]: join material export/import with the daemon stopped (the internal API pairing builds on).
 //! - [`service`]: the socket request handler and the daemon's run loop.
 
 pub mod authenticator;
@@ -22,9 +24,11 @@ pub mod config;
 pub mod keystore;
 pub mod migrate;
 pub mod origin;
+pub mod pairing;
 pub mod pin;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod vault;
 
 /// Milliseconds since the Unix epoch, from the system clock (0 if the clock is before 1970).

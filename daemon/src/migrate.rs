@@ -116,12 +116,17 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
         None
     };
     let mut software = Keystore::Software;
-    let secret: Zeroizing<Vec<u8>> = match from {
-        Backend::Software => software.unseal(&sealed)?,
-        Backend::Tpm => tpm_keystore
-            .as_mut()
-            .ok_or(Error::Verify)?
-            .unseal(&sealed)?,
+    let mut unseal_old = |blob: &[u8]| -> Result<Zeroizing<Vec<u8>>, Error> {
+        Ok(match from {
+            Backend::Software => software.unseal(blob)?,
+            Backend::Tpm => tpm_keystore.as_mut().ok_or(Error::Verify)?.unseal(blob)?,
+        })
+    };
+    let secret = unseal_old(&sealed)?;
+    // The device identity is sealed by the same keystore and moves with the keyring.
+    let device = match store::read_device(&db)? {
+        Some(blob) => Some(unseal_old(&blob)?),
+        None => None,
     };
     // The secret must be a keyring this daemon can read before it is sealed anew.
     vault::decode_keyring(&secret).map_err(|_| keystore::Error::Damaged)?;
@@ -137,6 +142,16 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
     if target_keystore.unseal(&new_sealed)?.as_slice() != secret.as_slice() {
         return Err(Error::Verify);
     }
+    let new_device = match &device {
+        Some(d) => {
+            let blob = target_keystore.seal(d)?;
+            if target_keystore.unseal(&blob)?.as_slice() != d.as_slice() {
+                return Err(Error::Verify);
+            }
+            Some(blob)
+        }
+        None => None,
+    };
     drop(tpm_keystore);
 
     let next = dir.join(NEXT);
@@ -149,6 +164,9 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
         fresh.replace(&document, &entries)?;
         fresh.flush()?;
         store::write_keyring(&next, &new_sealed)?;
+        if let Some(blob) = &new_device {
+            store::write_device(&next, blob)?;
+        }
     }
     drop(old);
     // sled finishes background work on other threads after the handle is dropped; no thread of either store
@@ -321,6 +339,7 @@ mod tests {
         let (running, report) =
             vault::open(&dir, keystore::Choice::Software, &tpm, Policy::default()).unwrap();
         assert_eq!(report.backend, Backend::Software);
+        let device = running.identity.peer_id();
         drop(running.handle);
         running.thread.join().unwrap();
         wait_unlocked(&dir);
@@ -339,6 +358,8 @@ mod tests {
         wait_unlocked(&dir);
         let (running, _) =
             vault::open(&dir, keystore::Choice::Software, &tpm, Policy::default()).unwrap();
+        // The device identity was re-sealed along with the keyring.
+        assert_eq!(running.identity.peer_id(), device);
         drop(running.handle);
         running.thread.join().unwrap();
     }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use passmesh_ipc::{
     Caller, ErrorBody, ErrorName, Handler, MAX_LIST_PAGE, Pin,
     PublicKeyCredentialCreationOptionsJson, PublicKeyCredentialRequestOptionsJson, RequestBody,
-    ResponseBody, StatusInfo, message::TpmStatus,
+    ResponseBody, StatusInfo,
+    message::{PeerInfo, TpmStatus},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,9 @@ pub enum Error {
         /// Why.
         source: vault::Error,
     },
+    /// The network (transport host) cannot start.
+    #[error("cannot start networking: {0}")]
+    Network(#[from] passmesh_transport::Error),
     /// The socket cannot be created.
     #[error("cannot listen on {path}: {source}")]
     Socket {
@@ -83,6 +87,8 @@ pub struct Service {
     hashing: tokio::sync::Semaphore,
     /// The administrator requires user verification for everything.
     always_verify: bool,
+    /// The transport host, when networking is on.
+    network: Option<passmesh_transport::Handle>,
 }
 
 /// argon2 runs at once, at most.
@@ -180,6 +186,28 @@ impl Session<'_> {
 
     async fn status(&self) -> Result<ResponseBody, ErrorBody> {
         let s = self.vault.status().await.map_err(internal)?;
+        let listen_addrs = match &self.service.network {
+            Some(n) => n
+                .listen_addrs()
+                .await
+                .map(|l| l.iter().map(|a| a.to_string()).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let peers = s
+            .peers
+            .into_iter()
+            .map(|p| PeerInfo {
+                device_id: p.device_id,
+                name: p.name,
+                connected: p.connected,
+                address: p.address,
+                last_sync_ms: p.last_sync_ms,
+                pending_changes: p.pending_changes,
+                bytes_sent: p.bytes_sent,
+                bytes_received: p.bytes_received,
+            })
+            .collect();
         Ok(ResponseBody::Status {
             status: StatusInfo {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -196,6 +224,9 @@ impl Session<'_> {
                     firmware: t.firmware.clone(),
                     pcrs: self.service.keystore.pcrs.clone().unwrap_or_default(),
                 }),
+                device_id: Some(s.device_id),
+                listen_addrs,
+                peers,
             },
         })
     }
@@ -460,14 +491,36 @@ pub async fn run(
             "vault keys are sealed by the TPM"
         );
     }
+    let vault::Running {
+        handle,
+        thread,
+        identity,
+        outbound,
+        paired,
+        addrs,
+    } = running;
+    let network = if config.network.enabled {
+        Some(
+            crate::sync::start(
+                &config.network,
+                &identity,
+                paired,
+                addrs,
+                handle.clone(),
+                outbound,
+            )
+            .await?,
+        )
+    } else {
+        drop(outbound);
+        None
+    };
     let service = Arc::new(Service {
-        vaults: Vaults::Single {
-            uid,
-            vault: running.handle,
-        },
+        vaults: Vaults::Single { uid, vault: handle },
         keystore: report,
         hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),
         always_verify: config.pin.always_required,
+        network: network.as_ref().map(|n| n.handle()),
     });
     let socket_err = |source| Error::Socket {
         path: config.socket.clone(),
@@ -484,9 +537,12 @@ pub async fn run(
     };
     passmesh_ipc::serve(listener, service.clone(), ipc_config, shutdown).await;
     let _ = std::fs::remove_file(&config.socket);
+    if let Some(n) = network {
+        n.shutdown().await;
+    }
     // Dropping the last handle stops the actor after a final flush.
     drop(service);
-    if running.thread.join().is_err() {
+    if thread.join().is_err() {
         tracing::error!("the vault thread panicked");
     }
     Ok(())

@@ -56,9 +56,30 @@ pub fn read_keyring(dir: &Path) -> Result<Option<Vec<u8>>, Error> {
 
 /// Replaces the sealed keyring of the store in `dir` atomically and durably.
 pub fn write_keyring(dir: &Path, blob: &[u8]) -> Result<(), Error> {
+    write_sealed(dir, KEYRING_FILE, blob)
+}
+
+/// The sealed device identity's file name inside the store's directory, beside the keyring.
+pub const DEVICE_FILE: &str = "device.sealed";
+
+/// Reads the sealed device identity of the store in `dir`; `None` if there is none yet.
+pub fn read_device(dir: &Path) -> Result<Option<Vec<u8>>, Error> {
+    match std::fs::read(dir.join(DEVICE_FILE)) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io(e)),
+    }
+}
+
+/// Replaces the sealed device identity of the store in `dir` atomically and durably.
+pub fn write_device(dir: &Path, blob: &[u8]) -> Result<(), Error> {
+    write_sealed(dir, DEVICE_FILE, blob)
+}
+
+fn write_sealed(dir: &Path, name: &str, blob: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join(".keyring.tmp");
+    let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -68,7 +89,7 @@ pub fn write_keyring(dir: &Path, blob: &[u8]) -> Result<(), Error> {
     f.write_all(blob)?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, dir.join(KEYRING_FILE))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
@@ -177,6 +198,13 @@ impl Store {
     pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), Error> {
         self.db.insert(meta_key(name), value)?;
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// Writes a metadata value without flushing: for state that may be lost in a crash (it is rebuilt), made
+    /// durable by the next flush.
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), Error> {
+        self.db.insert(meta_key(name), value)?;
         Ok(())
     }
 

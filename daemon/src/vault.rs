@@ -5,14 +5,17 @@
 //! drains what is queued, applies it, persists one incremental chunk with one flush, and only then answers —
 //! so no caller ever sees (or is acknowledged for) a change that is not on disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use p256::ecdsa::SigningKey;
-use passmesh_crdt::{Epoch, Keyring, NewPasskey, RecordId, Vault, VaultId, VaultKey};
+use passmesh_crdt::{
+    Device, DeviceId, Epoch, Keyring, NewPasskey, RecordId, SyncState, Vault, VaultId, VaultKey,
+};
 use passmesh_ipc::{Base64Url, PasskeyInfo};
+use passmesh_transport::{Identity, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
@@ -27,6 +30,9 @@ const INBOX: usize = 256;
 const BATCH: usize = 64;
 /// Incremental chunks kept before the document is compacted into one snapshot.
 const COMPACT_AFTER: u64 = 512;
+/// Queue depth from the actor to the network task; sync is ping-pong (at most one message in flight per peer),
+/// so this only fills if the network task stalls, and then the actor waits.
+pub const OUTBOX: usize = 1024;
 
 /// Failures of the vault actor.
 #[non_exhaustive]
@@ -71,6 +77,96 @@ pub struct Status {
     pub pin_attempts_left: u32,
     /// Remaining lockout, in ms.
     pub pin_locked_for_ms: Option<u64>,
+    /// This device's id in the device table (its peer id).
+    pub device_id: String,
+    /// The other devices of the vault.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// What `status` shows about one paired device.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// Its device id (peer id).
+    pub device_id: String,
+    /// Its name from the device table.
+    pub name: String,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// Its address on the current (or last) connection.
+    pub address: Option<String>,
+    /// When a sync message from it was last applied (ms since the Unix epoch).
+    pub last_sync_ms: Option<u64>,
+    /// Changes of this replica it is not known to hold yet.
+    pub pending_changes: u64,
+    /// Sync bytes sent to it since the daemon started.
+    pub bytes_sent: u64,
+    /// Sync bytes received from it since the daemon started.
+    pub bytes_received: u64,
+}
+
+/// What the vault actor asks the network task to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Send a sync message to a paired peer. Only generated from state that is on disk.
+    Send {
+        /// The peer.
+        peer: PeerId,
+        /// The crdt sync message.
+        bytes: Vec<u8>,
+    },
+    /// The paired set (the device table minus this device) is now this.
+    Paired(HashSet<PeerId>),
+    /// The peer sent a message that is not a sync message of this vault: drop its connection.
+    Drop(PeerId),
+}
+
+/// What the network task tells the vault actor about a peer.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// A paired peer connected: the exchange starts from the persisted sync state.
+    Connected {
+        /// The peer.
+        peer: PeerId,
+        /// Its address.
+        addr: String,
+    },
+    /// The peer's last connection closed.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A sync message arrived from a paired peer.
+    Message {
+        /// The sender.
+        peer: PeerId,
+        /// The message, not yet parsed.
+        bytes: Vec<u8>,
+    },
+    /// A message to the peer was lost: start the exchange over from the persisted state.
+    Reset {
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+/// What a new device needs to join the vault (handed over by pairing). `Debug` leaves the keyring out.
+pub struct JoinInfo {
+    /// The vault's id.
+    pub vault_id: VaultId,
+    /// The encoded keyring (secret).
+    pub keyring: Zeroizing<Vec<u8>>,
+    /// The inviting device's entry in the device table.
+    pub device: Device,
+}
+
+impl std::fmt::Debug for JoinInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinInfo")
+            .field("vault_id", &self.vault_id)
+            .field("keyring", &format_args!(".."))
+            .field("device", &self.device)
+            .finish()
+    }
 }
 
 /// Outcome of starting a PIN check.
@@ -115,6 +211,15 @@ enum Command {
     PinBegin {
         reply: Reply<Result<PinCheck, Error>>,
     },
+    Peer(PeerEvent),
+    AddDevice {
+        device: Box<Device>,
+        addrs: Vec<String>,
+        reply: Reply<Result<(), Error>>,
+    },
+    JoinInfo {
+        reply: Reply<Result<JoinInfo, Error>>,
+    },
     PinFinish {
         ok: bool,
         reply: Reply<Result<(), Error>>,
@@ -139,6 +244,14 @@ pub struct Running {
     pub handle: Handle,
     /// The actor's thread; it ends once every handle is dropped, after a final flush.
     pub thread: JoinHandle<()>,
+    /// This device's libp2p identity (unsealed from `device.sealed`).
+    pub identity: Identity,
+    /// What the actor wants sent; the network task drains it (drop it when networking is off).
+    pub outbound: mpsc::Receiver<Outbound>,
+    /// The paired set at start.
+    pub paired: HashSet<PeerId>,
+    /// Peer addresses learnt when devices were added (pairing), to dial at start.
+    pub addrs: Vec<Multiaddr>,
 }
 
 /// What opening the vault found out about its keystore, for the log and `status`.
@@ -161,6 +274,18 @@ pub fn open(
     choice: Choice,
     tpm: &TpmOptions,
     policy: Policy,
+) -> Result<(Running, KeystoreReport), Error> {
+    open_seeded(dir, choice, tpm, policy, None)
+}
+
+/// Like [`open`], but a vault created here (the directory has none) is a replica of the vault `seed` names
+/// (its id and encoded keyring) instead of a new one: how a device joins a vault.
+pub fn open_seeded(
+    dir: &Path,
+    choice: Choice,
+    tpm: &TpmOptions,
+    policy: Policy,
+    seed: Option<(VaultId, &[u8])>,
 ) -> Result<(Running, KeystoreReport), Error> {
     private_dir(dir)
         .map_err(|e| store::Error::Damaged(format!("cannot create {}: {e}", dir.display())))?;
@@ -210,10 +335,15 @@ pub fn open(
         // No document yet: a new vault, or a creation interrupted after the keyring was written (nothing was
         // ever encrypted under that keyring, so a new one replaces it).
         (_, None) => {
-            let key = VaultKey::generate();
-            let keyring = Keyring::new(Epoch(0), key);
+            let (id, keyring) = match seed {
+                Some((id, ring)) => (id, decode_keyring(ring)?),
+                None => (
+                    VaultId::random(),
+                    Keyring::new(Epoch(0), VaultKey::generate()),
+                ),
+            };
             let sealed = ks.seal(&encode_keyring(&keyring))?;
-            let mut vault = Vault::create(VaultId::random(), keyring)?;
+            let mut vault = Vault::create(id, keyring)?;
             let full = vault.save();
             let pin_state = serde_json::to_vec(&PinState::default()).map_err(|_| Error::Keyring)?;
             store::write_keyring(&db, &sealed)?;
@@ -223,6 +353,20 @@ pub fn open(
         }
         (None, Some(_)) => {
             return Err(store::Error::Damaged("document without a keyring".into()).into());
+        }
+    };
+    let identity = match store::read_device(&db)? {
+        Some(blob) => {
+            let secret = opened.keystore.unseal(&blob)?;
+            let bytes: [u8; 32] = secret.as_slice().try_into().map_err(|_| Error::Keyring)?;
+            Identity::from_secret_bytes(Zeroizing::new(bytes)).map_err(|_| Error::Keyring)?
+        }
+        None => {
+            let identity = Identity::generate();
+            let blob = opened.keystore.seal(identity.secret_bytes().as_slice())?;
+            store::write_device(&db, &blob)?;
+            tracing::info!(device = %identity.peer_id(), "created this device's identity");
+            identity
         }
     };
     let mut warning = opened.warning.take();
@@ -250,7 +394,8 @@ pub fn open(
             .map_err(|e| store::Error::Damaged(format!("PIN state: {e}")))?,
         None => PinState::default(),
     };
-    let actor = Actor {
+    let (out, outbound) = mpsc::channel(OUTBOX);
+    let mut actor = Actor {
         vault,
         keys: HashMap::new(),
         store,
@@ -258,7 +403,14 @@ pub fn open(
         policy,
         dirty: false,
         full_save_needed: false,
+        me: identity.peer_id(),
+        out,
+        peers: HashMap::new(),
+        held: HashSet::new(),
     };
+    actor.start_up()?;
+    let paired = actor.paired();
+    let addrs = actor.stored_addrs()?;
     let (tx, rx) = mpsc::channel(INBOX);
     let name = format!(
         "vault-{}",
@@ -272,6 +424,10 @@ pub fn open(
         Running {
             handle: Handle { tx },
             thread,
+            identity,
+            outbound,
+            paired,
+            addrs,
         },
         report,
     ))
@@ -349,14 +505,278 @@ struct Actor {
     dirty: bool,
     /// A write failed: the next one must store a full snapshot.
     full_save_needed: bool,
+    /// This device.
+    me: PeerId,
+    /// To the network task.
+    out: mpsc::Sender<Outbound>,
+    /// Sync state of the peers seen since start.
+    peers: HashMap<PeerId, Peer>,
+    /// Records another device is known to hold (the BS flag).
+    held: HashSet<RecordId>,
+}
+
+/// One paired peer's sync state in the actor.
+struct Peer {
+    state: SyncState,
+    connected: bool,
+    address: Option<String>,
+    last_sync_ms: Option<u64>,
+    /// A message may be due once what is applied is on disk.
+    wants_send: bool,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+fn sync_key(peer: &PeerId) -> String {
+    format!("sync/{peer}")
+}
+
+fn synced_key(peer: &PeerId) -> String {
+    format!("synced/{peer}")
+}
+
+fn addrs_key(peer: &str) -> String {
+    format!("addrs/{peer}")
 }
 
 /// Replies held back until the batch's writes are on disk.
 type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
 
 impl Actor {
+    /// Adds this device to the device table on first start, and derives the BS flags from the persisted
+    /// common heads of every peer.
+    fn start_up(&mut self) -> Result<(), Error> {
+        let me = DeviceId::new(self.me.to_string());
+        if !self.vault.devices().iter().any(|d| d.id == me) {
+            self.vault.add_device(Device {
+                id: me,
+                name: host_name(),
+                // Filled in by pairing (issue 5), which wraps vault keys to it.
+                x25519_public: [0; 32],
+                added_by: None,
+                added_at_ms: crate::now_ms(),
+            })?;
+            self.dirty = true;
+            self.persist()?;
+        }
+        for peer in self.paired() {
+            let state = self.persisted_state(&peer);
+            let shared = state.shared_heads();
+            if !shared.is_empty() {
+                self.held.extend(self.vault.records_held_at(&shared));
+            }
+        }
+        Ok(())
+    }
+
+    /// The device table minus this device, as peer ids.
+    fn paired(&self) -> HashSet<PeerId> {
+        self.vault
+            .devices()
+            .iter()
+            .filter_map(|d| d.id.as_str().parse::<PeerId>().ok())
+            .filter(|p| *p != self.me)
+            .collect()
+    }
+
+    fn stored_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        let paired: HashSet<String> = self.paired().iter().map(|p| p.to_string()).collect();
+        let mut out = Vec::new();
+        for (name, value) in self.store.meta_entries()? {
+            let Some(peer) = name.strip_prefix("addrs/") else {
+                continue;
+            };
+            if !paired.contains(peer) {
+                continue;
+            }
+            let list: Vec<String> = serde_json::from_slice(&value).unwrap_or_default();
+            out.extend(list.iter().filter_map(|a| a.parse().ok()));
+        }
+        Ok(out)
+    }
+
+    fn persisted_state(&self, peer: &PeerId) -> SyncState {
+        match self.store.meta(&sync_key(peer)) {
+            Ok(Some(b)) => SyncState::decode(&b).unwrap_or_default(),
+            _ => SyncState::new(),
+        }
+    }
+
+    fn peer_entry(&mut self, peer: PeerId) -> &mut Peer {
+        if !self.peers.contains_key(&peer) {
+            let state = self.persisted_state(&peer);
+            let last_sync_ms = self
+                .store
+                .meta(&synced_key(&peer))
+                .ok()
+                .flatten()
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map(u64::from_be_bytes);
+            self.peers.insert(
+                peer,
+                Peer {
+                    state,
+                    connected: false,
+                    address: None,
+                    last_sync_ms,
+                    wants_send: false,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                },
+            );
+        }
+        self.peers
+            .get_mut(&peer)
+            .expect("the entry was inserted just above")
+    }
+
+    fn send(&self, o: Outbound) {
+        // Closed only when networking is off or shutting down; then nothing is to be sent.
+        let _ = self.out.blocking_send(o);
+    }
+
+    fn peer_event(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::Connected { peer, addr } => {
+                let state = self.persisted_state(&peer);
+                let p = self.peer_entry(peer);
+                p.state = state;
+                p.connected = true;
+                p.address = Some(addr);
+                p.wants_send = true;
+            }
+            PeerEvent::Disconnected { peer } => {
+                let state = self.persisted_state(&peer);
+                let p = self.peer_entry(peer);
+                p.connected = false;
+                p.wants_send = false;
+                p.state = state;
+            }
+            PeerEvent::Reset { peer } => {
+                let state = self.persisted_state(&peer);
+                let p = self.peer_entry(peer);
+                p.state = state;
+                p.wants_send = p.connected;
+            }
+            PeerEvent::Message { peer, bytes } => self.receive(peer, &bytes),
+        }
+    }
+
+    fn receive(&mut self, peer: PeerId, bytes: &[u8]) {
+        if !self.paired().contains(&peer) {
+            tracing::warn!(%peer, "dropped a sync message from a device outside the device table");
+            return;
+        }
+        let devices_before = self.vault.devices();
+        let heads_before = self.vault.heads();
+        self.peer_entry(peer);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.bytes_received += bytes.len() as u64;
+        let result = self.vault.receive_sync_message(&mut p.state, bytes);
+        let changed = self.vault.heads() != heads_before;
+        if let Err(e) = &result {
+            tracing::warn!(%peer, error = %e, "a sync message was refused; dropping the connection");
+            if !changed {
+                p.state = SyncState::new();
+                self.send(Outbound::Drop(peer));
+                return;
+            }
+        }
+        let now = crate::now_ms();
+        p.last_sync_ms = Some(now);
+        p.wants_send = true;
+        let their = p.state.their_heads();
+        let encoded = p.state.encode();
+        if let Err(e) = self
+            .store
+            .put_meta(&sync_key(&peer), &encoded)
+            .and_then(|()| self.store.put_meta(&synced_key(&peer), &now.to_be_bytes()))
+        {
+            tracing::warn!(error = %e, "cannot store a sync state");
+        }
+        if changed {
+            // The sender learns that its changes arrived (and are on disk) only from our heads.
+            p.state.acknowledge();
+            self.dirty = true;
+            for p in self.peers.values_mut() {
+                p.wants_send |= p.connected;
+            }
+        }
+        if let Some(their) = their
+            && self
+                .vault
+                .passkeys()
+                .any(|p| !self.held.contains(&p.record_id))
+        {
+            self.held.extend(self.vault.records_held_at(&their));
+        }
+        if self.vault.devices() != devices_before {
+            let paired = self.paired();
+            self.peers.retain(|p, _| paired.contains(p));
+            self.send(Outbound::Paired(paired));
+        }
+    }
+
+    /// Sends what is due to connected peers. Called only when everything applied is on disk.
+    fn push(&mut self) {
+        let mut due = Vec::new();
+        for (peer, p) in self.peers.iter_mut() {
+            if !(p.connected && p.wants_send) {
+                continue;
+            }
+            p.wants_send = false;
+            if let Some(bytes) = self.vault.generate_sync_message(&mut p.state) {
+                p.bytes_sent += bytes.len() as u64;
+                due.push(Outbound::Send { peer: *peer, bytes });
+            }
+        }
+        for o in due {
+            self.send(o);
+        }
+    }
+
+    fn peer_status(&self) -> Vec<PeerStatus> {
+        self.vault
+            .devices()
+            .into_iter()
+            .filter_map(|d| {
+                let peer: PeerId = d.id.as_str().parse().ok()?;
+                if peer == self.me {
+                    return None;
+                }
+                let live = self.peers.get(&peer);
+                let heads =
+                    live.and_then(|p| p.state.their_heads())
+                        .unwrap_or_else(|| match live {
+                            Some(p) => p.state.shared_heads(),
+                            None => self.persisted_state(&peer).shared_heads(),
+                        });
+                Some(PeerStatus {
+                    device_id: d.id.to_string(),
+                    name: d.name.clone(),
+                    connected: live.is_some_and(|p| p.connected),
+                    address: live.and_then(|p| p.address.clone()),
+                    last_sync_ms: live.and_then(|p| p.last_sync_ms).or_else(|| {
+                        self.store
+                            .meta(&synced_key(&peer))
+                            .ok()
+                            .flatten()
+                            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                            .map(u64::from_be_bytes)
+                    }),
+                    pending_changes: self.vault.changes_missing_at(&heads) as u64,
+                    bytes_sent: live.map_or(0, |p| p.bytes_sent),
+                    bytes_received: live.map_or(0, |p| p.bytes_received),
+                })
+            })
+            .collect()
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut deferred: Vec<Deferred> = Vec::new();
+        self.send(Outbound::Paired(self.paired()));
         while let Some(cmd) = rx.blocking_recv() {
             self.apply(cmd, &mut deferred);
             for _ in 1..BATCH {
@@ -372,6 +792,17 @@ impl Actor {
             for reply in deferred.drain(..) {
                 reply(failure.as_deref());
             }
+            if failure.is_some() {
+                // The document went back to what is on disk: every exchange starts over from there.
+                for (peer, p) in self.peers.iter_mut() {
+                    p.state = match self.store.meta(&sync_key(peer)) {
+                        Ok(Some(b)) => SyncState::decode(&b).unwrap_or_default(),
+                        _ => SyncState::new(),
+                    };
+                    p.wants_send = p.connected;
+                }
+            }
+            self.push();
         }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final flush failed");
@@ -484,6 +915,7 @@ impl Actor {
                     .and_then(|()| self.vault.insert(*passkey, now).map(|_| ()))
                     .map_err(Error::from);
                 self.dirty |= result.is_ok() || !replaced.is_empty();
+                self.local_change();
                 later_write(deferred, reply, result);
             }
             Command::FindForGet {
@@ -514,7 +946,7 @@ impl Actor {
                         credential_id: p.credential_id.clone(),
                         user_handle: p.user_handle.clone(),
                         signing_key: key,
-                        backed_up: false,
+                        backed_up: self.held.contains(&p.record_id),
                     })
                 });
                 later(deferred, reply, cred);
@@ -537,7 +969,7 @@ impl Actor {
                     .into_iter()
                     .skip(usize::try_from(offset).unwrap_or(usize::MAX))
                     .take(limit)
-                    .map(info)
+                    .map(|p| info(p, self.held.contains(&p.record_id)))
                     .collect();
                 later(deferred, reply, (page, total));
             }
@@ -554,6 +986,7 @@ impl Actor {
                     None => Ok(false),
                 };
                 self.dirty |= matches!(result, Ok(true));
+                self.local_change();
                 later_write(deferred, reply, result);
             }
             Command::Status { reply } => {
@@ -567,8 +1000,44 @@ impl Actor {
                         .pin
                         .locked_for(now)
                         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    device_id: self.me.to_string(),
+                    peers: self.peer_status(),
                 };
                 later(deferred, reply, status);
+            }
+            Command::Peer(event) => self.peer_event(event),
+            Command::AddDevice {
+                device,
+                addrs,
+                reply,
+            } => {
+                let peer = device.id.to_string();
+                let result = self.vault.add_device(*device).map_err(Error::from);
+                if result.is_ok() {
+                    self.dirty = true;
+                    let list = serde_json::to_vec(&addrs).unwrap_or_default();
+                    if let Err(e) = self.store.put_meta(&addrs_key(&peer), &list) {
+                        tracing::warn!(error = %e, "cannot store peer addresses");
+                    }
+                    self.send(Outbound::Paired(self.paired()));
+                    self.local_change();
+                }
+                later_write(deferred, reply, result);
+            }
+            Command::JoinInfo { reply } => {
+                let me = self.me.to_string();
+                let result = self
+                    .vault
+                    .devices()
+                    .into_iter()
+                    .find(|d| d.id.as_str() == me)
+                    .map(|device| JoinInfo {
+                        vault_id: self.vault.id(),
+                        keyring: encode_keyring(self.vault.keyring()),
+                        device,
+                    })
+                    .ok_or_else(|| Error::Persist("this device is not in the device table".into()));
+                let _ = reply.send(result);
             }
             Command::PinBegin { reply } => {
                 let result = match self.pin.hash.clone() {
@@ -622,7 +1091,27 @@ impl Actor {
     }
 }
 
-fn info(p: &passmesh_crdt::Passkey) -> PasskeyInfo {
+impl Actor {
+    /// A local change: every connected peer gets it as soon as it is on disk.
+    fn local_change(&mut self) {
+        if self.dirty {
+            for p in self.peers.values_mut() {
+                p.wants_send |= p.connected;
+            }
+        }
+    }
+}
+
+/// This machine's host name, as the default device name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "passmesh device".to_owned())
+}
+
+fn info(p: &passmesh_crdt::Passkey, backed_up: bool) -> PasskeyInfo {
     PasskeyInfo {
         credential_id: Base64Url(p.credential_id.clone()),
         rp_id: p.rp_id.clone(),
@@ -631,7 +1120,7 @@ fn info(p: &passmesh_crdt::Passkey) -> PasskeyInfo {
         user_handle: Base64Url(p.user_handle.clone()),
         label: p.label.clone(),
         created_at_ms: p.created_at_ms,
-        backed_up: false,
+        backed_up,
     }
 }
 
@@ -694,6 +1183,34 @@ impl Handle {
             reply,
         })
         .await?
+    }
+
+    /// Tells the actor about a peer. Cancel-safe.
+    pub async fn peer_event(&self, event: PeerEvent) -> Result<(), Error> {
+        self.tx
+            .send(Command::Peer(event))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Like [`Handle::peer_event`] but never waits: `false` if the inbox is full or the actor stopped.
+    pub fn try_peer_event(&self, event: PeerEvent) -> bool {
+        self.tx.try_send(Command::Peer(event)).is_ok()
+    }
+
+    /// Adds (or replaces) a device in the device table and remembers its addresses; returns once on disk.
+    pub async fn add_device(&self, device: Device, addrs: Vec<String>) -> Result<(), Error> {
+        self.ask(|reply| Command::AddDevice {
+            device: Box::new(device),
+            addrs,
+            reply,
+        })
+        .await?
+    }
+
+    /// The vault id, keyring and this device's entry, for a joining device.
+    pub async fn join_info(&self) -> Result<JoinInfo, Error> {
+        self.ask(|reply| Command::JoinInfo { reply }).await?
     }
 
     /// Vault and PIN status.

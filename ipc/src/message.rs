@@ -215,6 +215,41 @@ pub struct StatusInfo {
     /// The TPM that seals the device secrets, when the keystore is `"tpm"`. Absent from older daemons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmStatus>,
+    /// This device's id in the vault's device table (its libp2p peer id). Absent from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// The multiaddrs the daemon listens on for paired devices (empty when networking is off).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen_addrs: Vec<String>,
+    /// The other devices of the vault.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerInfo>,
+}
+
+/// One paired device as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    /// Its device id (libp2p peer id).
+    pub device_id: String,
+    /// Its name from the device table.
+    pub name: String,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// Its address on the current or last connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// When a sync message from it was last applied, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_ms: Option<u64>,
+    /// Changes of this device it is not known to hold yet.
+    pub pending_changes: u64,
+    /// Sync bytes sent to it since the daemon started.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Sync bytes received from it since the daemon started.
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 /// The TPM part of `status`.
@@ -752,6 +787,9 @@ mod tests {
                     pin_attempts_left: 0,
                     pin_locked_for_ms: Some(30_000),
                     tpm: None,
+                    device_id: None,
+                    listen_addrs: Vec::new(),
+                    peers: Vec::new(),
                 },
             },
         );
@@ -780,6 +818,9 @@ mod tests {
                         firmware: "8217.4131.22.13878".into(),
                         pcrs: vec![7, 14],
                     }),
+                    device_id: None,
+                    listen_addrs: Vec::new(),
+                    peers: Vec::new(),
                 },
             },
         );

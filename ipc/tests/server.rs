@@ -47,6 +47,9 @@ impl Handler for TestHandler {
                     pin_attempts_left: 8,
                     pin_locked_for_ms: None,
                     tpm: None,
+                    device_id: None,
+                    listen_addrs: Vec::new(),
+                    peers: Vec::new(),
                 },
             }),
             RequestBody::List { rp_id, .. } => {

@@ -2,8 +2,9 @@
 //! directories, talks to them over their Unix socket (and through the `passmesh` CLI), and
 //! checks their WebAuthn answers with an independent relying party (webauthn-rs-core).
 //!
-//! What it does not do: it contains no daemon logic and never links the daemon crate; the
-//! daemon and CLI are separate processes, built on first use by [`binaries`].
+//! What it does not do: it contains no daemon logic; the daemon and CLI are separate processes, built on first
+//! use by [`binaries`]. The daemon library is linked only for its pairing API, which [`mesh`] calls on stopped
+//! daemons' state directories to pair them (as pairing by code will).
 //!
 //! Modules:
 //! - [`bins`] — locate (and build once) the `passmeshd` and `passmesh` binaries.
@@ -11,6 +12,7 @@
 //! - [`ops`] — typed request helpers over [`passmesh_ipc::Client`], vault snapshots, error checks.
 //! - [`rp`] — a relying party wrapping webauthn-rs-core, speaking Passmesh's JSON types.
 //! - [`authdata`] — a small parser for authenticator data, so tests can read flags and the AAGUID.
+//! - [`mesh`] — [`Node`]: paired daemons on loopback, polling with a deadline.
 //! - [`tpm`] — [`Swtpm`]: a private software TPM per test (own port pair and state), PCR and handle tools,
 //!   running `passmeshd` to an expected refusal, state-directory snapshots.
 //!
@@ -19,10 +21,12 @@
 pub mod authdata;
 pub mod bins;
 pub mod daemon;
+pub mod mesh;
 pub mod ops;
 pub mod rp;
 pub mod tpm;
 
 pub use bins::{Binaries, binaries};
 pub use daemon::{CliOutput, Daemon, DaemonOptions, run_cli};
+pub use mesh::Node;
 pub use tpm::Swtpm;

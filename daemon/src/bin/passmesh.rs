@@ -542,6 +542,29 @@ fn print_status(s: &StatusInfo, socket: &Path) {
         (true, None) => format!("set, {} attempt(s) left", s.pin_attempts_left),
     };
     println!("PIN        {pin}");
+    if let Some(d) = &s.device_id {
+        println!("device     {d}");
+    }
+    for a in &s.listen_addrs {
+        println!("listening  {a}");
+    }
+    for p in &s.peers {
+        let state = if p.connected {
+            "connected"
+        } else {
+            "not connected"
+        };
+        println!("peer       {} ({}): {state}", p.name, p.device_id);
+        if let Some(a) = &p.address {
+            println!("  address  {a}");
+        }
+        let last = p
+            .last_sync_ms
+            .map(format_time)
+            .unwrap_or_else(|| "never".to_owned());
+        println!("  synced   {last}");
+        println!("  pending  {} change(s)", p.pending_changes);
+    }
 }
 
 fn print_list(list: &[PasskeyInfo]) {

@@ -27,6 +27,10 @@ struct Args {
     /// TCTI of the TPM, e.g. swtpm:host=127.0.0.1,port=2321 [default: device:/dev/tpmrm0]
     #[arg(long, value_name = "TCTI")]
     tpm_tcti: Option<String>,
+    /// Listen for paired devices on this multiaddr (repeatable; replaces `network.listen`), e.g.
+    /// /ip4/0.0.0.0/tcp/4001
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         socket: args.socket,
         keystore: args.keystore,
         tpm_tcti: args.tpm_tcti,
+        listen: args.listen,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

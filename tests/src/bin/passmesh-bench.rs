@@ -7,6 +7,8 @@
 //! 8 concurrent clients; durable `create`; a 10,000-passkey vault (load time, bytes on
 //! disk, idle RSS, restart-to-serving time, RSS after restart); start-to-serving with the software keystore
 //! and with the TPM keystore on a private swtpm (unbound and PCR-bound), with the daemon's own TPM timings.
+//! Sync (also alone with `--sync`): propagation from a create on one paired daemon until `get` succeeds on the
+//! other (loopback TCP), and a fresh peer receiving a 10,000-passkey vault: time and sync bytes on the wire.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use passmesh_ipc::{
     PublicKeyCredentialRequestOptionsJson,
 };
 use passmesh_tests::rp::{RegistrationOptions, RelyingParty, User, UserVerificationPolicy};
-use passmesh_tests::{Daemon, DaemonOptions, Swtpm, ops};
+use passmesh_tests::{Daemon, DaemonOptions, Swtpm, mesh, ops};
 
 const RP_ID: &str = "example.com";
 const ORIGIN: &str = "https://login.example.com";
@@ -279,6 +281,121 @@ async fn fill_vault(
     Ok(started.elapsed())
 }
 
+/// Request options for a `get` of exactly `credential_id`.
+fn get_options(
+    credential_id: &[u8],
+    n: u64,
+) -> anyhow::Result<PublicKeyCredentialRequestOptionsJson> {
+    let mut challenge = n.to_le_bytes().to_vec();
+    challenge.resize(32, 0x5e);
+    Ok(serde_json::from_value(serde_json::json!({
+        "challenge": passmesh_tests::rp::b64url(&challenge),
+        "rpId": RP_ID,
+        "allowCredentials": [{"type": "public-key", "id": passmesh_tests::rp::b64url(credential_id)}],
+        "userVerification": "discouraged",
+    }))?)
+}
+
+/// Propagation over paired loopback daemons, and a fresh peer receiving `plan.vault_size` passkeys.
+async fn bench_sync(rows: &mut Vec<Row>, plan: &Plan) -> anyhow::Result<()> {
+    let rp = RelyingParty::new(RP_ID, ORIGIN)?;
+    let (template, _) =
+        rp.begin_registration(&User::new("sync"), &RegistrationOptions::default())?;
+    let mut nodes = mesh::paired(2).await?;
+    mesh::all_connected(&[&nodes[0], &nodes[1]], Duration::from_secs(30)).await?;
+    let mut ca = nodes[0].daemon.client().await?;
+    let mut cb = nodes[1].daemon.client().await?;
+    let propagations = plan.creates.min(200);
+    let mut samples = Vec::with_capacity(propagations);
+    for n in 0..propagations as u64 {
+        let made = ops::create(&mut ca, ORIGIN, for_user(&template, 7_000_000 + n), None).await?;
+        let acked = Instant::now();
+        let request = get_options(&made.raw_id.0, n)?;
+        loop {
+            if ops::get(&mut cb, ORIGIN, request.clone(), None)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if acked.elapsed() > Duration::from_secs(10) {
+                bail!("passkey {n} did not reach the peer within 10 s");
+            }
+        }
+        samples.push(acked.elapsed());
+    }
+    let samples = Samples(samples);
+    rows.push(judged(
+        format!("propagation create→usable on peer, median ({propagations})"),
+        fmt_duration(samples.median()),
+        "< 100 ms",
+        samples.median() < Duration::from_millis(100),
+    ));
+    rows.push(row(
+        "propagation create→usable on peer, p99",
+        fmt_duration(samples.p99()),
+    ));
+    drop(nodes);
+
+    // A fresh peer: B is paired but stopped while A fills its vault.
+    nodes = mesh::paired(2).await?;
+    nodes[1].daemon.stop().await?;
+    let total = plan.vault_size;
+    fill_vault(&nodes[0].daemon, &template, total, CONCURRENT_CLIENTS).await?;
+    let mut ca = nodes[0].daemon.client().await?;
+    let listed = ops::list(&mut ca, None).await?;
+    // The encrypted records: each one's sealed core (credential id, rp id, user handle and names, private key,
+    // creation time) and its sealed update time, each with a 24-byte nonce and a 16-byte tag.
+    let records: u64 = listed
+        .iter()
+        .map(|p| {
+            let core = p.credential_id.0.len()
+                + p.rp_id.len()
+                + p.user_handle.0.len()
+                + p.user_name.len()
+                + p.user_display_name.len()
+                + 32
+                + 8;
+            (core + 40 + 8 + 40) as u64
+        })
+        .sum();
+    let started = Instant::now();
+    nodes[1].daemon.restart().await?;
+    let b = &nodes[1];
+    loop {
+        if let Ok(s) = b.status().await
+            && s.passkeys as usize >= total
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the fresh peer did not receive {total} passkeys within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    let s = nodes[0].status().await?;
+    let wire: u64 = s
+        .peers
+        .iter()
+        .map(|p| p.bytes_sent + p.bytes_received)
+        .sum();
+    rows.push(judged(
+        format!("{total} passkeys to a fresh peer (incl. its start)"),
+        fmt_duration(took),
+        "< 3 s",
+        took < Duration::from_secs(3),
+    ));
+    let ratio = wire as f64 / records.max(1) as f64;
+    rows.push(judged(
+        "  sync bytes on the wire (both ways) / encrypted records",
+        format!("{} / {} = {ratio:.2}x", fmt_bytes(wire), fmt_bytes(records)),
+        "≤ 1.5x",
+        ratio <= 1.5,
+    ));
+    Ok(())
+}
+
 /// `us=N` values of the daemon's log lines containing `message`, as durations.
 fn logged_micros(log: &str, message: &str) -> Samples {
     Samples(
@@ -427,10 +544,17 @@ fn print_table(rows: &[Row]) {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    if let Some(other) = args.iter().find(|a| *a != "--quick") {
-        bail!("unknown argument {other}; usage: passmesh-bench [--quick]");
+    let sync_only = args.iter().any(|a| a == "--sync");
+    if let Some(other) = args.iter().find(|a| *a != "--quick" && *a != "--sync") {
+        bail!("unknown argument {other}; usage: passmesh-bench [--quick] [--sync]");
     }
     let plan = if quick { Plan::quick() } else { Plan::full() };
+    if sync_only {
+        let mut rows = Vec::new();
+        bench_sync(&mut rows, &plan).await?;
+        print_table(&rows);
+        return Ok(());
+    }
     let load_before = load_average();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
@@ -603,6 +727,7 @@ async fn main() -> anyhow::Result<()> {
         },
         load_average()
     );
+    bench_sync(&mut rows, &plan).await?;
     print_table(&rows);
     Ok(())
 }

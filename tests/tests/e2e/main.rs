@@ -9,6 +9,7 @@ mod garbage;
 mod list;
 mod negative;
 mod pin;
+mod sync;
 mod tpm;
 mod uid;
 mod webauthn;

@@ -70,7 +70,11 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// The vault key as the software keystore stores it: after the tag come the keyring's version (1 byte),
 /// current epoch (4), then epoch 0 (4) and its 32-byte key.
 fn software_vault_key(state: &Path) -> Vec<u8> {
-    for bytes in snapshot(state).unwrap().values() {
+    // The device identity (`device.sealed`) carries the same tag: skip it.
+    for (path, bytes) in snapshot(state).unwrap() {
+        if path.file_name().is_some_and(|n| n == "device.sealed") {
+            continue;
+        }
         if let Some(at) = bytes
             .windows(SOFTWARE_TAG.len())
             .position(|w| w == SOFTWARE_TAG)

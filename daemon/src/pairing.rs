@@ -1,0 +1,142 @@
+//! Joining a device to a vault, with the daemons stopped: the internal API that pairing by code (issue 5) will
+//! drive over its `XXpsk3` channel, and that tests use to set up paired daemons.
+//!
+//! The inviter exports an [`Invitation`] (vault id, keyring, its device entry and addresses); the joiner
+//! [`join`]s with it, which creates a replica of the same vault sealed by the joiner's own keystore and lists
+//! both devices; the inviter then [`admit`]s the joiner's device entry. Nothing here switches any check off:
+//! after these steps both device tables list both devices, which is exactly what the transport gate checks.
+
+use std::path::{Path, PathBuf};
+
+use passmesh_crdt::{Device, DeviceId, VaultId};
+use passmesh_transport::Identity;
+use zeroize::Zeroizing;
+
+use crate::keystore::{Choice, TpmOptions};
+use crate::pin::Policy;
+use crate::vault::{self, Error};
+
+/// What a device needs to join a vault. Holds the vault keyring: `Debug` leaves it out.
+pub struct Invitation {
+    /// The vault's id.
+    pub vault_id: VaultId,
+    keyring: Zeroizing<Vec<u8>>,
+    /// The inviting device's entry in the device table.
+    pub inviter: Device,
+    /// Multiaddrs where the inviter can be reached (without `/p2p/`, or with the inviter's).
+    pub addrs: Vec<String>,
+}
+
+impl std::fmt::Debug for Invitation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invitation")
+            .field("vault_id", &self.vault_id)
+            .field("keyring", &format_args!(".."))
+            .field("inviter", &self.inviter)
+            .field("addrs", &self.addrs)
+            .finish()
+    }
+}
+
+fn dir(state_dir: &Path) -> PathBuf {
+    vault::user_dir(state_dir, rustix::process::geteuid().as_raw())
+}
+
+/// Opens the (stopped) daemon's vault in `state_dir`, runs `f` on it and closes it again after a final flush.
+async fn with_vault<T>(
+    state_dir: &Path,
+    choice: Choice,
+    tpm: &TpmOptions,
+    seed: Option<(VaultId, &[u8])>,
+    f: impl AsyncFnOnce(&vault::Handle, &Identity) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let (running, _) = vault::open_seeded(&dir(state_dir), choice, tpm, Policy::default(), seed)?;
+    let result = f(&running.handle, &running.identity).await;
+    drop(running.handle);
+    drop(running.outbound);
+    let thread = running.thread;
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|_| Error::Stopped)?
+        .map_err(|_| Error::Stopped)?;
+    result
+}
+
+/// Exports an invitation from the stopped daemon in `state_dir` (creating its vault if it has none), naming
+/// `addrs` as where it listens.
+pub async fn export_invitation(
+    state_dir: &Path,
+    choice: Choice,
+    tpm: &TpmOptions,
+    addrs: Vec<String>,
+) -> Result<Invitation, Error> {
+    with_vault(state_dir, choice, tpm, None, async |v, _| {
+        let info = v.join_info().await?;
+        Ok(Invitation {
+            vault_id: info.vault_id,
+            keyring: info.keyring,
+            inviter: info.device,
+            addrs,
+        })
+    })
+    .await
+}
+
+/// Joins the vault of `invitation` from a fresh state directory: creates the replica (sealed by this
+/// device's keystore), adds the inviter with its addresses and this device as added by it. Returns this
+/// device's entry, for the inviter to [`admit`]. Fails if `state_dir` already holds another vault.
+pub async fn join(
+    state_dir: &Path,
+    choice: Choice,
+    tpm: &TpmOptions,
+    invitation: &Invitation,
+    name: &str,
+) -> Result<Device, Error> {
+    let seed = Some((invitation.vault_id, invitation.keyring.as_slice()));
+    with_vault(state_dir, choice, tpm, seed, async |v, identity| {
+        let info = v.join_info().await?;
+        if info.vault_id != invitation.vault_id {
+            return Err(Error::Persist(
+                "this state directory already holds another vault".into(),
+            ));
+        }
+        v.add_device(invitation.inviter.clone(), invitation.addrs.clone())
+            .await?;
+        let me = Device {
+            id: DeviceId::new(identity.peer_id().to_string()),
+            name: name.to_owned(),
+            added_by: Some(invitation.inviter.id.clone()),
+            ..info.device
+        };
+        v.add_device(me.clone(), Vec::new()).await?;
+        Ok(me)
+    })
+    .await
+}
+
+/// Adds a joined device's entry to the device table of the stopped daemon in `state_dir`, with addresses to
+/// dial it at.
+pub async fn admit(
+    state_dir: &Path,
+    choice: Choice,
+    tpm: &TpmOptions,
+    device: Device,
+    addrs: Vec<String>,
+) -> Result<(), Error> {
+    with_vault(state_dir, choice, tpm, None, async |v, _| {
+        v.add_device(device, addrs).await
+    })
+    .await
+}
+
+/// This device's libp2p identity, unsealed from the stopped daemon's state in `state_dir`.
+pub async fn device_identity(
+    state_dir: &Path,
+    choice: Choice,
+    tpm: &TpmOptions,
+) -> Result<Identity, Error> {
+    with_vault(state_dir, choice, tpm, None, async |_, identity| {
+        Ok(identity.clone())
+    })
+    .await
+}
