@@ -842,6 +842,14 @@ const CHUNK_DOCUMENT: u8 = 0;
 const CHUNK_CHANGE: u8 = 1;
 const CHUNK_COMPRESSED_CHANGE: u8 = 2;
 
+/// Runs automerge's parser on untrusted bytes, turning a panic inside it into `Malformed`. automerge 0.12 (its
+/// column codec, hexane 1.0.0-alpha) still unwraps on some truncated or corrupt input — found by the
+/// `crdt_load` fuzz target — and a damaged file or a peer's message must cost an error, never the daemon.
+pub(crate) fn contained<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|_| Error::Malformed(format!("{what} crashed the automerge parser; refused")))
+}
+
 /// Checks that `blob` (concatenated automerge chunks, as found in a sync message) carries no root change other
 /// than `genesis`: every change then descends from this vault's genesis. Document chunks are loaded on the side
 /// to see their history, which costs about as much as applying them. Returns whether there was one.

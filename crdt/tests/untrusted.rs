@@ -97,3 +97,33 @@ proptest! {
         let _ = SyncState::decode(&bytes);
     }
 }
+
+/// Found by the `crdt_load` fuzz target: a vault file on which automerge's column decoder panics (an unwrap in
+/// hexane). Loading it, or receiving it from a peer inside a sync message, must be an error — not a crash.
+#[test]
+fn input_that_panics_automerge_is_an_error() {
+    let bytes = include_bytes!("data/automerge-load-panic-1.bin");
+    assert!(matches!(
+        Vault::load(bytes, keyring()),
+        Err(passmesh_crdt::Error::Malformed(_))
+    ));
+    // The same bytes as the document a peer sends when we lack most of its history.
+    let mut target = Vault::create(ID, keyring()).expect("create");
+    let heads = target.heads();
+    let message = automerge::sync::Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: automerge::sync::ChunkList::from(vec![bytes.to_vec()]),
+        flags: None,
+        version: automerge::sync::MessageVersion::V2,
+    };
+    let encoded = message.encode();
+    assert!(
+        target
+            .receive_sync_message(&mut SyncState::new(), &encoded)
+            .is_err()
+    );
+    assert_eq!(target.heads(), heads);
+    target.insert(passkey(7), 7).expect("the replica still works");
+}
