@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 
 # System packages: a C toolchain and OpenSSL headers (the webauthn-rs relying party used by the tests);
 # libtss2-dev for the daemon's TPM keystore (tss-esapi); swtpm (a software TPM, one per TPM test) and
-# tpm2-tools (the tests extend PCRs and list TPM handles with them); chromium for the browser-extension tests.
-need=(build-essential pkg-config libssl-dev libtss2-dev swtpm tpm2-tools chromium)
+# tpm2-tools (the tests extend PCRs and list TPM handles with them); chromium for the browser-extension tests;
+# dpkg-dev (dpkg-shlibdeps for the .deb's Depends), lintian and systemd (systemd-analyze) for the packaging tests.
+need=(build-essential pkg-config libssl-dev libtss2-dev swtpm tpm2-tools chromium dpkg-dev lintian systemd)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +25,10 @@ fi
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy || true
+# cargo-deb builds the .deb in the packaging tests; pinned so the package does not change under us.
+cargo_deb_version=3.8.0
+cargo deb --version 2>/dev/null | grep -qx "cargo-deb $cargo_deb_version" ||
+  cargo install cargo-deb --version "$cargo_deb_version" --locked
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

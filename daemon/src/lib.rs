@@ -16,6 +16,7 @@
 //! - [`vault`]: the actor owning one user's vault, store, PIN state and per-peer sync states.
 //! - [`sync`]: the network tasks between the transport host and the vault actor.
 //! - [`pairing`]: join material export/import with the daemon stopped (the internal API pairing builds on).
+//! - [`pair`]: pairing by code between running daemons (invitation, `XXpsk3` handshake, key wrapping).
 //! - [`service`]: the socket request handler and the daemon's run loop.
 
 pub mod authenticator;
@@ -23,7 +24,9 @@ mod cbor;
 pub mod config;
 pub mod keystore;
 pub mod migrate;
+pub mod notify;
 pub mod origin;
+pub mod pair;
 pub mod pairing;
 pub mod pin;
 pub mod service;

@@ -1,5 +1,6 @@
-//! Joining a device to a vault, with the daemons stopped: the internal API that pairing by code (issue 5) will
-//! drive over its `XXpsk3` channel, and that tests use to set up paired daemons.
+//! Joining a device to a vault, with the daemons stopped: the internal API that tests use to set up paired
+//! daemons without the network. Pairing by code between running daemons is [`crate::pair`]; both end in the
+//! same state (device entries with their x25519 keys, the vault keyring sealed by each device's keystore).
 //!
 //! The inviter exports an [`Invitation`] (vault id, keyring, its device entry and addresses); the joiner
 //! [`join`]s with it, which creates a replica of the same vault sealed by the joiner's own keystore and lists

@@ -89,6 +89,8 @@ pub struct Service {
     always_verify: bool,
     /// The transport host, when networking is on.
     network: Option<passmesh_transport::Handle>,
+    /// Pairing by code, when networking is on.
+    pairing: Option<crate::pair::Pairing>,
 }
 
 /// argon2 runs at once, at most.
@@ -125,6 +127,16 @@ fn e(name: ErrorName, message: impl Into<String>) -> ErrorBody {
 fn internal(err: vault::Error) -> ErrorBody {
     tracing::error!(error = %err, "request failed inside the daemon");
     e(ErrorName::UnknownError, err.to_string())
+}
+
+fn pair_error(err: crate::pair::Error) -> ErrorBody {
+    use crate::pair::Error as P;
+    let name = match &err {
+        P::Code(_) | P::Expired | P::Invalid(_) => ErrorName::DataError,
+        P::Network(_) => ErrorName::NotSupportedError,
+        _ => ErrorName::InvalidStateError,
+    };
+    e(name, err.to_string())
 }
 
 fn security(err: origin::Error) -> ErrorBody {
@@ -177,11 +189,85 @@ impl Session<'_> {
                 let deleted = self.vault.delete(credential_id.0).await.map_err(internal)?;
                 Ok(ResponseBody::Delete { deleted })
             }
+            RequestBody::Rename {
+                credential_id,
+                label,
+            } => {
+                if label.is_empty()
+                    || label.len() > passmesh_ipc::message::MAX_LABEL
+                    || label.chars().any(char::is_control)
+                {
+                    return Err(e(
+                        ErrorName::ConstraintError,
+                        format!(
+                            "a label is 1 to {} bytes without control characters",
+                            passmesh_ipc::message::MAX_LABEL
+                        ),
+                    ));
+                }
+                let renamed = self
+                    .vault
+                    .rename(credential_id.0, label)
+                    .await
+                    .map_err(internal)?;
+                Ok(ResponseBody::Rename { renamed })
+            }
             RequestBody::Status => self.status().await,
+            RequestBody::PairInvite {
+                expires_secs,
+                confirm,
+                name,
+            } => {
+                let secs = expires_secs.unwrap_or(passmesh_ipc::message::DEFAULT_PAIR_EXPIRY_SECS);
+                if secs == 0 || secs > passmesh_ipc::message::MAX_PAIR_EXPIRY_SECS {
+                    return Err(e(
+                        ErrorName::ConstraintError,
+                        format!(
+                            "an invitation lasts 1 to {} seconds",
+                            passmesh_ipc::message::MAX_PAIR_EXPIRY_SECS
+                        ),
+                    ));
+                }
+                let (uri, expires_at_ms) = self
+                    .pairing()?
+                    .invite(std::time::Duration::from_secs(secs), confirm, name)
+                    .await
+                    .map_err(pair_error)?;
+                Ok(ResponseBody::PairInvite {
+                    uri: uri.to_string(),
+                    expires_at_ms,
+                })
+            }
+            RequestBody::PairJoin { uri, name } => {
+                let name = name.unwrap_or_else(crate::vault::host_name);
+                self.pairing()?.join(&uri, name).await.map_err(pair_error)?;
+                Ok(ResponseBody::PairJoin {})
+            }
+            RequestBody::PairProgress { since } => {
+                let (events, next, finished) = self.pairing()?.progress(since).await;
+                Ok(ResponseBody::PairProgress {
+                    events,
+                    next,
+                    finished,
+                })
+            }
+            RequestBody::PairConfirm { accept } => {
+                self.pairing()?.confirm(accept).await.map_err(pair_error)?;
+                Ok(ResponseBody::PairConfirm {})
+            }
             RequestBody::SetPin { pin, current_pin } => {
                 self.set_pin(&pin, current_pin.as_ref()).await
             }
         }
+    }
+
+    fn pairing(&self) -> Result<&crate::pair::Pairing, ErrorBody> {
+        self.service.pairing.as_ref().ok_or_else(|| {
+            e(
+                ErrorName::NotSupportedError,
+                "networking is off ([network] enabled = false): pairing needs it",
+            )
+        })
     }
 
     async fn status(&self) -> Result<ResponseBody, ErrorBody> {
@@ -499,7 +585,7 @@ pub async fn run(
         paired,
         addrs,
     } = running;
-    let network = if config.network.enabled {
+    let mut network = if config.network.enabled {
         Some(
             crate::sync::start(
                 &config.network,
@@ -515,7 +601,17 @@ pub async fn run(
         drop(outbound);
         None
     };
+    let pairing = network.as_mut().and_then(|n| {
+        let requests = n.take_pair_requests()?;
+        Some(crate::pair::Pairing::start(
+            n.handle(),
+            handle.clone(),
+            identity.clone(),
+            requests,
+        ))
+    });
     let service = Arc::new(Service {
+        pairing,
         vaults: Vaults::Single { uid, vault: handle },
         keystore: report,
         hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),

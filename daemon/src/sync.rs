@@ -8,12 +8,18 @@
 
 use std::collections::HashSet;
 
-use passmesh_transport::{self as transport, Event, Identity, Multiaddr, PeerId};
+use passmesh_transport::{self as transport, Event, Identity, Multiaddr, PairRequestId, PeerId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config;
 use crate::vault::{self, Outbound, PeerEvent};
+
+/// Inbound pairing requests waiting for the pairing service, at most.
+const PAIR_QUEUE: usize = 8;
+
+/// An inbound `/passmesh/pair/1` request: sender, id to answer, bytes.
+pub type PairRequest = (PeerId, PairRequestId, Vec<u8>);
 
 /// The running network: the transport handle and the two tasks.
 #[derive(Debug)]
@@ -21,6 +27,7 @@ pub struct Network {
     handle: transport::Handle,
     inbound: JoinHandle<()>,
     outbound: JoinHandle<()>,
+    pair_requests: Option<mpsc::Receiver<PairRequest>>,
 }
 
 /// Starts the transport host with this device's identity and wires it to the vault actor. `addrs` are
@@ -48,6 +55,7 @@ pub async fn start(
         tracing::info!(addr = %a, peer = %identity.peer_id(), "listening for paired devices");
     }
     let to_vault = vault.clone();
+    let (pair_tx, pair_rx) = mpsc::channel(PAIR_QUEUE);
     let inbound = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             let event = match event {
@@ -69,6 +77,13 @@ pub async fn start(
                 }
                 Event::Refused { peer, reason } => {
                     tracing::warn!(%peer, ?reason, "refused a peer");
+                    continue;
+                }
+                Event::PairRequest { peer, id, bytes } => {
+                    // Never wait here: sync events must keep flowing while a pairing waits for a person.
+                    if pair_tx.try_send((peer, id, bytes)).is_err() {
+                        tracing::warn!(%peer, "pairing requests are piling up; one was dropped");
+                    }
                     continue;
                 }
                 _ => continue,
@@ -118,6 +133,7 @@ pub async fn start(
         handle,
         inbound,
         outbound,
+        pair_requests: Some(pair_rx),
     })
 }
 
@@ -125,6 +141,11 @@ impl Network {
     /// This device's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.handle.peer_id()
+    }
+
+    /// The inbound pairing requests, for the pairing service (once; `None` afterwards).
+    pub fn take_pair_requests(&mut self) -> Option<mpsc::Receiver<PairRequest>> {
+        self.pair_requests.take()
     }
 
     /// A handle to the transport host (for `status`).

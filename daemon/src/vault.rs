@@ -62,6 +62,21 @@ pub enum Error {
     /// A persisted write failed; the change was not acknowledged.
     #[error("could not persist the change: {0}")]
     Persist(String),
+    /// Joining another vault would drop this device's passkeys.
+    #[error("this device already holds {0} passkeys: joining another vault would replace them")]
+    NotEmpty(u64),
+    /// Joining another vault would cut this device off its paired devices.
+    #[error("this device is already paired with {0} other devices")]
+    AlreadyPaired(u64),
+}
+
+/// A device-table entry with the addresses this device knows for it (handed to a joining device).
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The entry.
+    pub device: Device,
+    /// Multiaddrs to dial it at (without `/p2p/`), as far as this device knows.
+    pub addrs: Vec<String>,
 }
 
 /// Snapshot of the vault for `status`.
@@ -205,6 +220,11 @@ enum Command {
         credential_id: Vec<u8>,
         reply: Reply<Result<bool, Error>>,
     },
+    Rename {
+        credential_id: Vec<u8>,
+        label: String,
+        reply: Reply<Result<bool, Error>>,
+    },
     Status {
         reply: Reply<Status>,
     },
@@ -219,6 +239,17 @@ enum Command {
     },
     JoinInfo {
         reply: Reply<Result<JoinInfo, Error>>,
+    },
+    Members {
+        reply: Reply<Vec<Member>>,
+    },
+    Adopt {
+        vault_id: VaultId,
+        keyring: Zeroizing<Vec<u8>>,
+        members: Vec<Member>,
+        me: Box<Device>,
+        check_only: bool,
+        reply: Reply<Result<(), Error>>,
     },
     PinFinish {
         ok: bool,
@@ -406,7 +437,10 @@ pub fn open_seeded(
         me: identity.peer_id(),
         out,
         peers: HashMap::new(),
-        held: HashSet::new(),
+        held_by: HashMap::new(),
+        x25519: passmesh_transport::pairing::PairKey::derive(&identity).public(),
+        db: db.clone(),
+        keystore: (choice, tpm.clone()),
     };
     actor.start_up()?;
     let paired = actor.paired();
@@ -511,8 +545,14 @@ struct Actor {
     out: mpsc::Sender<Outbound>,
     /// Sync state of the peers seen since start.
     peers: HashMap<PeerId, Peer>,
-    /// Records another device is known to hold (the BS flag).
-    held: HashSet<RecordId>,
+    /// Records each other device is known to hold (the BS flag); only devices in the table count.
+    held_by: HashMap<PeerId, HashSet<RecordId>>,
+    /// This device's x25519 public key (derived from its identity), for its device-table entry.
+    x25519: [u8; 32],
+    /// The store's directory (the sealed keyring lives beside the database).
+    db: PathBuf,
+    /// How to reopen the keystore, for the one write that needs it after start-up (adopting a vault).
+    keystore: (Choice, TpmOptions),
 }
 
 /// One paired peer's sync state in the actor.
@@ -547,26 +587,42 @@ impl Actor {
     /// common heads of every peer.
     fn start_up(&mut self) -> Result<(), Error> {
         let me = DeviceId::new(self.me.to_string());
-        if !self.vault.devices().iter().any(|d| d.id == me) {
-            self.vault.add_device(Device {
-                id: me,
-                name: host_name(),
-                // Filled in by pairing (issue 5), which wraps vault keys to it.
-                x25519_public: [0; 32],
-                added_by: None,
-                added_at_ms: crate::now_ms(),
-            })?;
-            self.dirty = true;
-            self.persist()?;
+        match self.vault.devices().into_iter().find(|d| d.id == me) {
+            None => {
+                self.vault.add_device(Device {
+                    id: me,
+                    name: host_name(),
+                    x25519_public: self.x25519,
+                    added_by: None,
+                    added_at_ms: crate::now_ms(),
+                })?;
+                self.dirty = true;
+            }
+            // Entries written before devices had x25519 keys carry zeros: fill in the derived key.
+            Some(d) if d.x25519_public != self.x25519 => {
+                self.vault.add_device(Device {
+                    x25519_public: self.x25519,
+                    ..d
+                })?;
+                self.dirty = true;
+            }
+            Some(_) => {}
         }
+        self.persist()?;
         for peer in self.paired() {
             let state = self.persisted_state(&peer);
             let shared = state.shared_heads();
             if !shared.is_empty() {
-                self.held.extend(self.vault.records_held_at(&shared));
+                let held = self.vault.records_held_at(&shared);
+                self.held_by.entry(peer).or_default().extend(held);
             }
         }
         Ok(())
+    }
+
+    /// Whether a device still in the device table is known to hold `record`.
+    fn held(&self, record: &RecordId) -> bool {
+        self.held_by.values().any(|h| h.contains(record))
     }
 
     /// The device table minus this device, as peer ids.
@@ -704,17 +760,22 @@ impl Actor {
                 p.wants_send |= p.connected;
             }
         }
-        if let Some(their) = their
-            && self
+        if let Some(their) = their {
+            let known = self.held_by.get(&peer);
+            if self
                 .vault
                 .passkeys()
-                .any(|p| !self.held.contains(&p.record_id))
-        {
-            self.held.extend(self.vault.records_held_at(&their));
+                .any(|p| !known.is_some_and(|h| h.contains(&p.record_id)))
+            {
+                let held = self.vault.records_held_at(&their);
+                self.held_by.entry(peer).or_default().extend(held);
+            }
         }
         if self.vault.devices() != devices_before {
             let paired = self.paired();
             self.peers.retain(|p, _| paired.contains(p));
+            // A removed device no longer counts as holding anything (the BS flag falls back).
+            self.held_by.retain(|p, _| paired.contains(p));
             self.send(Outbound::Paired(paired));
         }
     }
@@ -933,6 +994,7 @@ impl Actor {
                         .filter_map(|id| self.vault.find_by_credential_id(id))
                         .find(|p| p.rp_id == rp_id)
                 };
+                let held_by = &self.held_by;
                 let cred = found.and_then(|p| {
                     let key = match self.keys.get(&p.credential_id) {
                         Some(k) => k.clone(),
@@ -946,7 +1008,7 @@ impl Actor {
                         credential_id: p.credential_id.clone(),
                         user_handle: p.user_handle.clone(),
                         signing_key: key,
-                        backed_up: self.held.contains(&p.record_id),
+                        backed_up: held_by.values().any(|h| h.contains(&p.record_id)),
                     })
                 });
                 later(deferred, reply, cred);
@@ -969,7 +1031,7 @@ impl Actor {
                     .into_iter()
                     .skip(usize::try_from(offset).unwrap_or(usize::MAX))
                     .take(limit)
-                    .map(|p| info(p, self.held.contains(&p.record_id)))
+                    .map(|p| info(p, self.held(&p.record_id)))
                     .collect();
                 later(deferred, reply, (page, total));
             }
@@ -982,6 +1044,25 @@ impl Actor {
                         let id = p.record_id;
                         self.keys.remove(&credential_id);
                         self.vault.remove(&id).map_err(Error::from)
+                    }
+                    None => Ok(false),
+                };
+                self.dirty |= matches!(result, Ok(true));
+                self.local_change();
+                later_write(deferred, reply, result);
+            }
+            Command::Rename {
+                credential_id,
+                label,
+                reply,
+            } => {
+                let result = match self.vault.find_by_credential_id(&credential_id) {
+                    Some(p) => {
+                        let id = p.record_id;
+                        self.vault
+                            .rename(&id, &label, crate::now_ms())
+                            .map(|()| true)
+                            .map_err(Error::from)
                     }
                     None => Ok(false),
                 };
@@ -1039,6 +1120,41 @@ impl Actor {
                     .ok_or_else(|| Error::Persist("this device is not in the device table".into()));
                 let _ = reply.send(result);
             }
+            Command::Members { reply } => {
+                let members = self
+                    .vault
+                    .devices()
+                    .into_iter()
+                    .map(|device| {
+                        let addrs = self
+                            .store
+                            .meta(&addrs_key(device.id.as_str()))
+                            .ok()
+                            .flatten()
+                            .and_then(|b| serde_json::from_slice(&b).ok())
+                            .unwrap_or_default();
+                        Member { device, addrs }
+                    })
+                    .collect();
+                later(deferred, reply, members);
+            }
+            Command::Adopt {
+                vault_id,
+                keyring,
+                members,
+                me,
+                check_only,
+                reply,
+            } => {
+                let result = self.may_adopt().and_then(|()| {
+                    if check_only {
+                        Ok(())
+                    } else {
+                        self.adopt(vault_id, &keyring, members, *me)
+                    }
+                });
+                let _ = reply.send(result);
+            }
             Command::PinBegin { reply } => {
                 let result = match self.pin.hash.clone() {
                     None => Ok(PinCheck::NotSet),
@@ -1092,6 +1208,62 @@ impl Actor {
 }
 
 impl Actor {
+    /// Joining another vault is allowed only while this one is empty and unpaired.
+    fn may_adopt(&self) -> Result<(), Error> {
+        if !self.vault.is_empty() {
+            return Err(Error::NotEmpty(self.vault.len() as u64));
+        }
+        let others = self.paired().len();
+        if others > 0 {
+            return Err(Error::AlreadyPaired(others as u64));
+        }
+        Ok(())
+    }
+
+    /// Replaces this (empty) vault with a replica of another: same id and keyring, sealed by this device's
+    /// keystore, with the members' entries and addresses and this device's entry. The passkeys arrive by sync.
+    /// The sealed keyring is written first, then the document; a crash in between leaves a keyring that does
+    /// not open the old document, and the daemon refuses to start until the state directory is cleared.
+    fn adopt(
+        &mut self,
+        vault_id: VaultId,
+        keyring: &[u8],
+        members: Vec<Member>,
+        me: Device,
+    ) -> Result<(), Error> {
+        let ring = decode_keyring(keyring)?;
+        let mut vault = Vault::create(vault_id, ring)?;
+        for m in &members {
+            if m.device.id.as_str() != self.me.to_string() {
+                vault.add_device(m.device.clone())?;
+            }
+        }
+        vault.add_device(me)?;
+        let full = vault.save();
+        let (choice, tpm) = &self.keystore;
+        let current = store::read_keyring(&self.db)?;
+        let mut opened = keystore::open_for(*choice, tpm, current.as_deref())?;
+        let sealed = opened.keystore.seal(keyring)?;
+        drop(opened);
+        store::write_keyring(&self.db, &sealed)?;
+        self.store.replace(&full, &[])?;
+        for m in &members {
+            let list = serde_json::to_vec(&m.addrs).unwrap_or_default();
+            if let Err(e) = self.store.put_meta(&addrs_key(m.device.id.as_str()), &list) {
+                tracing::warn!(error = %e, "cannot store peer addresses");
+            }
+        }
+        tracing::info!(vault = %vault.id(), "joined a vault: this device's replica was replaced");
+        self.vault = vault;
+        self.keys.clear();
+        self.held_by.clear();
+        self.peers.clear();
+        self.dirty = false;
+        self.full_save_needed = false;
+        self.send(Outbound::Paired(self.paired()));
+        Ok(())
+    }
+
     /// A local change: every connected peer gets it as soon as it is on disk.
     fn local_change(&mut self) {
         if self.dirty {
@@ -1103,7 +1275,7 @@ impl Actor {
 }
 
 /// This machine's host name, as the default device name.
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_owned())
@@ -1185,6 +1357,16 @@ impl Handle {
         .await?
     }
 
+    /// Sets a passkey's label; `false` if there was no such passkey. Returns once it is on disk.
+    pub async fn rename(&self, credential_id: Vec<u8>, label: String) -> Result<bool, Error> {
+        self.ask(|reply| Command::Rename {
+            credential_id,
+            label,
+            reply,
+        })
+        .await?
+    }
+
     /// Tells the actor about a peer. Cancel-safe.
     pub async fn peer_event(&self, event: PeerEvent) -> Result<(), Error> {
         self.tx
@@ -1203,6 +1385,32 @@ impl Handle {
         self.ask(|reply| Command::AddDevice {
             device: Box::new(device),
             addrs,
+            reply,
+        })
+        .await?
+    }
+
+    /// Every device-table entry with the addresses known for it.
+    pub async fn members(&self) -> Result<Vec<Member>, Error> {
+        self.ask(|reply| Command::Members { reply }).await
+    }
+
+    /// Replaces this device's empty, unpaired vault with a replica of `vault_id` (its encoded `keyring`,
+    /// sealed here), listing `members` and `me`; with `check_only` it only says whether that would be allowed.
+    pub async fn adopt(
+        &self,
+        vault_id: VaultId,
+        keyring: Zeroizing<Vec<u8>>,
+        members: Vec<Member>,
+        me: Device,
+        check_only: bool,
+    ) -> Result<(), Error> {
+        self.ask(|reply| Command::Adopt {
+            vault_id,
+            keyring,
+            members,
+            me: Box::new(me),
+            check_only,
             reply,
         })
         .await?

@@ -78,6 +78,13 @@ pub enum RequestBody {
         /// The credential to delete.
         credential_id: Base64Url,
     },
+    /// Give one passkey a label (shown by `list`; merges per field across devices, last writer wins).
+    Rename {
+        /// The credential to rename.
+        credential_id: Base64Url,
+        /// The new label: 1 to [`MAX_LABEL`] bytes, no control characters.
+        label: String,
+    },
     /// Daemon and vault status.
     Status,
     /// Set or change the PIN.
@@ -88,6 +95,47 @@ pub enum RequestBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         current_pin: Option<Pin>,
     },
+    /// Open a one-time pairing invitation on this device (one at a time). The answer carries the
+    /// `passmesh://pair?...` URI, which holds the secret: show it to the person only.
+    PairInvite {
+        /// Lifetime in seconds (default [`DEFAULT_PAIR_EXPIRY_SECS`], at most [`MAX_PAIR_EXPIRY_SECS`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_secs: Option<u64>,
+        /// Wait for `pairConfirm` (the person compares the SAS) before any key is sent.
+        #[serde(default, skip_serializing_if = "is_false")]
+        confirm: bool,
+        /// This device's name as the joiner will list it (default: its name in the device table).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// Join the vault of another device with its invitation URI; follow with `pairProgress`.
+    PairJoin {
+        /// The `passmesh://pair?...` URI.
+        uri: String,
+        /// This device's name in the device table (default: the host name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// The events of the current (or last) pairing from index `since` on; waits up to about 20 s for one.
+    PairProgress {
+        /// The first event index wanted (0 for all).
+        #[serde(default)]
+        since: u32,
+    },
+    /// Confirm (or reject) the SAS of a pairing opened with `confirm`.
+    PairConfirm {
+        /// True if the codes shown on both devices are equal.
+        accept: bool,
+    },
+}
+
+/// Default lifetime of an invitation, in seconds.
+pub const DEFAULT_PAIR_EXPIRY_SECS: u64 = 300;
+/// Longest lifetime of an invitation, in seconds.
+pub const MAX_PAIR_EXPIRY_SECS: u64 = 3600;
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl RequestBody {
@@ -98,8 +146,13 @@ impl RequestBody {
             Self::Get { .. } => "get",
             Self::List { .. } => "list",
             Self::Delete { .. } => "delete",
+            Self::Rename { .. } => "rename",
             Self::Status => "status",
             Self::SetPin { .. } => "setPin",
+            Self::PairInvite { .. } => "pairInvite",
+            Self::PairJoin { .. } => "pairJoin",
+            Self::PairProgress { .. } => "pairProgress",
+            Self::PairConfirm { .. } => "pairConfirm",
         }
     }
 }
@@ -142,6 +195,11 @@ pub enum ResponseBody {
         /// False if no such credential existed.
         deleted: bool,
     },
+    /// Result of a rename.
+    Rename {
+        /// False if no such credential existed.
+        renamed: bool,
+    },
     /// Daemon and vault status.
     Status {
         /// The status.
@@ -149,6 +207,69 @@ pub enum ResponseBody {
     },
     /// The PIN was set.
     SetPin {},
+    /// The invitation is open.
+    PairInvite {
+        /// The `passmesh://pair?...` URI (holds the one-time secret).
+        uri: String,
+        /// When it expires, ms since the Unix epoch.
+        expires_at_ms: u64,
+    },
+    /// Joining started; follow it with `pairProgress`.
+    PairJoin {},
+    /// Pairing events.
+    PairProgress {
+        /// Events from the requested index on, oldest first.
+        events: Vec<PairEvent>,
+        /// The index to ask for next.
+        next: u32,
+        /// The pairing ended (`done` or `failed` is among the events so far).
+        finished: bool,
+    },
+    /// The answer was passed on.
+    PairConfirm {},
+}
+
+/// One step of a pairing, as both devices report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "event",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum PairEvent {
+    /// The invitation is open; waiting for a device to join (inviter), or dialling the inviter (joiner).
+    Waiting,
+    /// The other device connected and the handshake started.
+    PeerConnected {
+        /// Its device id (peer id).
+        peer: String,
+    },
+    /// The handshake finished: compare this short authentication string on both devices.
+    Sas {
+        /// Six digits in two groups, e.g. `"042 917"`.
+        sas: String,
+    },
+    /// The inviter waits for `pairConfirm`.
+    AwaitingConfirmation,
+    /// A pairing attempt failed but the invitation stays open (inviter only).
+    AttemptFailed {
+        /// Why.
+        reason: String,
+        /// Attempts left before the invitation dies.
+        attempts_left: u32,
+    },
+    /// Paired.
+    Done {
+        /// The other device's id.
+        device_id: String,
+        /// The other device's name.
+        name: String,
+    },
+    /// The pairing ended without pairing anything; nothing changed.
+    Failed {
+        /// Why, for the person.
+        reason: String,
+    },
 }
 
 impl ResponseBody {
@@ -159,11 +280,19 @@ impl ResponseBody {
             Self::Get { .. } => "get",
             Self::List { .. } => "list",
             Self::Delete { .. } => "delete",
+            Self::Rename { .. } => "rename",
             Self::Status { .. } => "status",
             Self::SetPin {} => "setPin",
+            Self::PairInvite { .. } => "pairInvite",
+            Self::PairJoin {} => "pairJoin",
+            Self::PairProgress { .. } => "pairProgress",
+            Self::PairConfirm {} => "pairConfirm",
         }
     }
 }
+
+/// The longest label `rename` accepts, in bytes.
+pub const MAX_LABEL: usize = 256;
 
 /// One passkey as `list` shows it. No key material.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

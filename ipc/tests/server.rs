@@ -80,7 +80,7 @@ impl Handler for TestHandler {
                     Err(ErrorBody::new(ErrorName::NotAllowedError, "wrong PIN"))
                 }
             }
-            RequestBody::Create { .. } | RequestBody::Get { .. } => Err(ErrorBody::new(
+            _ => Err(ErrorBody::new(
                 ErrorName::NotSupportedError,
                 "not in this test",
             )),

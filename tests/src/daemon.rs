@@ -32,6 +32,9 @@ pub struct DaemonOptions {
     pub ready_timeout: Duration,
     /// Use this existing state directory instead of a fresh one inside the daemon's tempdir.
     pub state_dir: Option<PathBuf>,
+    /// Run the daemon inside this network namespace (`ip netns exec NS passmeshd …`, which needs root). Its
+    /// socket is a filesystem path, so the test still reaches it from the root namespace.
+    pub netns: Option<String>,
 }
 
 impl Default for DaemonOptions {
@@ -44,6 +47,7 @@ impl Default for DaemonOptions {
             // Generous: tests run in parallel on two cores next to other builds.
             ready_timeout: Duration::from_secs(30),
             state_dir: None,
+            netns: None,
         }
     }
 }
@@ -278,7 +282,16 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .context("cannot open the daemon log")?;
-        let mut cmd = Command::new(&bins.daemon);
+        // `ip netns exec` enters the namespace and execs the daemon in the same process, so the child's pid,
+        // signals and exit status stay the daemon's own.
+        let mut cmd = match &self.options.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str()]).arg(&bins.daemon);
+                c
+            }
+            None => Command::new(&bins.daemon),
+        };
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--socket")

@@ -12,7 +12,8 @@
 //! - [`ops`] — typed request helpers over [`passmesh_ipc::Client`], vault snapshots, error checks.
 //! - [`rp`] — a relying party wrapping webauthn-rs-core, speaking Passmesh's JSON types.
 //! - [`authdata`] — a small parser for authenticator data, so tests can read flags and the AAGUID.
-//! - [`mesh`] — [`Node`]: paired daemons on loopback, polling with a deadline.
+//! - [`mesh`] — [`Node`]: paired daemons on loopback or in network namespaces, polling with a deadline.
+//! - [`netns`] — [`Lan`]: a private LAN of network namespaces on a bridge, to cut devices off and heal them.
 //! - [`tpm`] — [`Swtpm`]: a private software TPM per test (own port pair and state), PCR and handle tools,
 //!   running `passmeshd` to an expected refusal, state-directory snapshots.
 //!
@@ -22,11 +23,14 @@ pub mod authdata;
 pub mod bins;
 pub mod daemon;
 pub mod mesh;
+pub mod netns;
 pub mod ops;
+pub mod pairing;
 pub mod rp;
 pub mod tpm;
 
 pub use bins::{Binaries, binaries};
 pub use daemon::{CliOutput, Daemon, DaemonOptions, run_cli};
 pub use mesh::Node;
+pub use netns::Lan;
 pub use tpm::Swtpm;

@@ -157,6 +157,55 @@ impl request_response::Codec for Codec {
     }
 }
 
+/// Codec of `/passmesh/pair/1`: one length-prefixed request and one length-prefixed response per stream, each
+/// at most [`crate::pairing::MAX_MESSAGE`] bytes. Oversized or truncated input is an error: the stream drops.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PairCodec;
+
+impl request_response::Codec for PairCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, crate::pairing::MAX_MESSAGE).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, crate::pairing::MAX_MESSAGE).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req, crate::pairing::MAX_MESSAGE).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res, crate::pairing::MAX_MESSAGE).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use futures::executor::block_on;

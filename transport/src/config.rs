@@ -71,6 +71,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Capacity of the event channel returned by [`crate::Host::start`].
     pub event_queue: usize,
+    /// How long an unpaired peer may stay connected through the pairing slot, and how long one pairing
+    /// request may wait for its answer (the inviter may be waiting for the person to confirm the code).
+    pub pairing_deadline: Duration,
 }
 
 impl Default for Limits {
@@ -84,6 +87,7 @@ impl Default for Limits {
             max_streams_per_connection: 8,
             request_timeout: Duration::from_secs(30),
             event_queue: 256,
+            pairing_deadline: Duration::from_secs(60),
         }
     }
 }
@@ -126,7 +130,10 @@ impl Config {
         if l.max_pending_outbound == 0 || l.max_streams_per_connection == 0 || l.event_queue == 0 {
             return Err(Error::InvalidConfig("queue limits must be at least 1"));
         }
-        if l.request_timeout.is_zero() || self.ping_interval.is_zero() {
+        if l.request_timeout.is_zero()
+            || self.ping_interval.is_zero()
+            || l.pairing_deadline.is_zero()
+        {
             return Err(Error::InvalidConfig("timeouts must be non-zero"));
         }
         if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {

@@ -51,6 +51,9 @@ pub enum Error {
     /// The peer's outbound queue is full (it is slow or stalled).
     #[error("outbound queue for peer {0} is full")]
     QueueFull(PeerId),
+    /// A pairing exchange failed on the network (the reason names no secret).
+    #[error("pairing: {0}")]
+    Pairing(String),
     /// The host task has stopped.
     #[error("the transport host has stopped")]
     Stopped,

@@ -1,6 +1,11 @@
 //! Connection gating: a connection survives only if its Noise-authenticated peer id is paired (or is one of the
 //! configured relays). The check runs in `handle_established_*_connection`, before any other behaviour creates
 //! a handler for the connection, so no sync stream can ever be opened on a refused connection.
+//!
+//! The one exception is pairing: while an invitation is open, one unknown peer at a time may connect (the
+//! *pairing slot*); while this device joins, the inviter it dials is let in. Such a connection only ever
+//! carries `/passmesh/pair/1`: the host never sends a sync message to, or accepts one from, an unpaired peer,
+//! and closes the slot's connection at its deadline unless the peer got paired meanwhile.
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -10,6 +15,7 @@ use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::DeniedUpgrade;
 use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::behaviour::ConnectionClosed;
 use libp2p::swarm::handler::ConnectionEvent;
 use libp2p::swarm::{
     ConnectionDenied, ConnectionHandlerEvent, ConnectionId, FromSwarm, NetworkBehaviour,
@@ -19,10 +25,27 @@ use libp2p::swarm::{
 /// Refusals kept for reporting; beyond this a flood of unpaired dialers only shows in the log.
 const MAX_QUEUED_REFUSALS: usize = 256;
 
-/// A refused connection.
+/// What the gate reports to the host.
 #[derive(Debug)]
-pub(crate) struct Refusal {
-    pub(crate) peer: PeerId,
+pub(crate) enum GateEvent {
+    /// A connection was refused.
+    Refused { peer: PeerId },
+    /// An unknown peer took the pairing slot with this connection.
+    PairingAdmitted {
+        peer: PeerId,
+        connection: ConnectionId,
+    },
+}
+
+/// Which unpaired peers pairing lets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PairingMode {
+    /// None.
+    Closed,
+    /// An invitation is open until then: one unknown peer at a time.
+    Invite { until: tokio::time::Instant },
+    /// This device joins through this inviter.
+    Join { peer: PeerId },
 }
 
 /// Why a connection was denied; only for logs, it names no secret.
@@ -34,7 +57,10 @@ struct NotPaired(PeerId);
 pub(crate) struct Behaviour {
     paired: HashSet<PeerId>,
     relays: HashSet<PeerId>,
-    refusals: VecDeque<Refusal>,
+    refusals: VecDeque<GateEvent>,
+    mode: PairingMode,
+    /// The connection holding the pairing slot.
+    slot: Option<(ConnectionId, PeerId)>,
 }
 
 impl Behaviour {
@@ -43,14 +69,32 @@ impl Behaviour {
             paired,
             relays,
             refusals: VecDeque::new(),
+            mode: PairingMode::Closed,
+            slot: None,
         }
     }
 
     pub(crate) fn set_paired(&mut self, paired: HashSet<PeerId>) {
+        if self.slot.is_some_and(|(_, p)| paired.contains(&p)) {
+            // The peer that paired through the slot is an ordinary paired peer now.
+            self.slot = None;
+        }
         self.paired = paired;
     }
 
-    fn admit(&mut self, peer: PeerId) -> Result<Handler, ConnectionDenied> {
+    pub(crate) fn set_pairing(&mut self, mode: PairingMode) {
+        self.mode = mode;
+    }
+
+    pub(crate) fn pairing(&self) -> PairingMode {
+        self.mode
+    }
+
+    fn admit(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+    ) -> Result<Handler, ConnectionDenied> {
         if self.paired.contains(&peer) {
             return Ok(Handler { keep_alive: true });
         }
@@ -58,9 +102,24 @@ impl Behaviour {
             // The relay client keeps its own connection alive while it holds a reservation.
             return Ok(Handler { keep_alive: false });
         }
+        match self.mode {
+            PairingMode::Join { peer: inviter } if inviter == peer => {
+                return Ok(Handler { keep_alive: true });
+            }
+            PairingMode::Invite { until }
+                if self.slot.is_none() && tokio::time::Instant::now() < until =>
+            {
+                tracing::info!(%peer, "an unknown peer takes the pairing slot");
+                self.slot = Some((connection, peer));
+                self.refusals
+                    .push_back(GateEvent::PairingAdmitted { peer, connection });
+                return Ok(Handler { keep_alive: true });
+            }
+            _ => {}
+        }
         tracing::info!(%peer, "refusing connection from an unpaired peer");
         if self.refusals.len() < MAX_QUEUED_REFUSALS {
-            self.refusals.push_back(Refusal { peer });
+            self.refusals.push_back(GateEvent::Refused { peer });
         }
         Err(ConnectionDenied::new(NotPaired(peer)))
     }
@@ -68,30 +127,36 @@ impl Behaviour {
 
 impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = Handler;
-    type ToSwarm = Refusal;
+    type ToSwarm = GateEvent;
 
     fn handle_established_inbound_connection(
         &mut self,
-        _: ConnectionId,
+        connection: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.admit(peer)
+        self.admit(connection, peer)
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        _: ConnectionId,
+        connection: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.admit(peer)
+        self.admit(connection, peer)
     }
 
-    fn on_swarm_event(&mut self, _: FromSwarm<'_>) {}
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = event
+            && self.slot.is_some_and(|(c, _)| c == connection_id)
+        {
+            self.slot = None;
+        }
+    }
 
     fn on_connection_handler_event(
         &mut self,

@@ -11,7 +11,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, connection_limits, dcutr, identify, mdns, noise, ping, relay, tcp,
     yamux,
@@ -21,7 +21,8 @@ use tokio::time::Instant;
 
 use crate::codec::{self, Frame, FrameError};
 use crate::config::{Backoff, Config, Limits};
-use crate::{Error, Identity, gate};
+use crate::gate::{GateEvent, PairingMode};
+use crate::{Error, Identity, gate, pairing};
 
 /// Addresses remembered per peer; older ones are forgotten first.
 const MAX_ADDRS_PER_PEER: usize = 16;
@@ -33,6 +34,8 @@ const OUTBOX_LIMIT: usize = 1024;
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
 /// Connections without a paired peer (relays, refused dialers) close after this long idle.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Inbound pairing requests awaiting the application's answer, at most.
+const MAX_PAIR_INBOUND: usize = 4;
 
 /// What the host reports to the application.
 #[derive(Clone, PartialEq, Eq)]
@@ -75,7 +78,21 @@ pub enum Event {
     },
     /// The host listens on a new address.
     ListenAddr(Multiaddr),
+    /// A `/passmesh/pair/1` request arrived while an invitation is open; answer it with
+    /// [`Handle::pair_respond`] (dropping it closes the stream unanswered).
+    PairRequest {
+        /// The sender (the pairing slot's peer, or a paired peer).
+        peer: PeerId,
+        /// Which request to answer.
+        id: PairRequestId,
+        /// The request, at most [`pairing::MAX_MESSAGE`] bytes, not yet parsed.
+        bytes: Vec<u8>,
+    },
 }
+
+/// Identifies an inbound pairing request until it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PairRequestId(u64);
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,6 +103,9 @@ impl fmt::Debug for Event {
             Self::Refused { peer, reason } => write!(f, "Refused({peer}, {reason:?})"),
             Self::SendFailed { peer, reason } => write!(f, "SendFailed({peer}, {reason:?})"),
             Self::ListenAddr(a) => write!(f, "ListenAddr({a})"),
+            Self::PairRequest { peer, id, bytes } => {
+                write!(f, "PairRequest({peer}, {id:?}, {} bytes)", bytes.len())
+            }
         }
     }
 }
@@ -161,6 +181,28 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    OpenInvitation {
+        until: Instant,
+        reply: oneshot::Sender<()>,
+    },
+    CloseInvitation {
+        reply: oneshot::Sender<()>,
+    },
+    PairRequest {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    },
+    PairRespond {
+        id: PairRequestId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    EndJoin {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl Handle {
@@ -201,6 +243,49 @@ impl Handle {
         self.call(|reply| Command::ConnectedPeers { reply }).await
     }
 
+    /// Opens the gate for pairing until `until`: one unknown peer at a time may connect (for at most
+    /// `Limits::pairing_deadline` unless it gets paired) and send `/passmesh/pair/1` requests, which arrive as
+    /// [`Event::PairRequest`]. It never gets a sync stream.
+    pub async fn open_invitation(&self, until: Duration) -> Result<(), Error> {
+        let until = Instant::now() + until;
+        self.call(|reply| Command::OpenInvitation { until, reply })
+            .await
+    }
+
+    /// Closes the pairing gate; a pending pairing connection still ends at its deadline.
+    pub async fn close_invitation(&self) -> Result<(), Error> {
+        self.call(|reply| Command::CloseInvitation { reply }).await
+    }
+
+    /// Sends a pairing request to `peer` (an inviter; dialled at `addrs` if not connected, and let through the
+    /// gate although unpaired) and waits for its answer, at most `Limits::pairing_deadline`.
+    pub async fn pair_request(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
+        self.call(|reply| Command::PairRequest {
+            peer,
+            addrs,
+            bytes,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers an inbound pairing request.
+    pub async fn pair_respond(&self, id: PairRequestId, bytes: Vec<u8>) -> Result<(), Error> {
+        self.call(|reply| Command::PairRespond { id, bytes, reply })
+            .await?
+    }
+
+    /// Ends joining through `peer`: the gate stops letting it in, and unless it is paired by now its connection
+    /// is closed.
+    pub async fn end_join(&self, peer: PeerId) -> Result<(), Error> {
+        self.call(|reply| Command::EndJoin { peer, reply }).await
+    }
+
     /// Stops the host and waits until its sockets are closed. Other handles then fail with [`Error::Stopped`].
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.call(|reply| Command::Shutdown { reply }).await
@@ -227,6 +312,7 @@ struct Behaviour {
     relay: relay::client::Behaviour,
     dcutr: Toggle<dcutr::Behaviour>,
     sync: request_response::Behaviour<codec::Codec>,
+    pair: request_response::Behaviour<codec::PairCodec>,
 }
 
 impl Host {
@@ -266,6 +352,13 @@ impl Host {
                 .with_request_timeout(limits.request_timeout)
                 .with_max_concurrent_streams(limits.max_streams_per_connection),
         );
+        let pair = request_response::Behaviour::with_codec(
+            codec::PairCodec,
+            [(pairing::PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(limits.pairing_deadline)
+                .with_max_concurrent_streams(2),
+        );
         let ping = ping::Behaviour::new(
             ping::Config::new()
                 .with_interval(config.ping_interval)
@@ -299,6 +392,7 @@ impl Host {
                     use_dcutr.then(|| dcutr::Behaviour::new(key.public().to_peer_id())),
                 ),
                 sync,
+                pair,
             })
             .map_err(|e| Error::Build(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
@@ -323,6 +417,10 @@ impl Host {
             peers: HashMap::new(),
             listen_addrs: Vec::new(),
             outbox: VecDeque::new(),
+            pair_in: HashMap::new(),
+            next_pair_id: 0,
+            pair_out: HashMap::new(),
+            pairing_conn: None,
         };
 
         // Wait for the listeners' addresses so that callers can hand them out right away.
@@ -405,6 +503,8 @@ struct Peer {
     dialing: bool,
     backoff: Duration,
     next_dial: Option<Instant>,
+    /// Remote address of the latest connection (for announcing a peer that got paired while connected).
+    last_addr: Option<Multiaddr>,
 }
 
 struct State {
@@ -418,6 +518,13 @@ struct State {
     peers: HashMap<PeerId, Peer>,
     listen_addrs: Vec<Multiaddr>,
     outbox: VecDeque<Outgoing>,
+    /// Inbound pairing requests awaiting an answer.
+    pair_in: HashMap<PairRequestId, request_response::ResponseChannel<Vec<u8>>>,
+    next_pair_id: u64,
+    /// Outbound pairing requests awaiting the inviter's answer.
+    pair_out: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, Error>>>,
+    /// The connection in the pairing slot and when it must be closed unless its peer got paired.
+    pairing_conn: Option<(PeerId, ConnectionId, Instant)>,
 }
 
 async fn run(
@@ -485,7 +592,8 @@ impl State {
             .filter(|(id, p)| self.paired.contains(id) && p.connections == 0 && !p.dialing)
             .filter_map(|(_, p)| p.next_dial);
         let relays = self.relay_retry.values().map(|(at, _)| *at);
-        peers.chain(relays).min()
+        let pairing = self.pairing_conn.map(|(_, _, at)| at);
+        peers.chain(relays).chain(pairing).min()
     }
 
     /// Records an address for a peer and, if the peer is paired and disconnected, dials it soon.
@@ -507,6 +615,15 @@ impl State {
 
     fn on_timer(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = Instant::now();
+        if let Some((peer, connection, at)) = self.pairing_conn
+            && at <= now
+        {
+            self.pairing_conn = None;
+            if !self.paired.contains(&peer) {
+                tracing::info!(%peer, "pairing deadline passed; closing the connection");
+                swarm.close_connection(connection);
+            }
+        }
         let due: Vec<PeerId> = self
             .peers
             .iter()
@@ -599,6 +716,63 @@ impl State {
             }
             // Handled by the loop, which must stop.
             Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+            Command::OpenInvitation { until, reply } => {
+                swarm
+                    .behaviour_mut()
+                    .gate
+                    .set_pairing(PairingMode::Invite { until });
+                let _ = reply.send(());
+            }
+            Command::CloseInvitation { reply } => {
+                if matches!(swarm.behaviour().gate.pairing(), PairingMode::Invite { .. }) {
+                    swarm.behaviour_mut().gate.set_pairing(PairingMode::Closed);
+                }
+                self.pair_in.clear();
+                let _ = reply.send(());
+            }
+            Command::PairRequest {
+                peer,
+                addrs,
+                bytes,
+                reply,
+            } => {
+                if bytes.len() > pairing::MAX_MESSAGE {
+                    let _ = reply.send(Err(Error::MessageTooLarge {
+                        size: bytes.len(),
+                        max: pairing::MAX_MESSAGE,
+                    }));
+                    return;
+                }
+                let b = swarm.behaviour_mut();
+                if !matches!(b.gate.pairing(), PairingMode::Join { peer: p } if p == peer) {
+                    b.gate.set_pairing(PairingMode::Join { peer });
+                }
+                let id = b.pair.send_request_with_addresses(&peer, bytes, addrs);
+                self.pair_out.insert(id, reply);
+            }
+            Command::PairRespond { id, bytes, reply } => {
+                let result = match self.pair_in.remove(&id) {
+                    Some(ch) => swarm
+                        .behaviour_mut()
+                        .pair
+                        .send_response(ch, bytes)
+                        .map_err(|_| Error::Pairing("the joiner closed the stream".into())),
+                    None => Err(Error::Pairing(
+                        "the pairing request is no longer pending".into(),
+                    )),
+                };
+                let _ = reply.send(result);
+            }
+            Command::EndJoin { peer, reply } => {
+                if matches!(swarm.behaviour().gate.pairing(), PairingMode::Join { peer: p } if p == peer)
+                {
+                    swarm.behaviour_mut().gate.set_pairing(PairingMode::Closed);
+                }
+                if !self.paired.contains(&peer) && swarm.is_connected(&peer) {
+                    let _ = swarm.disconnect_peer_id(peer);
+                }
                 let _ = reply.send(());
             }
         }
@@ -702,6 +876,7 @@ impl State {
             }
         }
         let initial = self.backoff.initial;
+        let mut announce = Vec::new();
         for peer in self.paired.clone() {
             let p = self.peers.entry(peer).or_insert_with(|| Peer {
                 backoff: initial,
@@ -710,6 +885,17 @@ impl State {
             if p.connections == 0 && !p.dialing && p.next_dial.is_none() && !p.addrs.is_empty() {
                 p.next_dial = Some(now);
             }
+            // Paired while connected (through pairing): the connection serves sync from now on.
+            if p.connections > 0 && !p.announced && swarm.is_connected(&peer) {
+                p.announced = true;
+                p.backoff = initial;
+                announce.push((peer, p.last_addr.clone().unwrap_or_else(Multiaddr::empty)));
+            }
+        }
+        for (peer, addr) in announce {
+            tracing::info!(%peer, %addr, "newly paired peer connected");
+            self.push(Event::Connected { peer, addr });
+            self.pump(swarm, peer);
         }
     }
 
@@ -784,6 +970,14 @@ impl State {
         n: u32,
     ) {
         if !self.paired.contains(&peer) {
+            // A pairing (or relay) connection: remembered so that it can be announced once the peer is paired.
+            let initial = self.backoff.initial;
+            let p = self.peers.entry(peer).or_insert_with(|| Peer {
+                backoff: initial,
+                ..Peer::default()
+            });
+            p.connections = n;
+            p.last_addr = Some(endpoint.get_remote_address().clone());
             return;
         }
         let initial = self.backoff.initial;
@@ -795,6 +989,7 @@ impl State {
         }
         let p = self.peers.entry(peer).or_default();
         p.connections = n;
+        p.last_addr = Some(endpoint.get_remote_address().clone());
         p.dialing = false;
         p.backoff = initial;
         p.next_dial = None;
@@ -827,10 +1022,15 @@ impl State {
 
     fn on_behaviour_event(&mut self, swarm: &mut Swarm<Behaviour>, ev: BehaviourEvent) {
         match ev {
-            BehaviourEvent::Gate(gate::Refusal { peer }) => self.push(Event::Refused {
+            BehaviourEvent::Gate(GateEvent::Refused { peer }) => self.push(Event::Refused {
                 peer,
                 reason: RefuseReason::NotPaired,
             }),
+            BehaviourEvent::Gate(GateEvent::PairingAdmitted { peer, connection }) => {
+                let deadline = Instant::now() + self.limits.pairing_deadline;
+                self.pairing_conn = Some((peer, connection, deadline));
+            }
+            BehaviourEvent::Pair(ev) => self.on_pair_event(swarm, ev),
             BehaviourEvent::Sync(ev) => self.on_sync_event(swarm, ev),
             BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -940,6 +1140,88 @@ impl State {
                 if !matches!(error, InboundFailure::ResponseOmission) {
                     tracing::info!(%peer, error = %error, "inbound sync stream failed");
                 }
+            }
+            Rr::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_pair_event(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        ev: request_response::Event<Vec<u8>, Vec<u8>>,
+    ) {
+        use request_response::{Event as Rr, Message};
+        match ev {
+            Rr::Message {
+                peer,
+                connection_id,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+            } => {
+                let inviting =
+                    matches!(swarm.behaviour().gate.pairing(), PairingMode::Invite { .. });
+                let from_slot = self
+                    .pairing_conn
+                    .is_some_and(|(p, c, _)| p == peer && c == connection_id);
+                if !inviting || !(from_slot || self.paired.contains(&peer)) {
+                    tracing::info!(%peer, "pairing request while no invitation is open for it; dropped");
+                    return;
+                }
+                if self.pair_in.len() >= MAX_PAIR_INBOUND {
+                    tracing::warn!(%peer, "too many pairing requests pending; dropped");
+                    return;
+                }
+                let id = PairRequestId(self.next_pair_id);
+                self.next_pair_id += 1;
+                self.pair_in.insert(id, channel);
+                self.push(Event::PairRequest {
+                    peer,
+                    id,
+                    bytes: request,
+                });
+            }
+            Rr::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pair_out.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Rr::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::info!(%peer, %error, "pairing request failed");
+                if let Some(reply) = self.pair_out.remove(&request_id) {
+                    let why = match error {
+                        request_response::OutboundFailure::DialFailure => {
+                            "cannot reach the inviting device at the code's addresses".to_owned()
+                        }
+                        request_response::OutboundFailure::Timeout => {
+                            "the inviting device did not answer in time".to_owned()
+                        }
+                        request_response::OutboundFailure::UnsupportedProtocols
+                        | request_response::OutboundFailure::ConnectionClosed => {
+                            "the inviting device closed the connection: its invitation is not open (expired, \
+                             used, or another device is pairing)"
+                                .to_owned()
+                        }
+                        other => format!("the pairing stream failed: {other}"),
+                    };
+                    let _ = reply.send(Err(Error::Pairing(why)));
+                }
+            }
+            Rr::InboundFailure { peer, error, .. } => {
+                tracing::info!(%peer, %error, "inbound pairing stream failed");
             }
             Rr::ResponseSent { .. } => {}
         }

@@ -44,6 +44,19 @@ enum Command {
         /// Credential id (base64url) or a unique prefix
         id: String,
     },
+    /// Label one passkey (credential id, or a unique prefix of it); the label syncs to every device
+    Rename {
+        /// Credential id (base64url) or a unique prefix
+        id: String,
+        /// The new label
+        label: String,
+    },
+    /// Write the man pages and shell completions (for packagers) into DIR/man and DIR/completions
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory
+        dir: PathBuf,
+    },
     /// Manage the device PIN used for user verification
     Pin {
         #[command(subcommand)]
@@ -55,6 +68,38 @@ enum Command {
         location: VaultLocation,
         #[command(subcommand)]
         command: KeystoreCommand,
+    },
+    /// Invite a new device: shows a one-time pairing code (QR and URI) and waits until a device joins with it
+    ///
+    /// Both devices then show the same six-digit code (SAS); with --confirm nothing is sent before you confirm
+    /// here that they match. The code works once, for --expires seconds, and dies after 3 failed attempts.
+    Pair {
+        /// Seconds the code stays valid
+        #[arg(long, value_name = "S", default_value_t = 300)]
+        expires: u64,
+        /// Ask here whether the codes shown on both devices match before sending any key
+        #[arg(long)]
+        confirm: bool,
+        /// Also write the QR code to FILE (.png or .svg)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// This device's name as the new device will list it [default: its name in the vault]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Join the vault of another device with the pairing code it shows (`passmesh pair` there)
+    ///
+    /// This device's vault must be empty: it is replaced by the joined vault, whose passkeys then arrive.
+    Join {
+        /// The passmesh://pair?... code, or - to read it from stdin (keeps it out of the process list)
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        uri: Option<String>,
+        /// Read the code from a PNG image of its QR code (a screenshot or `passmesh pair --out`)
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// This device's name in the vault [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Create a passkey from PublicKeyCredentialCreationOptionsJSON (for scripts and tests)
     Create {
@@ -196,6 +241,10 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
     if let Command::Keystore { location, command } = &args.command {
         return keystore(location, command, args.json);
     }
+    if let Command::GenerateDocs { dir } = &args.command {
+        return generate_docs(dir)
+            .map_err(|e| Failure::Local(format!("cannot write into {}: {e}", dir.display())));
+    }
     // Inputs are read before connecting, so a bad file fails fast and a prompt never holds a connection.
     let request = match &args.command {
         Command::Create {
@@ -250,6 +299,43 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
         return Ok(());
     }
     match &args.command {
+        Command::Pair {
+            expires,
+            confirm,
+            out,
+            name,
+        } => {
+            return pair(
+                &mut client,
+                args.json,
+                *expires,
+                *confirm,
+                out.as_deref(),
+                name.clone(),
+            )
+            .await;
+        }
+        Command::Join { uri, image, name } => {
+            let uri = match (uri.as_deref(), image) {
+                (_, Some(path)) => decode_qr(path)?,
+                (Some("-"), None) => {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+                        Failure::Local(format!("cannot read the code from stdin: {e}"))
+                    })?;
+                    line.trim().to_owned()
+                }
+                (Some(u), None) => u.trim().to_owned(),
+                (None, None) => return Err(Failure::Local("give the code or --image FILE".into())),
+            };
+            client
+                .call(RequestBody::PairJoin {
+                    uri,
+                    name: name.clone(),
+                })
+                .await?;
+            return follow_pairing(&mut client, args.json).await;
+        }
         Command::Status => {
             let body = client.call(RequestBody::Status).await?;
             if args.json {
@@ -294,6 +380,27 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
                 _ => println!("passkey {} was already gone", p.credential_id.to_base64()),
             }
         }
+        Command::Rename { id, label } => {
+            let p = resolve(&mut client, id).await?;
+            let body = client
+                .call(RequestBody::Rename {
+                    credential_id: p.credential_id.clone(),
+                    label: label.clone(),
+                })
+                .await?;
+            if args.json {
+                return print_json(&body);
+            }
+            match body {
+                ResponseBody::Rename { renamed: true } => println!(
+                    "renamed passkey {} ({} for {}) to {label:?}",
+                    p.credential_id.to_base64(),
+                    p.user_name,
+                    p.rp_id
+                ),
+                _ => println!("passkey {} is gone", p.credential_id.to_base64()),
+            }
+        }
         Command::Pin {
             command: PinCommand::Set,
         } => {
@@ -313,7 +420,10 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
             }
             println!("PIN set");
         }
-        Command::Create { .. } | Command::Get { .. } | Command::Keystore { .. } => {}
+        Command::Create { .. }
+        | Command::Get { .. }
+        | Command::Keystore { .. }
+        | Command::GenerateDocs { .. } => {}
     }
     Ok(())
 }
@@ -657,6 +767,172 @@ fn format_time(ms: u64) -> String {
     )
 }
 
+async fn pair(
+    client: &mut Client,
+    json: bool,
+    expires: u64,
+    confirm: bool,
+    out: Option<&Path>,
+    name: Option<String>,
+) -> Result<(), Failure> {
+    let body = client
+        .call(RequestBody::PairInvite {
+            expires_secs: Some(expires),
+            confirm,
+            name,
+        })
+        .await?;
+    let ResponseBody::PairInvite { uri, expires_at_ms } = body else {
+        return Err(Failure::Local("unexpected answer from the daemon".into()));
+    };
+    let uri = Zeroizing::new(uri);
+    let code = qrcode::QrCode::new(uri.as_bytes())
+        .map_err(|e| Failure::Local(format!("cannot make a QR code: {e}")))?;
+    if let Some(path) = out {
+        write_qr(&code, path)?;
+    }
+    if json {
+        let v = serde_json::json!({"event": "invitation", "uri": uri.as_str(), "expiresAtMs": expires_at_ms});
+        println!("{v}");
+    } else {
+        use qrcode::render::unicode::Dense1x2;
+        let art = code
+            .render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build();
+        println!("Scan this code on the new device, or run `passmesh join CODE` there:\n");
+        println!("{art}\n");
+        println!("{}\n", uri.as_str());
+        if let Some(path) = out {
+            println!("QR code written to {}", path.display());
+        }
+        println!(
+            "Valid until {} (once). Waiting for a device to join...",
+            format_time(expires_at_ms)
+        );
+    }
+    std::io::stdout().flush().ok();
+    follow_pairing(client, json).await
+}
+
+fn write_qr(code: &qrcode::QrCode, path: &Path) -> Result<(), Failure> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let fail =
+        |e: &dyn std::fmt::Display| Failure::Local(format!("cannot write {}: {e}", path.display()));
+    match ext.as_deref() {
+        Some("png") => code
+            .render::<image::Luma<u8>>()
+            .quiet_zone(true)
+            .min_dimensions(320, 320)
+            .build()
+            .save_with_format(path, image::ImageFormat::Png)
+            .map_err(|e| fail(&e)),
+        Some("svg") => {
+            let svg = code
+                .render::<qrcode::render::svg::Color<'_>>()
+                .quiet_zone(true)
+                .min_dimensions(320, 320)
+                .build();
+            std::fs::write(path, svg).map_err(|e| fail(&e))
+        }
+        _ => Err(Failure::Local(format!(
+            "{}: --out needs a .png or .svg file name",
+            path.display()
+        ))),
+    }
+}
+
+/// Reads a pairing code from a PNG (or other supported) image of its QR code.
+fn decode_qr(path: &Path) -> Result<String, Failure> {
+    let img = image::open(path)
+        .map_err(|e| Failure::Local(format!("cannot read {}: {e}", path.display())))?
+        .to_luma8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
+        u32::try_from(x)
+            .ok()
+            .zip(u32::try_from(y).ok())
+            .map_or(255, |(x, y)| img.get_pixel(x, y).0[0])
+    });
+    for grid in prepared.detect_grids() {
+        if let Ok((_, text)) = grid.decode()
+            && text.starts_with("passmesh://")
+        {
+            return Ok(text);
+        }
+    }
+    Err(Failure::Local(format!(
+        "no passmesh pairing code found in {}",
+        path.display()
+    )))
+}
+
+/// Prints pairing events until the pairing ends; asks for the SAS confirmation when the daemon waits for it.
+async fn follow_pairing(client: &mut Client, json: bool) -> Result<(), Failure> {
+    use passmesh_ipc::message::PairEvent;
+    let mut since = 0;
+    let mut outcome = Err(Failure::Local("the pairing ended without a result".into()));
+    loop {
+        let body = client.call(RequestBody::PairProgress { since }).await?;
+        let ResponseBody::PairProgress {
+            events,
+            next,
+            finished,
+        } = body
+        else {
+            return Err(Failure::Local("unexpected answer from the daemon".into()));
+        };
+        for event in events {
+            if json {
+                print_json(&event)?;
+            }
+            match &event {
+                PairEvent::Waiting => {}
+                PairEvent::PeerConnected { peer } if !json => println!("Device {peer} connected."),
+                PairEvent::Sas { sas } if !json => println!(
+                    "Code: {sas}  (both devices must show the same code; if not, stop: someone else is pairing)"
+                ),
+                PairEvent::AttemptFailed {
+                    reason,
+                    attempts_left,
+                } if !json => {
+                    println!("A pairing attempt failed ({reason}); {attempts_left} left.")
+                }
+                PairEvent::AwaitingConfirmation => {
+                    if !json {
+                        print!("Does the other device show the same code? [y/N] ");
+                    }
+                    std::io::stdout().flush().ok();
+                    let mut line = String::new();
+                    let _ = std::io::stdin().lock().read_line(&mut line);
+                    let accept = matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes");
+                    client.call(RequestBody::PairConfirm { accept }).await?;
+                }
+                PairEvent::Done { device_id, name } => {
+                    if !json {
+                        println!("Paired with \"{name}\" ({device_id}).");
+                    }
+                    outcome = Ok(());
+                }
+                PairEvent::Failed { reason } => {
+                    outcome = Err(Failure::Local(format!("pairing failed: {reason}")));
+                }
+                _ => {}
+            }
+        }
+        std::io::stdout().flush().ok();
+        since = next;
+        if finished {
+            return outcome;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::format_time;
@@ -667,4 +943,44 @@ mod tests {
         assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_time(1_795_305_845_000), "2026-11-22 00:04:05 UTC");
     }
+}
+
+/// Man pages (`passmesh.1` and one `passmesh-SUB.1` per visible subcommand) and bash/zsh/fish completions.
+fn generate_docs(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    let mut cmd = Args::command();
+    cmd.build();
+    write_man_pages(&cmd, "", &man)?;
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "passmesh.bash"),
+        (clap_complete::Shell::Zsh, "_passmesh"),
+        (clap_complete::Shell::Fish, "passmesh.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Args::command(), "passmesh", &mut out);
+        std::fs::write(completions.join(file), out)?;
+    }
+    Ok(())
+}
+
+fn write_man_pages(cmd: &clap::Command, prefix: &str, dir: &Path) -> std::io::Result<()> {
+    let name = if prefix.is_empty() {
+        cmd.get_name().to_owned()
+    } else {
+        format!("{prefix}-{}", cmd.get_name())
+    };
+    let page = cmd.clone().name(name.clone());
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    std::fs::write(dir.join(format!("{name}.1")), out)?;
+    for sub in cmd.get_subcommands() {
+        if !sub.is_hide_set() && sub.get_name() != "help" {
+            write_man_pages(sub, &name, dir)?;
+        }
+    }
+    Ok(())
 }

@@ -1,11 +1,15 @@
-//! `passmeshd`: the Passmesh daemon. Serves the invoking user's passkeys on a local Unix socket.
+//! `passmeshd`: the Passmesh daemon. Serves the invoking user's passkeys on a local Unix socket, and tells
+//! systemd (`Type=notify`) when it serves and when it stops.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use passmesh_daemon::config::{Config, Flags};
 use passmesh_daemon::keystore::Choice;
+use passmesh_daemon::notify::Notifier;
 use tokio_util::sync::CancellationToken;
 
 /// Passmesh daemon: keeps your passkeys and answers WebAuthn requests on a local socket.
@@ -31,10 +35,24 @@ struct Args {
     /// /ip4/0.0.0.0/tcp/4001
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<String>,
+    /// Write the passmeshd(8) man page into DIR and exit (for packagers)
+    #[arg(long, value_name = "DIR", hide = true)]
+    generate_man: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.generate_man {
+        use clap::CommandFactory;
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Args::command())
+            .section("8")
+            .render(&mut page)?;
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("passmeshd.8");
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PASSMESH_LOG")
@@ -51,30 +69,72 @@ fn main() -> anyhow::Result<()> {
         tpm_tcti: args.tpm_tcti,
         listen: args.listen,
     })?;
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            // A broken service manager setup must not keep the passkeys from being served.
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    let notifier = Arc::new(notifier);
+    notify(&notifier, |n| n.status("opening the vault"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("shutting down");
-            signals.cancel();
-        });
-        passmesh_daemon::service::run(config, shutdown, |_| {}).await
-    })?;
+        tokio::spawn(stop_on_signal(shutdown.clone(), Arc::clone(&notifier)));
+        passmesh_daemon::service::run(config, shutdown, |config| {
+            notify(&notifier, |n| {
+                n.ready(&format!("serving {}", config.socket.display()))
+            });
+        })
+        .await
+    });
+    // Everything worth keeping is flushed when `run` returns; a task still blocked in a system call
+    // must not hold the exit past the service manager's patience.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    if let Err(e) = &result {
+        notify(&notifier, |n| n.status(&format!("failed: {e}")));
+    }
+    result?;
     Ok(())
+}
+
+/// How long the runtime waits for leftover tasks after the service has stopped.
+const RUNTIME_GRACE: Duration = Duration::from_millis(300);
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT, after telling the service manager.
+async fn stop_on_signal(shutdown: CancellationToken, notifier: Arc<Option<Notifier>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    notify(&notifier, |n| {
+        n.stopping("flushing the vault and shutting down")
+    });
+    shutdown.cancel();
+}
+
+/// Sends a notification if a service manager listens; a failure is logged, never fatal.
+fn notify(
+    notifier: &Option<Notifier>,
+    send: impl FnOnce(&Notifier) -> Result<(), passmesh_daemon::notify::Error>,
+) {
+    if let Some(n) = notifier
+        && let Err(e) = send(n)
+    {
+        tracing::warn!("{e}");
+    }
 }

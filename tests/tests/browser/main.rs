@@ -10,6 +10,7 @@
 //! Chromium must be installed (`apt-get install chromium`); without it the tests fail and say so.
 
 mod chromium;
+mod cross_device;
 mod host;
 mod server;
 

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// The web page: `?flow=register-login` or `?flow=steal`.
+/// The web page: `?flow=register-login`, `register`, `login` or `steal`.
 const PAGE: &str = include_str!("page.html");
 
 /// Largest request head and body the server reads.

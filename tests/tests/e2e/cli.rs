@@ -134,6 +134,46 @@ async fn status_list_show_delete_human_and_json() {
 }
 
 #[tokio::test]
+async fn rename_sets_a_label_that_list_shows_and_survives_a_restart() {
+    let mut d = daemon().await;
+    let mut c = client(&d).await;
+    let alice = register_user(&mut c, &example_rp(), "alice").await;
+    let alice_id = b64url(alice.id());
+
+    let out = d
+        .cli(&["rename", &alice_id[..6], "work laptop"])
+        .await
+        .unwrap();
+    let text = out.expect_success("rename by prefix");
+    assert!(text.contains("work laptop"), "{text}");
+    let listed = ops::list(&mut c, None).await.unwrap();
+    assert_eq!(listed[0].label.as_deref(), Some("work laptop"));
+
+    // Bad labels are refused and change nothing.
+    for bad in ["", "tab\there", &"x".repeat(257)] {
+        let out = d.cli(&["rename", &alice_id, bad]).await.unwrap();
+        assert_failed_with(&out, "ConstraintError", &format!("rename to {bad:?}"));
+    }
+    let out = d
+        .cli(&["--json", "rename", &alice_id, "personal"])
+        .await
+        .unwrap();
+    out.expect_success("rename --json");
+    assert_eq!(
+        find_key(&out.json("rename --json"), "renamed"),
+        Some(&Value::from(true))
+    );
+
+    d.restart().await.unwrap();
+    let mut c = client(&d).await;
+    let listed = ops::list(&mut c, None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].label.as_deref(), Some("personal"));
+    let out = d.cli(&["list"]).await.unwrap();
+    assert!(out.expect_success("list").contains("personal"));
+}
+
+#[tokio::test]
 async fn create_and_get_with_option_files_and_stdin() {
     let d = daemon().await;
     let mut c = client(&d).await;

@@ -6,8 +6,11 @@
 mod cli;
 mod durability;
 mod garbage;
+mod lifecycle;
 mod list;
 mod negative;
+mod netns;
+mod pairing;
 mod pin;
 mod sync;
 mod tpm;
