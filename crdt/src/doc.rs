@@ -850,6 +850,38 @@ pub(crate) fn contained<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, Error
         .map_err(|_| Error::Malformed(format!("{what} crashed the automerge parser; refused")))
 }
 
+/// Refuses a peer's bloom filter (the `have` of a sync message, as `BloomFilter::to_bytes`) that automerge
+/// would later choke on: with no bits per entry it divides by zero, and a huge probe count makes it allocate
+/// and loop billions of times when it next generates a message for that peer (found by the `crdt_sync` fuzz
+/// target). automerge itself writes 10 bits per entry and 7 probes.
+pub(crate) fn check_bloom(encoded: &[u8]) -> Result<(), Error> {
+    const MAX: u64 = 64;
+    if encoded.is_empty() {
+        return Ok(());
+    }
+    let bad = || Error::Malformed("unusable bloom filter in sync message".into());
+    let mut rest = encoded;
+    let mut field = || -> Result<u64, Error> {
+        let mut value = 0u64;
+        for shift in (0..35).step_by(7) {
+            let (&byte, tail) = rest.split_first().ok_or_else(bad)?;
+            rest = tail;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(bad())
+    };
+    let entries = field()?;
+    let bits_per_entry = field()?;
+    let probes = field()?;
+    if entries > 0 && !((1..=MAX).contains(&bits_per_entry) && (1..=MAX).contains(&probes)) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 /// Checks that `blob` (concatenated automerge chunks, as found in a sync message) carries no root change other
 /// than `genesis`: every change then descends from this vault's genesis. Document chunks are loaded on the side
 /// to see their history, which costs about as much as applying them. Returns whether there was one.

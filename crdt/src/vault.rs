@@ -290,26 +290,38 @@ impl Vault {
 
     /// The next message for the peer of `state`, or `None` if there is nothing to send right now.
     pub fn generate_sync_message(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
-        self.doc
-            .generate_sync_message(&mut state.0)
-            .map(sync::Message::encode)
+        // Generating reads what the peer told us (its bloom filters). Should something in it still trip automerge,
+        // forget that peer's state — the next exchange starts afresh — rather than take the daemon down.
+        match doc::contained("sync state", || {
+            self.doc
+                .generate_sync_message(&mut state.0)
+                .map(sync::Message::encode)
+        }) {
+            Ok(message) => message,
+            Err(_) => {
+                *state = SyncState::new();
+                None
+            }
+        }
     }
 
     /// Applies a message from the peer of `state` and updates the index for the records it changed.
     ///
     /// `Malformed` for bytes that are not a sync message; `ForeignVault` (nothing applied) if it carries another
-    /// vault's root change or whole document. Changes whose dependencies this replica lacks are held back by
-    /// automerge (not applied, not saved) until those arrive, which for another vault's changes is never. If a peer's changes write to the document root (a buggy
-    /// peer), they are merged but ignored and `Malformed` is returned (once); `WrongKey` if they bring a key
+    /// vault's root change or whole document, or a bloom filter automerge cannot use. Changes whose dependencies
+    /// this replica lacks are held back by automerge (not applied, not saved) until those arrive, which for
+    /// another vault's changes is never. If a peer's changes write to the document root (a buggy peer), they are merged but ignored and `Malformed` is returned (once); `WrongKey` if they bring a key
     /// check the keyring does not match.
     pub fn receive_sync_message(&mut self, state: &mut SyncState, msg: &[u8]) -> Result<(), Error> {
         let msg = doc::contained("sync message", || sync::Message::decode(msg))?
             .map_err(|e| Error::Malformed(format!("not a sync message: {e}")))?;
+        for have in &msg.have {
+            doc::check_bloom(&have.bloom.to_bytes())?;
+        }
         let mut whole_document = false;
         for blob in msg.changes.iter() {
-            whole_document |= doc::contained("sync message", || {
-                doc::check_lineage(blob, &self.genesis)
-            })??;
+            whole_document |=
+                doc::contained("sync message", || doc::check_lineage(blob, &self.genesis))??;
         }
         let before = self.doc.get_heads();
         // Every change and document in `msg` was parsed above without a panic, so this one should not panic

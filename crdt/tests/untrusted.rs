@@ -125,5 +125,26 @@ fn input_that_panics_automerge_is_an_error() {
             .is_err()
     );
     assert_eq!(target.heads(), heads);
-    target.insert(passkey(7), 7).expect("the replica still works");
+    target
+        .insert(passkey(7), 7)
+        .expect("the replica still works");
+}
+
+/// Found by the `crdt_sync` fuzz target: a sync message whose bloom filter has zero bits per entry. automerge
+/// accepted it and then divided by zero when it next generated a message for that peer. It is refused now, and
+/// the replica keeps syncing.
+#[test]
+fn a_bloom_filter_automerge_would_choke_on_is_refused() {
+    let bytes = include_bytes!("data/automerge-bloom-panic-1.bin");
+    let mut target = Vault::create(ID, keyring()).expect("create");
+    target.insert(passkey(7), 7).expect("insert");
+    let mut state = SyncState::decode(bytes).unwrap_or_default();
+    assert!(matches!(
+        target.receive_sync_message(&mut state, bytes),
+        Err(passmesh_crdt::Error::Malformed(_))
+    ));
+    let _ = target.generate_sync_message(&mut state);
+    let mut fresh = SyncState::new();
+    assert!(target.receive_sync_message(&mut fresh, bytes).is_err());
+    assert!(target.generate_sync_message(&mut fresh).is_some());
 }
