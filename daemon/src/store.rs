@@ -110,13 +110,32 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How long [`Store::open`] waits for a lock that a just-closed store of this process may still hold.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Store {
     /// Opens (creating if needed) the store in directory `dir`. Fails if another process has it open.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+        // sled releases its file lock only when its background flusher has finished with a dropped Db, a moment
+        // after the drop; so a store closed by this same process (pairing steps, a restart in-process) can still
+        // look locked. Wait for that briefly; another live process keeps it locked and still fails, a bit later.
+        let mut waited = std::time::Duration::ZERO;
+        let step = std::time::Duration::from_millis(20);
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::LowSpace)
+                .open()
+            {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && waited < LOCK_WAIT =>
+                {
+                    std::thread::sleep(step);
+                    waited += step;
+                }
+                other => break other?,
+            }
+        };
         let mut next_seq = 0;
         let mut chunks = 0;
         if let Some((k, _)) = db.scan_prefix([DOC]).next_back().transpose()? {

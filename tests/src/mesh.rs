@@ -152,8 +152,7 @@ pub async fn paired(n: usize) -> anyhow::Result<Vec<Node>> {
     for _ in 0..n {
         placements.push(Placement::loopback_tcp(free_port()?));
     }
-    let nodes = paired_at(placements, Discovery::Pairing).await?;
-    Ok(nodes)
+    paired_at(placements, Discovery::Pairing).await
 }
 
 /// Pairs one fresh device per placement (software keystore) and starts its daemon there: listening on the

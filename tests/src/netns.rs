@@ -38,24 +38,11 @@ pub fn require_root() -> anyhow::Result<()> {
 
 /// Runs `ip ARGS`, failing with its stderr.
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run `ip` (is iproute2 installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed with {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    ip_output(args).map(drop)
 }
 
-/// `ip ARGS`, returning stdout.
-fn ip_output(args: &[&str]) -> anyhow::Result<String> {
+/// Runs `ip ARGS`; returns its stdout, or fails with its stderr.
+pub fn ip_output(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
@@ -72,7 +59,8 @@ fn ip_output(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Removes `pm-*` namespaces whose creating process is gone (left by a killed test run). Once per process.
+/// Removes `pm-*` namespaces whose creating process is gone (left by a killed test run). Once per process,
+/// before its first [`Lan`].
 fn sweep_stale() {
     static SWEPT: Mutex<bool> = Mutex::new(false);
     let mut swept = SWEPT
@@ -97,7 +85,9 @@ fn sweep_stale() {
         else {
             continue;
         };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        // This process has made none yet (the sweep comes first), so one with its pid is a leftover of an
+        // earlier process that had the same pid.
+        if pid == std::process::id() || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             // Best effort: a namespace another sweeper removed first is no loss.
             let _ = ip(&["netns", "del", name]);
         }

@@ -25,8 +25,9 @@ pub struct Config {
     pub limits: Limits,
     /// Redial schedule for paired peers that went away.
     pub reconnect: Backoff,
-    /// Interval between pings on every connection; a connection whose ping fails is closed so that the peer is
-    /// redialled instead of lingering half-dead.
+    /// Interval between pings on every connection (each ping times out after twice this). A connection is closed
+    /// once pings fail twice in a row (libp2p-ping forgives the first failure), so a silently dead link is noticed
+    /// within about 2 × (interval + timeout) — 30 s with the default 5 s — and the peer is then redialled.
     pub ping_interval: Duration,
 }
 

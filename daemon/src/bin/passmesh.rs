@@ -933,18 +933,6 @@ async fn follow_pairing(client: &mut Client, json: bool) -> Result<(), Failure> 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::format_time;
-
-    #[test]
-    fn formats_utc_dates() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
-        assert_eq!(format_time(1_795_305_845_000), "2026-11-22 00:04:05 UTC");
-    }
-}
-
 /// Man pages (`passmesh.1` and one `passmesh-SUB.1` per visible subcommand) and bash/zsh/fish completions.
 fn generate_docs(dir: &Path) -> std::io::Result<()> {
     use clap::CommandFactory;
@@ -983,4 +971,16 @@ fn write_man_pages(cmd: &clap::Command, prefix: &str, dir: &Path) -> std::io::Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+
+    #[test]
+    fn formats_utc_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_time(1_795_305_845_000), "2026-11-22 00:04:05 UTC");
+    }
 }
