@@ -6,6 +6,10 @@ use passmesh_crdt::{Epoch, Keyring, NewPasskey, SyncState, Vault, VaultId, Vault
 use zeroize::Zeroizing;
 
 fuzz_target!(|data: &[u8]| {
+    // passmesh_crdt contains automerge's own panics (catch_unwind → Malformed); libfuzzer-sys's hook would
+    // abort on them anyway. Restore the default hook: a panic that escapes the crate still aborts the run.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| drop(std::panic::take_hook()));
     let keyring = Keyring::new(Epoch(0), VaultKey::from_bytes([0x33; 32]));
     let mut vault = Vault::create(VaultId::from_bytes([9; 16]), keyring).expect("create");
     let mut state = SyncState::decode(data).unwrap_or_default();

@@ -229,7 +229,6 @@ async fn garbage_and_oversized_messages_from_a_paired_identity_drop_the_connecti
         .await
         .expect("dial A");
     let mut seen = Vec::new();
-    let is_connected = |e: &transport::Event| matches!(e, transport::Event::Connected { .. });
     // The connection carrying the message closes (with a second connection up, the transport reports the
     // failed delivery instead of a disconnect).
     let is_gone = |e: &transport::Event| {
@@ -240,23 +239,26 @@ async fn garbage_and_oversized_messages_from_a_paired_identity_drop_the_connecti
     };
     let mut sync_message = [0x42u8; 64].to_vec();
     sync_message[1] = 0xff;
+    let is_message = |e: &transport::Event| matches!(e, transport::Event::Message { .. });
     let bad: Vec<Vec<u8>> = vec![vec![0xde; 1000], sync_message, vec![0; 5 * 1024 * 1024]];
     for msg in bad {
-        if !host
-            .connected_peers()
-            .await
-            .expect("peers")
-            .contains(&a_peer)
-        {
-            wait_event(&mut events, LIMIT, &mut seen, is_connected)
-                .await
-                .unwrap_or_else(|| panic!("never (re)connected to A: {seen:?}"));
-        }
         let len = msg.len();
-        host.send(a_peer, msg).await.expect("queued");
+        // A greets every new connection with a sync message: once it arrives, both ends have the connection
+        // up (and A has dropped the previous one). Sending earlier could race A's own teardown.
+        wait_event(&mut events, LIMIT, &mut seen, is_message)
+            .await
+            .unwrap_or_else(|| panic!("A never (re)connected and greeted: {seen:?}"));
+        if let Err(e) = host.send(a_peer, msg).await {
+            panic!("could not send {len} bad bytes to A: {e}; events: {seen:?}");
+        }
         wait_event(&mut events, LIMIT, &mut seen, is_gone)
             .await
-            .unwrap_or_else(|| panic!("A kept the connection after {len} bad bytes: {seen:?}"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "A kept the connection after {len} bad bytes: {seen:?}\nA's log:\n{}",
+                    a.daemon.log()
+                )
+            });
     }
     host.shutdown().await.expect("shutdown");
     // A serves on and its vault is unchanged.
