@@ -36,17 +36,17 @@ enum Command {
     },
     /// Show one passkey (credential id, or a unique prefix of it)
     Show {
-        /// Credential id (base64url) or a unique prefix
+        /// Credential id (base64url) or a unique prefix; put `--` before one that starts with `-`
         id: String,
     },
     /// Delete one passkey (credential id, or a unique prefix of it)
     Delete {
-        /// Credential id (base64url) or a unique prefix
+        /// Credential id (base64url) or a unique prefix; put `--` before one that starts with `-`
         id: String,
     },
     /// Label one passkey (credential id, or a unique prefix of it); the label syncs to every device
     Rename {
-        /// Credential id (base64url) or a unique prefix
+        /// Credential id (base64url) or a unique prefix; put `--` before one that starts with `-`
         id: String,
         /// The new label
         label: String,

@@ -95,7 +95,7 @@ async fn status_list_show_delete_human_and_json() {
     expected.sort_unstable();
     assert_eq!(ids, expected);
 
-    let out = d.cli(&["show", &alice_id]).await.unwrap();
+    let out = d.cli(&["show", "--", &alice_id]).await.unwrap();
     let text = out.expect_success("show");
     for needle in [RP_ID, "alice", "alice (display)", alice_id.as_str()] {
         assert!(
@@ -107,7 +107,7 @@ async fn status_list_show_delete_human_and_json() {
         !text.contains("bob"),
         "show mixes in another passkey:\n{text}"
     );
-    let out = d.cli(&["--json", "show", &alice_id]).await.unwrap();
+    let out = d.cli(&["--json", "show", "--", &alice_id]).await.unwrap();
     out.expect_success("show --json");
     let v = out.json("show --json");
     assert_eq!(find_key(&v, "rpId"), Some(&Value::from(RP_ID)), "{v}");
@@ -117,7 +117,7 @@ async fn status_list_show_delete_human_and_json() {
         Some(&Value::from(alice_id.clone()))
     );
 
-    d.cli(&["delete", &alice_id])
+    d.cli(&["delete", "--", &alice_id])
         .await
         .unwrap()
         .expect_success("delete");
@@ -141,7 +141,7 @@ async fn rename_sets_a_label_that_list_shows_and_survives_a_restart() {
     let alice_id = b64url(alice.id());
 
     let out = d
-        .cli(&["rename", &alice_id[..6], "work laptop"])
+        .cli(&["rename", "--", &alice_id[..6], "work laptop"])
         .await
         .unwrap();
     let text = out.expect_success("rename by prefix");
@@ -151,11 +151,11 @@ async fn rename_sets_a_label_that_list_shows_and_survives_a_restart() {
 
     // Bad labels are refused and change nothing.
     for bad in ["", "tab\there", &"x".repeat(257)] {
-        let out = d.cli(&["rename", &alice_id, bad]).await.unwrap();
+        let out = d.cli(&["rename", "--", &alice_id, bad]).await.unwrap();
         assert_failed_with(&out, "ConstraintError", &format!("rename to {bad:?}"));
     }
     let out = d
-        .cli(&["--json", "rename", &alice_id, "personal"])
+        .cli(&["--json", "rename", "--", &alice_id, "personal"])
         .await
         .unwrap();
     out.expect_success("rename --json");
