@@ -10,8 +10,8 @@ use passmesh_ipc::{Base64Url, Client, RequestBody, ResponseBody};
 use passmesh_tests::Lan;
 use passmesh_tests::mesh::{self, Discovery, Node, Placement, all_connected, eventually};
 use passmesh_tests::ops;
-use passmesh_tests::rp::{RelyingParty, UserVerificationPolicy};
 
+use crate::sync::try_sign_in;
 use crate::{Registered, example_rp, register_user};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -77,24 +77,6 @@ async fn labels(client: &mut Client) -> Option<BTreeMap<Vec<u8>, Option<String>>
 
 fn ids(regs: &[&Registered]) -> BTreeSet<Vec<u8>> {
     regs.iter().map(|r| r.id().to_vec()).collect()
-}
-
-/// Signs in with `reg` (allow-listed), verified by the RP; `None` while the daemon does not hold it.
-async fn try_sign_in(client: &mut Client, rp: &RelyingParty, reg: &Registered) -> Option<()> {
-    let (request, pending) = rp
-        .begin_authentication(
-            std::slice::from_ref(&reg.credential),
-            UserVerificationPolicy::Discouraged_DO_NOT_USE,
-        )
-        .expect("request options");
-    let response = ops::get(client, rp.origin(), request, None).await.ok()?;
-    rp.finish_authentication(
-        &response,
-        pending,
-        &[(reg.user.clone(), reg.credential.clone())],
-    )
-    .unwrap_or_else(|e| panic!("the RP rejected a synced passkey: {e:#}"));
-    Some(())
 }
 
 /// Waits until `client` lists exactly the passkeys `want` (by id).

@@ -33,7 +33,11 @@ async fn connect(n: &Node) -> Client {
 }
 
 /// Signs in on `client` with `reg` (allow-listed), verified by the RP; `None` while the daemon does not have it.
-async fn try_sign_in(client: &mut Client, rp: &RelyingParty, reg: &Registered) -> Option<AuthData> {
+pub(crate) async fn try_sign_in(
+    client: &mut Client,
+    rp: &RelyingParty,
+    reg: &Registered,
+) -> Option<AuthData> {
     let (request, pending) = rp
         .begin_authentication(
             std::slice::from_ref(&reg.credential),
