@@ -307,9 +307,8 @@ impl Vault {
             .map_err(|e| Error::Malformed(format!("not a sync message: {e}")))?;
         let mut whole_document = false;
         for blob in msg.changes.iter() {
-            whole_document |= doc::contained("sync message", || {
-                doc::check_lineage(blob, &self.genesis)
-            })??;
+            whole_document |=
+                doc::contained("sync message", || doc::check_lineage(blob, &self.genesis))??;
         }
         let before = self.doc.get_heads();
         // Every change and document in `msg` was parsed above without a panic, so this one should not panic

@@ -125,5 +125,7 @@ fn input_that_panics_automerge_is_an_error() {
             .is_err()
     );
     assert_eq!(target.heads(), heads);
-    target.insert(passkey(7), 7).expect("the replica still works");
+    target
+        .insert(passkey(7), 7)
+        .expect("the replica still works");
 }
