@@ -50,6 +50,7 @@ impl Handler for TestHandler {
                     device_id: None,
                     listen_addrs: Vec::new(),
                     peers: Vec::new(),
+                    network_off: None,
                 },
             }),
             RequestBody::List { rp_id, .. } => {

@@ -14,7 +14,8 @@ use zeroize::Zeroizing;
 #[derive(Debug, Parser)]
 #[command(name = "passmesh", version)]
 struct Args {
-    /// The daemon's socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]
+    /// The daemon's socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system
+    /// service's /run/passmesh/ipc.sock]
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Print machine-readable JSON instead of text
@@ -205,7 +206,7 @@ fn main() -> ExitCode {
     let socket = args
         .socket
         .clone()
-        .unwrap_or_else(passmesh_daemon::config::default_socket);
+        .unwrap_or_else(passmesh_daemon::config::client_socket);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -655,6 +656,9 @@ fn print_status(s: &StatusInfo, socket: &Path) {
     if let Some(d) = &s.device_id {
         println!("device     {d}");
     }
+    if let Some(why) = &s.network_off {
+        println!("network    {why}");
+    }
     for a in &s.listen_addrs {
         println!("listening  {a}");
     }
@@ -933,18 +937,6 @@ async fn follow_pairing(client: &mut Client, json: bool) -> Result<(), Failure> 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::format_time;
-
-    #[test]
-    fn formats_utc_dates() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
-        assert_eq!(format_time(1_795_305_845_000), "2026-11-22 00:04:05 UTC");
-    }
-}
-
 /// Man pages (`passmesh.1` and one `passmesh-SUB.1` per visible subcommand) and bash/zsh/fish completions.
 fn generate_docs(dir: &Path) -> std::io::Result<()> {
     use clap::CommandFactory;
@@ -983,4 +975,16 @@ fn write_man_pages(cmd: &clap::Command, prefix: &str, dir: &Path) -> std::io::Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+
+    #[test]
+    fn formats_utc_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_time(1_795_305_845_000), "2026-11-22 00:04:05 UTC");
+    }
 }
