@@ -791,7 +791,17 @@ async fn run_system(
     // Every local user connects; the kernel-reported uid picks the vault.
     let listener =
         passmesh_ipc::bind_with_modes(&config.socket, 0o755, 0o666).map_err(socket_err)?;
-    serve(listener, service, &config, shutdown, ready).await;
+    let ipc_config = passmesh_ipc::Config {
+        // Callers connect per request or per browser session; an idle connection only holds a slot.
+        idle_timeout: std::time::Duration::from_secs(60),
+        // Every user shares the socket's slots: none may take them all.
+        max_connections_per_uid: CONNECTIONS_PER_UID,
+        ..passmesh_ipc::Config::default()
+    };
+    tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), "serving");
+    ready(&config);
+    passmesh_ipc::serve(listener, service, ipc_config, shutdown).await;
+    let _ = std::fs::remove_file(&config.socket);
     for thread in users.close() {
         if thread.join().is_err() {
             tracing::error!("a vault thread panicked");
@@ -800,25 +810,8 @@ async fn run_system(
     Ok(())
 }
 
-/// Serves `listener` until `shutdown`, then removes the socket and drops `service` (which stops the vault
-/// actors once nothing else holds their handles).
-async fn serve(
-    listener: tokio::net::UnixListener,
-    service: Arc<Service>,
-    config: &Config,
-    shutdown: CancellationToken,
-    ready: impl FnOnce(&Config),
-) {
-    tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), "serving");
-    ready(config);
-    let ipc_config = passmesh_ipc::Config {
-        // Callers connect per request or per browser session; an idle connection only holds a slot.
-        idle_timeout: std::time::Duration::from_secs(60),
-        ..passmesh_ipc::Config::default()
-    };
-    passmesh_ipc::serve(listener, service, ipc_config, shutdown).await;
-    let _ = std::fs::remove_file(&config.socket);
-}
+/// System mode: connections one uid may hold at once (of the socket's 128).
+const CONNECTIONS_PER_UID: usize = 16;
 
 async fn run_user(
     config: Config,
