@@ -55,7 +55,34 @@ pub struct File {
     /// Peer-to-peer sync.
     #[serde(default)]
     pub network: NetworkSection,
+    /// How the daemon serves its callers.
+    #[serde(default)]
+    pub daemon: DaemonSection,
 }
+
+/// `[daemon]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// `"user"` (default: serve the daemon's own uid) or `"system"` (serve every local uid, one vault each).
+    pub mode: Option<Mode>,
+    /// System mode: most user vaults the daemon keeps (default 1024).
+    pub max_vaults: Option<usize>,
+}
+
+/// Whom the daemon serves.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One user: the daemon runs as that user and refuses every other uid.
+    #[default]
+    User,
+    /// Every local user through one socket, each served from the vault of their kernel-reported uid.
+    System,
+}
+
+/// Default of `daemon.max_vaults`.
+pub const DEFAULT_MAX_VAULTS: usize = 1024;
 
 /// `[network]` in the config file.
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +137,8 @@ pub struct Flags {
     pub tpm_tcti: Option<String>,
     /// `--listen` (repeatable); replaces `network.listen` when given.
     pub listen: Vec<String>,
+    /// `--system`: system mode whatever the file says.
+    pub system: bool,
 }
 
 /// The resolved configuration.
@@ -127,6 +156,10 @@ pub struct Config {
     pub tpm: TpmOptions,
     /// Peer-to-peer sync.
     pub network: Network,
+    /// Whom the daemon serves.
+    pub mode: Mode,
+    /// System mode: most user vaults the daemon keeps.
+    pub max_vaults: usize,
 }
 
 /// The resolved `[network]` settings.
@@ -183,6 +216,40 @@ pub fn default_socket() -> PathBuf {
     }
 }
 
+/// A path from a variable systemd sets for a service (`STATE_DIRECTORY`, `RUNTIME_DIRECTORY`): the first of
+/// its colon-separated list.
+fn systemd_dir(name: &str) -> Option<PathBuf> {
+    let value = std::env::var_os(name)?;
+    let first = value.to_str()?.split(':').next()?.to_owned();
+    Some(PathBuf::from(first)).filter(|p| p.is_absolute())
+}
+
+/// Where the system service keeps its state by default: `$STATE_DIRECTORY`, else `/var/lib/passmesh`.
+pub fn system_state_dir() -> PathBuf {
+    systemd_dir("STATE_DIRECTORY").unwrap_or_else(|| PathBuf::from("/var/lib/passmesh"))
+}
+
+/// The system service's socket: `$RUNTIME_DIRECTORY/ipc.sock`, else [`SYSTEM_SOCKET`].
+pub fn system_socket() -> PathBuf {
+    systemd_dir("RUNTIME_DIRECTORY")
+        .map(|d| d.join("ipc.sock"))
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_SOCKET))
+}
+
+/// Where clients find the system service's socket.
+pub const SYSTEM_SOCKET: &str = "/run/passmesh/ipc.sock";
+
+/// The socket a client uses when told none: the per-user daemon's ([`default_socket`]) if it exists, else the
+/// system service's ([`SYSTEM_SOCKET`]) if that exists, else the per-user one (so an error names it).
+pub fn client_socket() -> PathBuf {
+    let user = default_socket();
+    if user.exists() {
+        return user;
+    }
+    let system = PathBuf::from(SYSTEM_SOCKET);
+    if system.exists() { system } else { user }
+}
+
 impl Config {
     /// Resolves the configuration from defaults, the file named by `flags.config` and the flags.
     pub fn resolve(flags: &Flags) -> Result<Config, Error> {
@@ -190,17 +257,31 @@ impl Config {
             Some(path) => load_file(path)?,
             None => File::default(),
         };
-        let state_dir = flags
-            .state_dir
-            .clone()
-            .or(file.state_dir)
-            .or_else(default_state_dir)
-            .ok_or(Error::NoStateDir)?;
-        let socket = flags
-            .socket
-            .clone()
-            .or(file.socket)
-            .unwrap_or_else(default_socket);
+        let mode = if flags.system {
+            Mode::System
+        } else {
+            file.daemon.mode.unwrap_or_default()
+        };
+        let max_vaults = file.daemon.max_vaults.unwrap_or(DEFAULT_MAX_VAULTS);
+        if !(1..=65_536).contains(&max_vaults) {
+            return Err(Error::Invalid(format!(
+                "daemon.max_vaults must be 1..=65536, got {max_vaults}"
+            )));
+        }
+        let state_dir = flags.state_dir.clone().or(file.state_dir);
+        let socket = flags.socket.clone().or(file.socket);
+        let (state_dir, socket) = match mode {
+            Mode::User => (
+                state_dir
+                    .or_else(default_state_dir)
+                    .ok_or(Error::NoStateDir)?,
+                socket.unwrap_or_else(default_socket),
+            ),
+            Mode::System => (
+                state_dir.unwrap_or_else(system_state_dir),
+                socket.unwrap_or_else(system_socket),
+            ),
+        };
         let mut pin = Policy::default();
         if let Some(n) = file.pin.max_attempts {
             if !(1..=100).contains(&n) {
@@ -274,6 +355,8 @@ impl Config {
             pin,
             tpm,
             network,
+            mode,
+            max_vaults,
         })
     }
 }
@@ -419,5 +502,44 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("/p2p/"), "{e}");
+    }
+
+    #[test]
+    fn system_mode_from_file_or_flag() {
+        let c = Config::resolve(&Flags {
+            state_dir: Some("/s".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(c.mode, Mode::User);
+        assert_eq!(c.max_vaults, DEFAULT_MAX_VAULTS);
+        let (_d, p) = write("[daemon]\nmode = \"system\"\nmax_vaults = 3\n");
+        let c = Config::resolve(&Flags {
+            config: Some(p),
+            socket: Some("/t/ipc.sock".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(c.mode, Mode::System);
+        assert_eq!(c.max_vaults, 3);
+        assert_eq!(c.socket, PathBuf::from("/t/ipc.sock"));
+        assert!(c.state_dir.is_absolute());
+        let c = Config::resolve(&Flags {
+            system: true,
+            state_dir: Some("/s".into()),
+            socket: Some("/t/ipc.sock".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(c.mode, Mode::System);
+        let (_d, p) = write("[daemon]\nmax_vaults = 0\n");
+        assert!(matches!(
+            Config::resolve(&Flags {
+                config: Some(p),
+                state_dir: Some("/s".into()),
+                ..Flags::default()
+            }),
+            Err(Error::Invalid(_))
+        ));
     }
 }

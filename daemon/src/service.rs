@@ -1,6 +1,7 @@
 //! The socket request handler: authorises the caller, runs the WebAuthn client and authenticator steps, and
 //! talks to the caller's vault actor. Also the daemon's start-up and run loop.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use passmesh_ipc::{
 use tokio_util::sync::CancellationToken;
 
 use crate::authenticator::{self, UserVerification};
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::keystore;
 use crate::origin;
 use crate::pin::{self, PinHash};
@@ -55,16 +56,191 @@ pub enum Vaults {
     Single {
         /// The served uid (the daemon's own).
         uid: u32,
-        /// That user's vault.
-        vault: vault::Handle,
+        /// That user's vault and its keystore.
+        vault: Arc<UserVault>,
     },
+    /// System mode: one vault per caller uid, opened at start or on the uid's first request, then kept.
+    Multi(Arc<Users>),
+}
+
+/// One user's open vault.
+#[derive(Debug)]
+pub struct UserVault {
+    /// Talk to the vault through this.
+    pub handle: vault::Handle,
+    /// What opening it found out about its keystore.
+    pub keystore: vault::KeystoreReport,
+}
+
+/// System mode's vaults, one per uid, under `state_dir/users/<uid>`.
+#[derive(Debug)]
+pub struct Users {
+    state_dir: std::path::PathBuf,
+    keystore: keystore::Choice,
+    tpm: keystore::TpmOptions,
+    policy: pin::Policy,
+    max: usize,
+    /// Never held across an await.
+    open: std::sync::RwLock<HashMap<u32, Arc<UserVault>>>,
+    /// Serialises vault creation (a keystore seal and a store open each): one at a time, whoever asks.
+    creating: tokio::sync::Mutex<()>,
+    /// The vaults' actor threads, joined at shutdown.
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Users {
+    fn new(config: &Config) -> Users {
+        Users {
+            state_dir: config.state_dir.clone(),
+            keystore: config.keystore,
+            tpm: config.tpm.clone(),
+            policy: config.pin,
+            max: config.max_vaults,
+            open: std::sync::RwLock::new(HashMap::new()),
+            creating: tokio::sync::Mutex::new(()),
+            threads: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lookup(&self, uid: u32) -> Option<Arc<UserVault>> {
+        self.open
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&uid)
+            .cloned()
+    }
+
+    fn count(&self) -> usize {
+        self.open
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Opens (creating on first use) the vault of `uid` and keeps it. Blocking: the keystore and the store.
+    fn open_blocking(&self, uid: u32) -> Result<Arc<UserVault>, vault::Error> {
+        let dir = vault::user_dir(&self.state_dir, uid);
+        let (running, report) = vault::open(&dir, self.keystore, &self.tpm, self.policy)?;
+        if let Some(w) = &report.warning {
+            tracing::warn!(uid, "{w}");
+        }
+        // Networking is off in system mode: nothing drains what the vault wants sent.
+        drop(running.outbound);
+        let opened = Arc::new(UserVault {
+            handle: running.handle,
+            keystore: report,
+        });
+        self.threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(running.thread);
+        self.open
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(uid, Arc::clone(&opened));
+        Ok(opened)
+    }
+
+    /// Opens every vault already under `users/` so each is usable before its user connects. A vault that
+    /// cannot be opened is logged and left to its user's next request; the others are served anyway.
+    fn open_existing(&self) -> Result<(), Error> {
+        let users = self.state_dir.join("users");
+        let entries = match std::fs::read_dir(&users) {
+            Ok(e) => e,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(Error::Vault {
+                    path: users,
+                    source: vault::Error::Persist(source.to_string()),
+                });
+            }
+        };
+        let mut uids: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        uids.sort_unstable();
+        for uid in uids {
+            if self.count() >= self.max {
+                tracing::error!(
+                    max = self.max,
+                    "more user vaults on disk than [daemon] max_vaults: the rest are not opened"
+                );
+                break;
+            }
+            match self.open_blocking(uid) {
+                Ok(_) => {}
+                // Without the keystore no vault opens: that is the machine's problem, not one user's.
+                Err(vault::Error::Keystore(k)) => return Err(Error::Keystore(k)),
+                Err(err) => {
+                    tracing::error!(uid, error = %err, "cannot open this user's vault; will retry on their next request");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The vault of `uid`, opened (and created on first use) if needed.
+    async fn for_uid(self: &Arc<Users>, uid: u32) -> Result<Arc<UserVault>, ErrorBody> {
+        if let Some(v) = self.lookup(uid) {
+            return Ok(v);
+        }
+        let _turn = self.creating.lock().await;
+        if let Some(v) = self.lookup(uid) {
+            return Ok(v);
+        }
+        if self.count() >= self.max {
+            tracing::warn!(
+                uid,
+                max = self.max,
+                "refused a new user vault: [daemon] max_vaults reached"
+            );
+            return Err(e(
+                ErrorName::ConstraintError,
+                format!(
+                    "this passmeshd keeps at most {} user vaults ([daemon] max_vaults) and has no room for yours: ask the administrator",
+                    self.max
+                ),
+            ));
+        }
+        let users = Arc::clone(self);
+        let opened = tokio::task::spawn_blocking(move || users.open_blocking(uid))
+            .await
+            .map_err(|_| {
+                e(
+                    ErrorName::UnknownError,
+                    "opening your vault was interrupted",
+                )
+            })?;
+        opened.map_err(|err| {
+            tracing::error!(uid, error = %err, "cannot open a user's vault");
+            e(
+                ErrorName::UnknownError,
+                "cannot open your vault (the daemon's log says why)",
+            )
+        })
+    }
+
+    /// Lets go of every vault (each actor stops after a final flush once no request holds its handle) and
+    /// hands out their threads to join.
+    fn close(&self) -> Vec<std::thread::JoinHandle<()>> {
+        self.open
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 impl Vaults {
     /// The vault for `uid`, or the error the caller gets.
-    fn for_uid(&self, uid: u32) -> Result<&vault::Handle, ErrorBody> {
+    async fn for_uid(&self, uid: u32) -> Result<Arc<UserVault>, ErrorBody> {
         match self {
-            Vaults::Single { uid: served, vault } if *served == uid => Ok(vault),
+            Vaults::Single { uid: served, vault } if *served == uid => Ok(Arc::clone(vault)),
             Vaults::Single { uid: served, .. } => {
                 tracing::warn!(caller = uid, served, "refused a caller of another uid");
                 Err(e(
@@ -74,6 +250,7 @@ impl Vaults {
                     ),
                 ))
             }
+            Vaults::Multi(users) => users.for_uid(uid).await,
         }
     }
 }
@@ -82,7 +259,6 @@ impl Vaults {
 #[derive(Debug)]
 pub struct Service {
     vaults: Vaults,
-    keystore: vault::KeystoreReport,
     /// Bounds concurrent argon2 runs (19 MiB and tens of ms each), whoever asks for them.
     hashing: tokio::sync::Semaphore,
     /// The administrator requires user verification for everything.
@@ -91,6 +267,8 @@ pub struct Service {
     network: Option<passmesh_transport::Handle>,
     /// Pairing by code, when networking is on.
     pairing: Option<crate::pair::Pairing>,
+    /// Why networking is off, when the mode rather than the config turned it off (for `status`).
+    network_off: Option<&'static str>,
 }
 
 /// argon2 runs at once, at most.
@@ -117,6 +295,7 @@ impl Service {
 struct Session<'a> {
     uid: u32,
     vault: &'a vault::Handle,
+    keystore: &'a vault::KeystoreReport,
     service: &'a Service,
 }
 
@@ -150,9 +329,11 @@ impl Service {
         caller: &Caller,
         request: RequestBody,
     ) -> Result<ResponseBody, ErrorBody> {
+        let user = self.vaults.for_uid(caller.uid).await?;
         let s = Session {
             uid: caller.uid,
-            vault: self.vaults.for_uid(caller.uid)?,
+            vault: &user.handle,
+            keystore: &user.keystore,
             service: self,
         };
         s.handle(request).await
@@ -265,7 +446,12 @@ impl Session<'_> {
         self.service.pairing.as_ref().ok_or_else(|| {
             e(
                 ErrorName::NotSupportedError,
-                "networking is off ([network] enabled = false): pairing needs it",
+                match self.service.network_off {
+                    Some(why) => format!("{why}: pairing needs networking"),
+                    None => {
+                        "networking is off ([network] enabled = false): pairing needs it".to_owned()
+                    }
+                },
             )
         })
     }
@@ -300,19 +486,20 @@ impl Session<'_> {
                 uid: self.uid,
                 vault_id: s.vault_id,
                 passkeys: s.passkeys,
-                keystore: self.service.keystore.backend.name().to_owned(),
-                keystore_warning: self.service.keystore.warning.clone(),
+                keystore: self.keystore.backend.name().to_owned(),
+                keystore_warning: self.keystore.warning.clone(),
                 pin_set: s.pin_set,
                 pin_attempts_left: s.pin_attempts_left,
                 pin_locked_for_ms: s.pin_locked_for_ms,
-                tpm: self.service.keystore.tpm.as_ref().map(|t| TpmStatus {
+                tpm: self.keystore.tpm.as_ref().map(|t| TpmStatus {
                     manufacturer: t.manufacturer.clone(),
                     firmware: t.firmware.clone(),
-                    pcrs: self.service.keystore.pcrs.clone().unwrap_or_default(),
+                    pcrs: self.keystore.pcrs.clone().unwrap_or_default(),
                 }),
                 device_id: Some(s.device_id),
                 listen_addrs,
                 peers,
+                network_off: self.service.network_off.map(str::to_owned),
             },
         })
     }
@@ -512,9 +699,10 @@ impl Handler for Service {
     }
 }
 
-/// Makes sure the socket's directory is ours and private before anything listens in it: in a shared
-/// fallback location (`/tmp`) another user could otherwise have prepared it.
-fn check_socket_dir(socket: &Path) -> std::io::Result<()> {
+/// Makes sure the socket's directory is ours and not writable by others before anything listens in it: in a
+/// shared fallback location (`/tmp`) another user could otherwise have prepared it. A missing directory is
+/// created with `mode`.
+fn check_socket_dir(socket: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let Some(dir) = socket.parent() else {
         return Ok(());
@@ -522,8 +710,10 @@ fn check_socket_dir(socket: &Path) -> std::io::Result<()> {
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(mode)
             .create(dir)?;
+        // The umask (UMask=0077 in the system unit) may have narrowed it.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
     }
     let meta = std::fs::metadata(dir)?;
     let me = rustix::process::geteuid().as_raw();
@@ -546,9 +736,84 @@ fn check_socket_dir(socket: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens the keystore and the invoking user's vault, then serves the socket until `shutdown` is cancelled.
-/// `ready` is called once the socket accepts connections.
+/// Why system mode has no networking yet, for the log and `status`.
+const SYSTEM_NETWORK_OFF: &str = "networking is off in system mode (one libp2p host carrying every user's \
+     pairing and sync is not built yet)";
+
+/// Opens the keystore and the vault(s), then serves the socket until `shutdown` is cancelled. In user mode
+/// that is the invoking user's vault; in system mode every user vault already on disk, the others on first
+/// use. `ready` is called once the socket accepts connections.
 pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(&Config),
+) -> Result<(), Error> {
+    match config.mode {
+        Mode::User => run_user(config, shutdown, ready).await,
+        Mode::System => run_system(config, shutdown, ready).await,
+    }
+}
+
+async fn run_system(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(&Config),
+) -> Result<(), Error> {
+    let users = Arc::new(Users::new(&config));
+    {
+        let users = Arc::clone(&users);
+        tokio::task::spawn_blocking(move || users.open_existing())
+            .await
+            .map_err(|_| Error::Vault {
+                path: config.state_dir.clone(),
+                source: vault::Error::Persist("opening the user vaults was interrupted".into()),
+            })??;
+    }
+    tracing::info!(
+        vaults = users.count(),
+        max = config.max_vaults,
+        "system mode: one vault per local uid"
+    );
+    tracing::warn!("{SYSTEM_NETWORK_OFF}");
+    let service = Arc::new(Service {
+        pairing: None,
+        vaults: Vaults::Multi(Arc::clone(&users)),
+        hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),
+        always_verify: config.pin.always_required,
+        network: None,
+        network_off: Some(SYSTEM_NETWORK_OFF),
+    });
+    let socket_err = |source| Error::Socket {
+        path: config.socket.clone(),
+        source,
+    };
+    check_socket_dir(&config.socket, 0o755).map_err(socket_err)?;
+    // Every local user connects; the kernel-reported uid picks the vault.
+    let listener =
+        passmesh_ipc::bind_with_modes(&config.socket, 0o755, 0o666).map_err(socket_err)?;
+    let ipc_config = passmesh_ipc::Config {
+        // Callers connect per request or per browser session; an idle connection only holds a slot.
+        idle_timeout: std::time::Duration::from_secs(60),
+        // Every user shares the socket's slots: none may take them all.
+        max_connections_per_uid: CONNECTIONS_PER_UID,
+        ..passmesh_ipc::Config::default()
+    };
+    tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), "serving");
+    ready(&config);
+    passmesh_ipc::serve(listener, service, ipc_config, shutdown).await;
+    let _ = std::fs::remove_file(&config.socket);
+    for thread in users.close() {
+        if thread.join().is_err() {
+            tracing::error!("a vault thread panicked");
+        }
+    }
+    Ok(())
+}
+
+/// System mode: connections one uid may hold at once (of the socket's 128).
+const CONNECTIONS_PER_UID: usize = 16;
+
+async fn run_user(
     config: Config,
     shutdown: CancellationToken,
     ready: impl FnOnce(&Config),
@@ -612,17 +877,23 @@ pub async fn run(
     });
     let service = Arc::new(Service {
         pairing,
-        vaults: Vaults::Single { uid, vault: handle },
-        keystore: report,
+        vaults: Vaults::Single {
+            uid,
+            vault: Arc::new(UserVault {
+                handle,
+                keystore: report,
+            }),
+        },
         hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),
         always_verify: config.pin.always_required,
         network: network.as_ref().map(|n| n.handle()),
+        network_off: None,
     });
     let socket_err = |source| Error::Socket {
         path: config.socket.clone(),
         source,
     };
-    check_socket_dir(&config.socket).map_err(socket_err)?;
+    check_socket_dir(&config.socket, 0o700).map_err(socket_err)?;
     let listener = passmesh_ipc::bind(&config.socket).map_err(socket_err)?;
     tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), keystore, "serving");
     ready(&config);

@@ -353,6 +353,10 @@ pub struct StatusInfo {
     /// The other devices of the vault.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerInfo>,
+    /// Why networking (pairing and sync) is off when the daemon's mode, not its config, turned it off: the
+    /// system service does not sync yet. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_off: Option<String>,
 }
 
 /// One paired device as `status` shows it.
@@ -919,6 +923,7 @@ mod tests {
                     device_id: None,
                     listen_addrs: Vec::new(),
                     peers: Vec::new(),
+                    network_off: None,
                 },
             },
         );
@@ -950,6 +955,7 @@ mod tests {
                     device_id: None,
                     listen_addrs: Vec::new(),
                     peers: Vec::new(),
+                    network_off: None,
                 },
             },
         );

@@ -1,10 +1,12 @@
 //! The socket server: binding the socket safely, and an accept loop that feeds typed requests to
 //! a [`Handler`] and writes its answers back.
 //!
-//! Connections over [`Config::max_connections`] are accepted, sent one `ConstraintError` frame
+//! Connections over [`Config::max_connections`] (or [`Config::max_connections_per_uid`] for one uid) are
+//! accepted, sent one `ConstraintError` frame
 //! with `"id": null`, and closed at once, so a client learns why instead of hanging in the
 //! listen backlog. Each connection is one task; its requests are answered strictly in order.
 
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder};
 use std::future::Future;
 use std::io::{self, Write as _};
@@ -57,6 +59,9 @@ pub trait Handler: Send + Sync + 'static {
 pub struct Config {
     /// Connections served at once; further ones are refused with `ConstraintError`.
     pub max_connections: usize,
+    /// Connections of one uid served at once; further ones of that uid are refused the same way. Below
+    /// `max_connections` where several users share the socket, so none of them can take every slot.
+    pub max_connections_per_uid: usize,
     /// A connection with no request started for this long is closed.
     pub idle_timeout: Duration,
     /// A frame whose first byte has arrived must be complete within this; a reply must be
@@ -68,6 +73,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_connections: 128,
+            max_connections_per_uid: 128,
             idle_timeout: Duration::from_secs(5 * 60),
             frame_timeout: Duration::from_secs(10),
         }
@@ -159,6 +165,7 @@ pub async fn serve<H: Handler>(
     let limit = Arc::new(Semaphore::new(
         config.max_connections.min(Semaphore::MAX_PERMITS),
     ));
+    let per_uid = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let mut tasks = JoinSet::new();
 
     loop {
@@ -200,19 +207,71 @@ pub async fn serve<H: Handler>(
                 continue;
             }
         };
+        let Some(uid_slot) = UidSlot::take(&per_uid, caller.uid, config.max_connections_per_uid)
+        else {
+            warn!(
+                uid = caller.uid,
+                limit = config.max_connections_per_uid,
+                "connection refused: too many connections of this uid"
+            );
+            refuse(stream, config.max_connections_per_uid);
+            continue;
+        };
         tasks.spawn(connection(
             stream,
             caller,
             Arc::clone(&handler),
             config.clone(),
             shutdown.clone(),
-            permit,
+            (permit, uid_slot),
         ));
     }
 
     drop(listener);
     while let Some(result) = tasks.join_next().await {
         log_task_end(result);
+    }
+}
+
+/// Open connections per uid.
+type PerUid = Arc<std::sync::Mutex<HashMap<u32, usize>>>;
+
+/// One connection's place in its uid's count, given back on drop.
+struct UidSlot {
+    counts: PerUid,
+    uid: u32,
+}
+
+impl UidSlot {
+    /// A slot for `uid` unless it already holds `max`.
+    fn take(counts: &PerUid, uid: u32, max: usize) -> Option<UidSlot> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(uid).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(UidSlot {
+            counts: Arc::clone(counts),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
     }
 }
 
@@ -260,7 +319,7 @@ async fn connection<H: Handler>(
     handler: Arc<H>,
     config: Config,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, UidSlot),
 ) {
     debug!(uid = caller.uid, pid = ?caller.pid, "connection opened");
     let (mut reader, mut writer) = stream.into_split();

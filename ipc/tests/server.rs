@@ -50,6 +50,7 @@ impl Handler for TestHandler {
                     device_id: None,
                     listen_addrs: Vec::new(),
                     peers: Vec::new(),
+                    network_off: None,
                 },
             }),
             RequestBody::List { rp_id, .. } => {
@@ -497,6 +498,46 @@ async fn max_connections_is_honoured() {
         }
     }
     assert_eq!(server.calls(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_uid_cannot_take_more_than_its_share_of_connections() {
+    let config = Config {
+        max_connections: 8,
+        max_connections_per_uid: 2,
+        ..Config::default()
+    };
+    let server = TestServer::start(config).await;
+    let mut first = server.client().await;
+    let mut second = server.client().await;
+    first.call(RequestBody::Status).await.unwrap();
+    second.call(RequestBody::Status).await.unwrap();
+
+    // The same uid's third connection is told why and closed, though the server has room.
+    let mut stream = server.raw().await;
+    let reply: Response =
+        serde_json::from_slice(&read_frame(&mut stream).await.unwrap().unwrap()).unwrap();
+    let err = reply.result.unwrap_err();
+    assert_eq!(err.name, ErrorName::ConstraintError);
+    assert!(err.message.contains("limit 2"), "{err}");
+    assert_closed(&mut stream).await;
+
+    // Once one of them goes, the uid gets a slot again.
+    drop(first);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut client = server.client().await;
+        match client.call(RequestBody::Status).await {
+            Ok(_) => break,
+            Err(ClientError::Remote(body)) if body.name == ErrorName::ConstraintError => {
+                assert!(Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    second.call(RequestBody::Status).await.unwrap();
     server.stop().await;
 }
 

@@ -28,7 +28,8 @@ use zeroize::Zeroizing;
 #[derive(Debug, Parser)]
 #[command(name = "passmesh-native-host", version, about)]
 struct Args {
-    /// The daemon's socket (default: the per-user socket `passmeshd` serves).
+    /// The daemon's socket (default: the per-user daemon's socket if it exists, else the system service's
+    /// /run/passmesh/ipc.sock).
     #[arg(long, env = "PASSMESH_SOCKET")]
     socket: Option<PathBuf>,
     /// What the browser passes (the extension's origin); ignored.
@@ -46,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let socket = args
         .socket
-        .unwrap_or_else(passmesh_daemon::config::default_socket);
+        .unwrap_or_else(passmesh_daemon::config::client_socket);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

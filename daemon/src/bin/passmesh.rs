@@ -14,7 +14,8 @@ use zeroize::Zeroizing;
 #[derive(Debug, Parser)]
 #[command(name = "passmesh", version)]
 struct Args {
-    /// The daemon's socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]
+    /// The daemon's socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system
+    /// service's /run/passmesh/ipc.sock]
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Print machine-readable JSON instead of text
@@ -205,7 +206,7 @@ fn main() -> ExitCode {
     let socket = args
         .socket
         .clone()
-        .unwrap_or_else(passmesh_daemon::config::default_socket);
+        .unwrap_or_else(passmesh_daemon::config::client_socket);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -654,6 +655,9 @@ fn print_status(s: &StatusInfo, socket: &Path) {
     println!("PIN        {pin}");
     if let Some(d) = &s.device_id {
         println!("device     {d}");
+    }
+    if let Some(why) = &s.network_off {
+        println!("network    {why}");
     }
     for a in &s.listen_addrs {
         println!("listening  {a}");

@@ -1,5 +1,6 @@
-//! `passmeshd`: the Passmesh daemon. Serves the invoking user's passkeys on a local Unix socket, and tells
-//! systemd (`Type=notify`) when it serves and when it stops.
+//! `passmeshd`: the Passmesh daemon. Serves the invoking user's passkeys on a local Unix socket (or, with
+//! `--system`, every local user's, each from their own vault), and tells systemd (`Type=notify`) when it
+//! serves and when it stops.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +17,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "passmeshd", version)]
 struct Args {
+    /// Serve every local user through one socket, each from the vault of their uid (the system service);
+    /// changes the defaults to $STATE_DIRECTORY or /var/lib/passmesh and $RUNTIME_DIRECTORY/ipc.sock or
+    /// /run/passmesh/ipc.sock
+    #[arg(long)]
+    system: bool,
     /// Directory for vaults and device state [default: $XDG_DATA_HOME/passmesh]
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -68,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         keystore: args.keystore,
         tpm_tcti: args.tpm_tcti,
         listen: args.listen,
+        system: args.system,
     })?;
     let notifier = match Notifier::from_env() {
         Ok(n) => n,

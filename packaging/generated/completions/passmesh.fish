@@ -24,7 +24,7 @@ function __fish_passmesh_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c passmesh -n "__fish_passmesh_needs_command" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_needs_command" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_needs_command" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_needs_command" -s h -l help -d 'Print help'
 complete -c passmesh -n "__fish_passmesh_needs_command" -s V -l version -d 'Print version'
@@ -41,31 +41,31 @@ complete -c passmesh -n "__fish_passmesh_needs_command" -f -a "join" -d 'Join th
 complete -c passmesh -n "__fish_passmesh_needs_command" -f -a "create" -d 'Create a passkey from PublicKeyCredentialCreationOptionsJSON (for scripts and tests)'
 complete -c passmesh -n "__fish_passmesh_needs_command" -f -a "get" -d 'Sign in with a passkey from PublicKeyCredentialRequestOptionsJSON (for scripts and tests)'
 complete -c passmesh -n "__fish_passmesh_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c passmesh -n "__fish_passmesh_using_subcommand status" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand status" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand status" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand status" -s h -l help -d 'Print help'
 complete -c passmesh -n "__fish_passmesh_using_subcommand list" -l rp -d 'Only passkeys of this relying party id' -r
-complete -c passmesh -n "__fish_passmesh_using_subcommand list" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand list" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand list" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand list" -s h -l help -d 'Print help'
-complete -c passmesh -n "__fish_passmesh_using_subcommand show" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand show" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand show" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand show" -s h -l help -d 'Print help'
-complete -c passmesh -n "__fish_passmesh_using_subcommand delete" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand delete" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand delete" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand delete" -s h -l help -d 'Print help'
-complete -c passmesh -n "__fish_passmesh_using_subcommand rename" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand rename" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand rename" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand rename" -s h -l help -d 'Print help'
-complete -c passmesh -n "__fish_passmesh_using_subcommand generate-docs" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand generate-docs" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand generate-docs" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand generate-docs" -s h -l help -d 'Print help'
-complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and not __fish_seen_subcommand_from set help" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and not __fish_seen_subcommand_from set help" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and not __fish_seen_subcommand_from set help" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and not __fish_seen_subcommand_from set help" -s h -l help -d 'Print help'
 complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and not __fish_seen_subcommand_from set help" -f -a "set" -d 'Set or change the PIN (prompts on a terminal; otherwise reads lines from stdin: the current PIN first if one is set, then the new PIN)'
 complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and not __fish_seen_subcommand_from set help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and __fish_seen_subcommand_from set" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and __fish_seen_subcommand_from set" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and __fish_seen_subcommand_from set" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and __fish_seen_subcommand_from set" -s h -l help -d 'Print help'
 complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and __fish_seen_subcommand_from help" -f -a "set" -d 'Set or change the PIN (prompts on a terminal; otherwise reads lines from stdin: the current PIN first if one is set, then the new PIN)'
@@ -73,7 +73,7 @@ complete -c passmesh -n "__fish_passmesh_using_subcommand pin; and __fish_seen_s
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and not __fish_seen_subcommand_from migrate reseal help" -l state-dir -d 'passmeshd\'s state directory [default: $XDG_DATA_HOME/passmesh]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and not __fish_seen_subcommand_from migrate reseal help" -l config -d 'passmeshd\'s TOML config file (for `[tpm]` and `state_dir`)' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and not __fish_seen_subcommand_from migrate reseal help" -l tpm-tcti -d 'TCTI of the TPM [default: from the config, else device:/dev/tpmrm0]' -r
-complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and not __fish_seen_subcommand_from migrate reseal help" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and not __fish_seen_subcommand_from migrate reseal help" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and not __fish_seen_subcommand_from migrate reseal help" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and not __fish_seen_subcommand_from migrate reseal help" -s h -l help -d 'Print help'
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and not __fish_seen_subcommand_from migrate reseal help" -f -a "migrate" -d 'Move the vault\'s sealed keys to another keystore (run with passmeshd stopped)'
@@ -84,14 +84,14 @@ software\t''"
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from migrate" -l state-dir -d 'passmeshd\'s state directory [default: $XDG_DATA_HOME/passmesh]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from migrate" -l config -d 'passmeshd\'s TOML config file (for `[tpm]` and `state_dir`)' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from migrate" -l tpm-tcti -d 'TCTI of the TPM [default: from the config, else device:/dev/tpmrm0]' -r
-complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from migrate" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from migrate" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from migrate" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from migrate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from reseal" -l pcrs -d 'PCRs to bind, e.g. 7,14, or `none`; default: `[tpm] pcrs` from the config' -r
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from reseal" -l state-dir -d 'passmeshd\'s state directory [default: $XDG_DATA_HOME/passmesh]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from reseal" -l config -d 'passmeshd\'s TOML config file (for `[tpm]` and `state_dir`)' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from reseal" -l tpm-tcti -d 'TCTI of the TPM [default: from the config, else device:/dev/tpmrm0]' -r
-complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from reseal" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from reseal" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from reseal" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from reseal" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_seen_subcommand_from help" -f -a "migrate" -d 'Move the vault\'s sealed keys to another keystore (run with passmeshd stopped)'
@@ -100,24 +100,24 @@ complete -c passmesh -n "__fish_passmesh_using_subcommand keystore; and __fish_s
 complete -c passmesh -n "__fish_passmesh_using_subcommand pair" -l expires -d 'Seconds the code stays valid' -r
 complete -c passmesh -n "__fish_passmesh_using_subcommand pair" -l out -d 'Also write the QR code to FILE (.png or .svg)' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand pair" -l name -d 'This device\'s name as the new device will list it [default: its name in the vault]' -r
-complete -c passmesh -n "__fish_passmesh_using_subcommand pair" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand pair" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand pair" -l confirm -d 'Ask here whether the codes shown on both devices match before sending any key'
 complete -c passmesh -n "__fish_passmesh_using_subcommand pair" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand pair" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c passmesh -n "__fish_passmesh_using_subcommand join" -l image -d 'Read the code from a PNG image of its QR code (a screenshot or `passmesh pair --out`)' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand join" -l name -d 'This device\'s name in the vault [default: the host name]' -r
-complete -c passmesh -n "__fish_passmesh_using_subcommand join" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand join" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand join" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand join" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c passmesh -n "__fish_passmesh_using_subcommand create" -l origin -d 'The calling origin, e.g. https://login.example.com' -r
 complete -c passmesh -n "__fish_passmesh_using_subcommand create" -l options -d 'File with the options JSON, or - for stdin' -r -F
-complete -c passmesh -n "__fish_passmesh_using_subcommand create" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand create" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand create" -l pin-stdin -d 'Read the PIN from the first line of stdin'
 complete -c passmesh -n "__fish_passmesh_using_subcommand create" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand create" -s h -l help -d 'Print help'
 complete -c passmesh -n "__fish_passmesh_using_subcommand get" -l origin -d 'The calling origin, e.g. https://login.example.com' -r
 complete -c passmesh -n "__fish_passmesh_using_subcommand get" -l options -d 'File with the options JSON, or - for stdin' -r -F
-complete -c passmesh -n "__fish_passmesh_using_subcommand get" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock]' -r -F
+complete -c passmesh -n "__fish_passmesh_using_subcommand get" -l socket -d 'The daemon\'s socket [default: $XDG_RUNTIME_DIR/passmesh/ipc.sock if it exists, else the system service\'s /run/passmesh/ipc.sock]' -r -F
 complete -c passmesh -n "__fish_passmesh_using_subcommand get" -l pin-stdin -d 'Read the PIN from the first line of stdin'
 complete -c passmesh -n "__fish_passmesh_using_subcommand get" -l json -d 'Print machine-readable JSON instead of text'
 complete -c passmesh -n "__fish_passmesh_using_subcommand get" -s h -l help -d 'Print help'

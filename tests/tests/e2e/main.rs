@@ -13,6 +13,7 @@ mod netns;
 mod pairing;
 mod pin;
 mod sync;
+mod system;
 mod tpm;
 mod uid;
 mod webauthn;
