@@ -1,7 +1,8 @@
 //! Pairing by code between running daemons: the inviter's one-time invitation and the joiner's side, over
 //! the transport's `/passmesh/pair/1` and its `XXpsk3` handshake (see `docs/pairing.md`).
 //!
-//! One pairing at a time per daemon, inviting or joining. Its progress is a list of [`PairEvent`]s that
+//! One pairing at a time per daemon, inviting or joining, by one local user (in system mode the others are
+//! told to wait; only that user sees its progress and may confirm it). Its progress is a list of [`PairEvent`]s that
 //! `pairProgress` long-polls. The inviter wraps the vault keyring to the joiner's x25519 static key (X25519
 //! with a fresh ephemeral key, HKDF-SHA256, XChaCha20-Poly1305 with the vault id and the joiner's peer id as
 //! associated data) and sends it with the device table over the Noise session; the joiner stores its replica
@@ -27,6 +28,7 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+use crate::sync::Carried;
 use crate::vault::{self, Member};
 
 /// Failed attempts (wrong secret, altered code) after which an invitation is dead.
@@ -59,6 +61,14 @@ pub enum Error {
     /// The invitation is for the vault this device already holds.
     #[error("this device already belongs to that vault")]
     SameVault,
+    /// Another local user's vault on this machine is that vault (system mode).
+    #[error(
+        "that vault is already on this device under another user; a vault can be held by one user only"
+    )]
+    HeldByAnotherUser,
+    /// The code was made by this device.
+    #[error("this code was made by this device: scan it on the device that should join")]
+    OwnCode,
     /// A bad argument.
     #[error("{0}")]
     Invalid(String),
@@ -78,7 +88,7 @@ pub struct Pairing {
 
 struct Inner {
     transport: transport::Handle,
-    vault: vault::Handle,
+    carried: Carried,
     identity: Identity,
     key: PairKey,
     state: Mutex<State>,
@@ -101,6 +111,8 @@ struct State {
     serial: u64,
     invite: Option<Invite>,
     joining: bool,
+    /// Whose pairing this is (the latest one, finished or not): the uid and its vault.
+    owner: Option<(u32, vault::Handle)>,
 }
 
 struct Invite {
@@ -143,6 +155,14 @@ impl State {
 
     fn busy(&self) -> bool {
         !self.finished && (self.invite.is_some() || self.joining)
+    }
+
+    fn owned_by(&self, uid: u32) -> bool {
+        self.owner.as_ref().is_some_and(|(o, _)| *o == uid)
+    }
+
+    fn vault(&self) -> Option<vault::Handle> {
+        self.owner.as_ref().map(|(_, v)| v.clone())
     }
 }
 
@@ -269,7 +289,7 @@ impl Pairing {
     /// `/passmesh/pair/1` requests the network task passes on.
     pub fn start(
         transport: transport::Handle,
-        vault: vault::Handle,
+        carried: Carried,
         identity: Identity,
         mut requests: mpsc::Receiver<(PeerId, PairRequestId, Vec<u8>)>,
     ) -> Pairing {
@@ -277,7 +297,7 @@ impl Pairing {
         let (changed, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             transport,
-            vault,
+            carried,
             identity,
             key,
             state: Mutex::new(State::default()),
@@ -293,10 +313,12 @@ impl Pairing {
         Pairing { inner }
     }
 
-    /// Opens an invitation valid for `expires`; returns its URI (secret inside) and expiry (ms). `name`, if
-    /// given, renames this device in the device table first.
+    /// Opens an invitation to `vault` (of user `uid`) valid for `expires`; returns its URI (secret inside) and
+    /// expiry (ms). `name`, if given, renames this device in the device table first.
     pub async fn invite(
         &self,
+        uid: u32,
+        vault: &vault::Handle,
         expires: Duration,
         confirm: bool,
         name: Option<String>,
@@ -313,11 +335,11 @@ impl Pairing {
                 pairing::MAX_NAME_LEN
             )));
         }
-        let mut info = me.vault.join_info().await?;
+        let mut info = vault.join_info().await?;
         if let Some(n) = name.filter(|n| *n != info.device.name) {
             // The name is this device's entry in the replicated table: every device shows the same one.
             info.device.name = n;
-            me.vault.add_device(info.device.clone(), Vec::new()).await?;
+            vault.add_device(info.device.clone(), Vec::new()).await?;
         }
         let addrs = shareable(
             me.transport
@@ -345,6 +367,7 @@ impl Pairing {
             st.events.clear();
             st.finished = false;
             st.joining = false;
+            st.owner = Some((uid, vault.clone()));
             st.invite = Some(Invite {
                 invitation,
                 expires: Instant::now() + expires,
@@ -389,12 +412,28 @@ impl Pairing {
         Ok((uri, expires_at_ms))
     }
 
-    /// Starts joining with `uri` under `name`; follow with [`Pairing::progress`].
-    pub async fn join(&self, uri: &str, name: String) -> Result<(), Error> {
+    /// Starts joining `vault` (of user `uid`) to the vault of `uri` under `name`; follow with
+    /// [`Pairing::progress`].
+    pub async fn join(
+        &self,
+        uid: u32,
+        vault: &vault::Handle,
+        uri: &str,
+        name: String,
+    ) -> Result<(), Error> {
         let me = &self.inner;
         let invitation = Invitation::parse(uri)?;
         if invitation.expires_at <= now_secs() {
             return Err(Error::Expired);
+        }
+        if invitation.inviter == me.identity.peer_id() {
+            return Err(Error::OwnCode);
+        }
+        if me
+            .carried
+            .held_elsewhere(uid, &VaultId::from_bytes(invitation.vault))
+        {
+            return Err(Error::HeldByAnotherUser);
         }
         if name.is_empty() || name.len() > pairing::MAX_NAME_LEN {
             return Err(Error::Invalid(format!(
@@ -402,11 +441,11 @@ impl Pairing {
                 pairing::MAX_NAME_LEN
             )));
         }
-        let info = me.vault.join_info().await?;
+        let info = vault.join_info().await?;
         if info.vault_id.as_bytes() == &invitation.vault {
             return Err(Error::SameVault);
         }
-        me.vault
+        vault
             .adopt(
                 info.vault_id,
                 Zeroizing::new(Vec::new()),
@@ -425,12 +464,14 @@ impl Pairing {
             st.finished = false;
             st.invite = None;
             st.joining = true;
+            st.owner = Some((uid, vault.clone()));
             st.push(PairEvent::Waiting, &me.changed);
         }
         let inner = me.clone();
+        let vault = vault.clone();
         tokio::spawn(async move {
             let inviter = invitation.inviter;
-            let result = inner.run_join(invitation, name).await;
+            let result = inner.run_join(&vault, invitation, name).await;
             let _ = inner.transport.end_join(inviter).await;
             let mut st = inner.state.lock().await;
             st.joining = false;
@@ -448,15 +489,18 @@ impl Pairing {
         Ok(())
     }
 
-    /// Events from index `since`, waiting up to about 20 s for a new one. Returns the events, the next index
-    /// and whether the pairing ended.
-    pub async fn progress(&self, since: u32) -> (Vec<PairEvent>, u32, bool) {
+    /// Events of `uid`'s pairing from index `since`, waiting up to about 20 s for a new one. Returns the
+    /// events, the next index and whether the pairing ended. Another user's pairing looks like none.
+    pub async fn progress(&self, uid: u32, since: u32) -> (Vec<PairEvent>, u32, bool) {
         let me = &self.inner;
         let mut rx = me.changed.subscribe();
         let deadline = Instant::now() + PROGRESS_WAIT;
         loop {
             {
                 let st = me.state.lock().await;
+                if !st.owned_by(uid) {
+                    return (Vec::new(), 0, false);
+                }
                 let from = (since as usize).min(st.events.len());
                 if st.events.len() > from || st.finished || st.events.is_empty() {
                     let next = u32::try_from(st.events.len()).unwrap_or(u32::MAX);
@@ -468,6 +512,9 @@ impl Pairing {
                 .is_err()
             {
                 let st = me.state.lock().await;
+                if !st.owned_by(uid) {
+                    return (Vec::new(), 0, false);
+                }
                 let next = u32::try_from(st.events.len()).unwrap_or(u32::MAX);
                 return (Vec::new(), next.max(since), st.finished);
             }
@@ -475,8 +522,11 @@ impl Pairing {
     }
 
     /// Passes the person's answer to an inviter waiting for the SAS to be confirmed.
-    pub async fn confirm(&self, accept: bool) -> Result<(), Error> {
+    pub async fn confirm(&self, uid: u32, accept: bool) -> Result<(), Error> {
         let mut st = self.inner.state.lock().await;
+        if !st.owned_by(uid) {
+            return Err(Error::NothingToConfirm);
+        }
         let tx = st
             .invite
             .as_mut()
@@ -642,14 +692,14 @@ impl Inner {
 
     async fn grant(&self, session: &mut Session) -> Result<Vec<u8>, String> {
         let joiner = session.peer().clone();
-        let info = self.vault.join_info().await.map_err(|e| e.to_string())?;
+        let vault = self.state.lock().await.vault().ok_or("the pairing ended")?;
+        let info = vault.join_info().await.map_err(|e| e.to_string())?;
         let own: Vec<String> = shareable(self.transport.listen_addrs().await.unwrap_or_default())
             .iter()
             .map(|a| a.to_string())
             .collect();
         let me = self.identity.peer_id().to_string();
-        let members = self
-            .vault
+        let members = vault
             .members()
             .await
             .map_err(|e| e.to_string())?
@@ -728,8 +778,11 @@ impl Inner {
             .filter(|a| a.len() <= 256 && a.parse::<Multiaddr>().is_ok())
             .take(pairing::MAX_ADDRS)
             .collect();
+        let Some(vault) = st.vault() else {
+            return Response::Refused(Refusal::NotOpen);
+        };
         drop(st);
-        let added = self.vault.add_device(device, addrs).await;
+        let added = vault.add_device(device, addrs).await;
         let mut st = self.state.lock().await;
         match added {
             Ok(()) => {
@@ -783,6 +836,7 @@ impl Inner {
     /// The joiner's steps; the inviter's device id and name on success, the reason otherwise.
     async fn run_join(
         &self,
+        vault: &vault::Handle,
         invitation: Invitation,
         name: String,
     ) -> Result<(String, String), String> {
@@ -873,7 +927,7 @@ impl Inner {
                     .filter_map(move |a| format!("{a}/p2p/{peer}").parse().ok())
             })
             .collect();
-        self.vault
+        vault
             .adopt(vault_id, keyring, members, device, false)
             .await
             .map_err(|e| e.to_string())?;

@@ -51,7 +51,8 @@ async fn with_vault<T>(
     seed: Option<(VaultId, &[u8])>,
     f: impl AsyncFnOnce(&vault::Handle, &Identity) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let (running, _) = vault::open_seeded(&dir(state_dir), choice, tpm, Policy::default(), seed)?;
+    let (running, _) =
+        vault::open_seeded(&dir(state_dir), choice, tpm, Policy::default(), seed, None)?;
     let result = f(&running.handle, &running.identity).await;
     drop(running.handle);
     drop(running.outbound);

@@ -72,9 +72,13 @@ pub struct UserVault {
     pub keystore: vault::KeystoreReport,
 }
 
-/// System mode's vaults, one per uid, under `state_dir/users/<uid>`.
+/// System mode's vaults, one per uid, under `state_dir/users/<uid>`, all this device's under the machine's
+/// identity and carried by the one transport host.
 #[derive(Debug)]
 pub struct Users {
+    identity: passmesh_transport::Identity,
+    /// Where a freshly opened vault goes to be carried by the network.
+    network: std::sync::Mutex<NetworkSlot>,
     state_dir: std::path::PathBuf,
     keystore: keystore::Choice,
     tpm: keystore::TpmOptions,
@@ -88,9 +92,26 @@ pub struct Users {
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
+/// How a vault opened in system mode reaches the network.
+#[derive(Debug)]
+enum NetworkSlot {
+    /// Networking is off: nothing drains what the vault wants sent.
+    Off,
+    /// Opened before the host started: carried from its start.
+    Pending(Vec<crate::sync::Attach>),
+    /// The host runs: attached at once.
+    Live(crate::sync::Carried),
+}
+
 impl Users {
-    fn new(config: &Config) -> Users {
+    fn new(config: &Config, identity: passmesh_transport::Identity) -> Users {
         Users {
+            identity,
+            network: std::sync::Mutex::new(if config.network.enabled {
+                NetworkSlot::Pending(Vec::new())
+            } else {
+                NetworkSlot::Off
+            }),
             state_dir: config.state_dir.clone(),
             keystore: config.keystore,
             tpm: config.tpm.clone(),
@@ -120,12 +141,34 @@ impl Users {
     /// Opens (creating on first use) the vault of `uid` and keeps it. Blocking: the keystore and the store.
     fn open_blocking(&self, uid: u32) -> Result<Arc<UserVault>, vault::Error> {
         let dir = vault::user_dir(&self.state_dir, uid);
-        let (running, report) = vault::open(&dir, self.keystore, &self.tpm, self.policy)?;
+        let (running, report) = vault::open_seeded(
+            &dir,
+            self.keystore,
+            &self.tpm,
+            self.policy,
+            None,
+            Some(self.identity.clone()),
+        )?;
         if let Some(w) = &report.warning {
             tracing::warn!(uid, "{w}");
         }
-        // Networking is off in system mode: nothing drains what the vault wants sent.
-        drop(running.outbound);
+        let attach = crate::sync::Attach {
+            slot: uid,
+            vault_id: running.vault_id,
+            paired: running.paired,
+            addrs: running.addrs,
+            handle: running.handle.clone(),
+            outbound: running.outbound,
+        };
+        match &mut *self
+            .network
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            NetworkSlot::Off => drop(attach),
+            NetworkSlot::Pending(list) => list.push(attach),
+            NetworkSlot::Live(carried) => carried.attach(attach),
+        }
         let opened = Arc::new(UserVault {
             handle: running.handle,
             keystore: report,
@@ -218,6 +261,27 @@ impl Users {
                 "cannot open your vault (the daemon's log says why)",
             )
         })
+    }
+
+    /// The vaults opened so far, for the host to carry from its start.
+    fn take_pending(&self) -> Vec<crate::sync::Attach> {
+        match &mut *self
+            .network
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            NetworkSlot::Pending(list) => std::mem::take(list),
+            NetworkSlot::Off | NetworkSlot::Live(_) => Vec::new(),
+        }
+    }
+
+    /// From now on, vaults opened are attached to `carried` at once. Called before the socket serves, so no
+    /// vault is opened between [`Users::take_pending`] and this.
+    fn go_live(&self, carried: crate::sync::Carried) {
+        *self
+            .network
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = NetworkSlot::Live(carried);
     }
 
     /// Lets go of every vault (each actor stops after a final flush once no request holds its handle) and
@@ -411,7 +475,13 @@ impl Session<'_> {
                 }
                 let (uri, expires_at_ms) = self
                     .pairing()?
-                    .invite(std::time::Duration::from_secs(secs), confirm, name)
+                    .invite(
+                        self.uid,
+                        self.vault,
+                        std::time::Duration::from_secs(secs),
+                        confirm,
+                        name,
+                    )
                     .await
                     .map_err(pair_error)?;
                 Ok(ResponseBody::PairInvite {
@@ -421,11 +491,14 @@ impl Session<'_> {
             }
             RequestBody::PairJoin { uri, name } => {
                 let name = name.unwrap_or_else(crate::vault::host_name);
-                self.pairing()?.join(&uri, name).await.map_err(pair_error)?;
+                self.pairing()?
+                    .join(self.uid, self.vault, &uri, name)
+                    .await
+                    .map_err(pair_error)?;
                 Ok(ResponseBody::PairJoin {})
             }
             RequestBody::PairProgress { since } => {
-                let (events, next, finished) = self.pairing()?.progress(since).await;
+                let (events, next, finished) = self.pairing()?.progress(self.uid, since).await;
                 Ok(ResponseBody::PairProgress {
                     events,
                     next,
@@ -433,7 +506,10 @@ impl Session<'_> {
                 })
             }
             RequestBody::PairConfirm { accept } => {
-                self.pairing()?.confirm(accept).await.map_err(pair_error)?;
+                self.pairing()?
+                    .confirm(self.uid, accept)
+                    .await
+                    .map_err(pair_error)?;
                 Ok(ResponseBody::PairConfirm {})
             }
             RequestBody::SetPin { pin, current_pin } => {
@@ -736,10 +812,6 @@ fn check_socket_dir(socket: &Path, mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Why system mode has no networking yet, for the log and `status`.
-const SYSTEM_NETWORK_OFF: &str = "networking is off in system mode (one libp2p host carrying every user's \
-     pairing and sync is not built yet)";
-
 /// Opens the keystore and the vault(s), then serves the socket until `shutdown` is cancelled. In user mode
 /// that is the invoking user's vault; in system mode every user vault already on disk, the others on first
 /// use. `ready` is called once the socket accepts connections.
@@ -759,7 +831,29 @@ async fn run_system(
     shutdown: CancellationToken,
     ready: impl FnOnce(&Config),
 ) -> Result<(), Error> {
-    let users = Arc::new(Users::new(&config));
+    let identity = {
+        let (dir, choice, tpm) = (
+            config.state_dir.clone(),
+            config.keystore,
+            config.tpm.clone(),
+        );
+        tokio::task::spawn_blocking(move || vault::machine_identity(&dir, choice, &tpm))
+            .await
+            .map_err(|_| Error::Vault {
+                path: config.state_dir.clone(),
+                source: vault::Error::Persist(
+                    "opening the machine identity was interrupted".into(),
+                ),
+            })?
+            .map_err(|source| match source {
+                vault::Error::Keystore(k) => Error::Keystore(k),
+                source => Error::Vault {
+                    path: config.state_dir.join("machine"),
+                    source,
+                },
+            })?
+    };
+    let users = Arc::new(Users::new(&config, identity.clone()));
     {
         let users = Arc::clone(&users);
         tokio::task::spawn_blocking(move || users.open_existing())
@@ -772,16 +866,23 @@ async fn run_system(
     tracing::info!(
         vaults = users.count(),
         max = config.max_vaults,
+        device = %identity.peer_id(),
         "system mode: one vault per local uid"
     );
-    tracing::warn!("{SYSTEM_NETWORK_OFF}");
+    let (network, pairing) = if config.network.enabled {
+        let (network, pairing) = start_network(&config, &identity, users.take_pending()).await?;
+        users.go_live(network.carried());
+        (Some(network), pairing)
+    } else {
+        (None, None)
+    };
     let service = Arc::new(Service {
-        pairing: None,
+        pairing,
         vaults: Vaults::Multi(Arc::clone(&users)),
         hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),
         always_verify: config.pin.always_required,
-        network: None,
-        network_off: Some(SYSTEM_NETWORK_OFF),
+        network: network.as_ref().map(crate::sync::Network::handle),
+        network_off: None,
     });
     let socket_err = |source| Error::Socket {
         path: config.socket.clone(),
@@ -802,12 +903,33 @@ async fn run_system(
     ready(&config);
     passmesh_ipc::serve(listener, service, ipc_config, shutdown).await;
     let _ = std::fs::remove_file(&config.socket);
+    if let Some(n) = network {
+        n.shutdown().await;
+    }
     for thread in users.close() {
         if thread.join().is_err() {
             tracing::error!("a vault thread panicked");
         }
     }
     Ok(())
+}
+
+/// Starts the transport host carrying `vaults`, and the pairing service on it.
+async fn start_network(
+    config: &Config,
+    identity: &passmesh_transport::Identity,
+    vaults: Vec<crate::sync::Attach>,
+) -> Result<(crate::sync::Network, Option<crate::pair::Pairing>), Error> {
+    let mut network = crate::sync::start(&config.network, identity, vaults).await?;
+    let pairing = network.take_pair_requests().map(|requests| {
+        crate::pair::Pairing::start(
+            network.handle(),
+            network.carried(),
+            identity.clone(),
+            requests,
+        )
+    });
+    Ok((network, pairing))
 }
 
 /// System mode: connections one uid may hold at once (of the socket's 128).
@@ -846,35 +968,26 @@ async fn run_user(
         handle,
         thread,
         identity,
+        vault_id,
         outbound,
         paired,
         addrs,
     } = running;
-    let mut network = if config.network.enabled {
-        Some(
-            crate::sync::start(
-                &config.network,
-                &identity,
-                paired,
-                addrs,
-                handle.clone(),
-                outbound,
-            )
-            .await?,
-        )
+    let (network, pairing) = if config.network.enabled {
+        let attach = crate::sync::Attach {
+            slot: uid,
+            vault_id,
+            paired,
+            addrs,
+            handle: handle.clone(),
+            outbound,
+        };
+        let (network, pairing) = start_network(&config, &identity, vec![attach]).await?;
+        (Some(network), pairing)
     } else {
         drop(outbound);
-        None
+        (None, None)
     };
-    let pairing = network.as_mut().and_then(|n| {
-        let requests = n.take_pair_requests()?;
-        Some(crate::pair::Pairing::start(
-            n.handle(),
-            handle.clone(),
-            identity.clone(),
-            requests,
-        ))
-    });
     let service = Arc::new(Service {
         pairing,
         vaults: Vaults::Single {

@@ -1,13 +1,20 @@
-//! The network side of vault replication: runs the transport host and moves sync messages between it and the
-//! vault actor.
+//! The network side of vault replication: runs the one transport host of this daemon and moves sync messages
+//! between it and the vault actors it carries (one in user mode, one per local user in system mode).
 //!
-//! Two tasks: the *inbound* task turns transport events into [`PeerEvent`]s for the vault actor (waiting when
-//! its inbox is full, which in turn stops the transport from reading more); the *outbound* task sends what the
-//! actor produces and keeps the transport's paired set equal to the device table. The actor never waits for
-//! the network and the network never touches the vault: all state is the actor's.
+//! On the wire every sync message is framed with the 16-byte id of the vault it belongs to. A message is handed
+//! to a vault only when its sender is in *that* vault's device table: a device paired with one user's vault can
+//! never reach another user's vault on the same machine, whatever id it writes. The transport gate admits the
+//! union of all carried vaults' paired sets.
+//!
+//! Tasks: one *inbound* task turns transport events into [`PeerEvent`]s for the vaults concerned (waiting when
+//! a vault's inbox is full, which in turn stops the transport from reading more); one *outbound* task per vault
+//! sends what its actor produces and keeps the gate in step with its device table. The actors never wait for
+//! the network and the network never touches a vault's state.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use passmesh_crdt::VaultId;
 use passmesh_transport::{self as transport, Event, Identity, Multiaddr, PairRequestId, PeerId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,62 +25,216 @@ use crate::vault::{self, Outbound, PeerEvent};
 /// Inbound pairing requests waiting for the pairing service, at most.
 const PAIR_QUEUE: usize = 8;
 
+/// Bytes of the vault id in front of every sync message.
+pub const VAULT_ID_LEN: usize = 16;
+
 /// An inbound `/passmesh/pair/1` request: sender, id to answer, bytes.
 pub type PairRequest = (PeerId, PairRequestId, Vec<u8>);
 
-/// The running network: the transport handle and the two tasks.
+/// A vault for the host to carry.
+#[derive(Debug)]
+pub struct Attach {
+    /// The local key of the vault: its user's uid.
+    pub slot: u32,
+    /// The vault's id now.
+    pub vault_id: VaultId,
+    /// Its paired set now.
+    pub paired: HashSet<PeerId>,
+    /// Peer addresses it learnt at pairing, to dial.
+    pub addrs: Vec<Multiaddr>,
+    /// Its actor.
+    pub handle: vault::Handle,
+    /// What its actor wants sent.
+    pub outbound: mpsc::Receiver<Outbound>,
+}
+
+/// The running network: the transport handle, the router and the inbound task.
 #[derive(Debug)]
 pub struct Network {
     handle: transport::Handle,
+    router: Arc<Router>,
     inbound: JoinHandle<()>,
-    outbound: JoinHandle<()>,
     pair_requests: Option<mpsc::Receiver<PairRequest>>,
 }
 
-/// Starts the transport host with this device's identity and wires it to the vault actor. `addrs` are
-/// further peer addresses to dial (learnt at pairing).
+/// The vaults the host carries, for the pairing service.
+#[derive(Clone, Debug)]
+pub struct Carried(Arc<Router>);
+
+impl Carried {
+    /// Carries one more vault (system mode: a user's vault opened after start): admits its paired set and
+    /// dials the addresses it knows.
+    pub fn attach(&self, a: Attach) {
+        Router::attach(&self.0, a);
+    }
+
+    /// Whether a vault other than `slot`'s has the id `vault` (two local vaults may never share one: the id
+    /// routes sync messages).
+    pub fn held_elsewhere(&self, slot: u32, vault: &VaultId) -> bool {
+        self.0
+            .lock()
+            .by_slot
+            .iter()
+            .any(|(s, v)| *s != slot && v.vault == *vault)
+    }
+}
+
+#[derive(Debug)]
+struct Router {
+    transport: transport::Handle,
+    slots: Mutex<Slots>,
+    /// Serialises gate updates so the last union computed is the last one applied. Never taken by the
+    /// inbound task.
+    gate: tokio::sync::Mutex<()>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    by_slot: HashMap<u32, Slot>,
+    /// Paired peers connected now, with the address of their connection.
+    connected: HashMap<PeerId, String>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    vault: VaultId,
+    peers: HashSet<PeerId>,
+    handle: vault::Handle,
+}
+
+impl Slots {
+    fn union(&self) -> HashSet<PeerId> {
+        self.by_slot
+            .values()
+            .flat_map(|s| s.peers.iter().copied())
+            .collect()
+    }
+
+    fn with_peer(&self, peer: &PeerId) -> Vec<vault::Handle> {
+        self.by_slot
+            .values()
+            .filter(|s| s.peers.contains(peer))
+            .map(|s| s.handle.clone())
+            .collect()
+    }
+}
+
+/// Starts the transport host with this device's `identity`, carrying `vaults`; more can be attached later
+/// ([`Network::attach`]).
 pub async fn start(
     settings: &config::Network,
     identity: &Identity,
-    paired: HashSet<PeerId>,
-    addrs: Vec<Multiaddr>,
-    vault: vault::Handle,
-    mut from_vault: mpsc::Receiver<Outbound>,
+    vaults: Vec<Attach>,
 ) -> Result<Network, transport::Error> {
     let mut peers = settings.peers.clone();
-    peers.extend(addrs);
+    let mut slots = Slots::default();
+    let mut outbound = Vec::new();
+    for a in vaults {
+        peers.extend(a.addrs);
+        slots.by_slot.insert(
+            a.slot,
+            Slot {
+                vault: a.vault_id,
+                peers: a.paired,
+                handle: a.handle,
+            },
+        );
+        outbound.push((a.slot, a.vault_id, a.outbound));
+    }
     let config = transport::Config {
         listen: settings.listen.clone(),
         mdns: settings.mdns,
         peers,
         relays: settings.relays.clone(),
-        paired: paired.clone(),
+        paired: slots.union(),
         ..transport::Config::default()
     };
-    let (handle, mut events) = transport::Host::start(config, identity).await?;
+    let (handle, events) = transport::Host::start(config, identity).await?;
     for a in handle.listen_addrs().await? {
         tracing::info!(addr = %a, peer = %identity.peer_id(), "listening for paired devices");
     }
-    let to_vault = vault.clone();
+    let router = Arc::new(Router {
+        transport: handle.clone(),
+        slots: Mutex::new(slots),
+        gate: tokio::sync::Mutex::new(()),
+        tasks: Mutex::new(Vec::new()),
+    });
+    for (slot, vault, rx) in outbound {
+        router.spawn_outbound(slot, vault, rx);
+    }
     let (pair_tx, pair_rx) = mpsc::channel(PAIR_QUEUE);
-    let inbound = tokio::spawn(async move {
+    let inbound = tokio::spawn(Arc::clone(&router).inbound(events, pair_tx));
+    Ok(Network {
+        handle,
+        router,
+        inbound,
+        pair_requests: Some(pair_rx),
+    })
+}
+
+impl Router {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn spawn_outbound(self: &Arc<Self>, slot: u32, vault: VaultId, rx: mpsc::Receiver<Outbound>) {
+        let task = tokio::spawn(Arc::clone(self).outbound(slot, vault, rx));
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    async fn inbound(
+        self: Arc<Self>,
+        mut events: mpsc::Receiver<Event>,
+        pair_tx: mpsc::Sender<PairRequest>,
+    ) {
         while let Some(event) = events.recv().await {
-            let event = match event {
+            let (targets, event) = match event {
                 Event::Connected { peer, addr } => {
                     tracing::info!(%peer, %addr, "paired device connected");
-                    PeerEvent::Connected {
-                        peer,
-                        addr: addr.to_string(),
-                    }
+                    let addr = addr.to_string();
+                    let mut slots = self.lock();
+                    slots.connected.insert(peer, addr.clone());
+                    (slots.with_peer(&peer), PeerEvent::Connected { peer, addr })
                 }
                 Event::Disconnected { peer } => {
                     tracing::info!(%peer, "paired device disconnected");
-                    PeerEvent::Disconnected { peer }
+                    let mut slots = self.lock();
+                    slots.connected.remove(&peer);
+                    (slots.with_peer(&peer), PeerEvent::Disconnected { peer })
                 }
-                Event::Message { peer, bytes } => PeerEvent::Message { peer, bytes },
+                Event::Message { peer, mut bytes } => {
+                    let target = (bytes.len() >= VAULT_ID_LEN)
+                        .then(|| {
+                            let slots = self.lock();
+                            slots
+                                .by_slot
+                                .values()
+                                .find(|s| {
+                                    s.vault.as_bytes()[..] == bytes[..VAULT_ID_LEN]
+                                        && s.peers.contains(&peer)
+                                })
+                                .map(|s| s.handle.clone())
+                        })
+                        .flatten();
+                    let Some(target) = target else {
+                        // Not a vault this peer shares with us (or no frame at all): a broken or hostile peer.
+                        tracing::warn!(
+                            %peer,
+                            "a sync message was refused: it is not for a vault this device shares with the peer; dropping its connection"
+                        );
+                        tokio::spawn(Arc::clone(&self).drop_peer(peer));
+                        continue;
+                    };
+                    bytes.drain(..VAULT_ID_LEN);
+                    (vec![target], PeerEvent::Message { peer, bytes })
+                }
                 Event::SendFailed { peer, reason } => {
                     tracing::debug!(%peer, ?reason, "a sync message was not acknowledged");
-                    PeerEvent::Reset { peer }
+                    // Which vault's message failed is not known: each vault shared with the peer starts over.
+                    (self.lock().with_peer(&peer), PeerEvent::Reset { peer })
                 }
                 Event::Refused { peer, reason } => {
                     tracing::warn!(%peer, ?reason, "refused a peer");
@@ -88,53 +249,138 @@ pub async fn start(
                 }
                 _ => continue,
             };
-            if to_vault.peer_event(event).await.is_err() {
-                break;
+            let Some((last, rest)) = targets.split_last() else {
+                continue;
+            };
+            for t in rest {
+                // A vault that stopped is leaving; the others still get the event.
+                let _ = t.peer_event(copy_event(&event)).await;
             }
+            let _ = last.peer_event(event).await;
         }
-    });
-    let transport = handle.clone();
-    let outbound = tokio::spawn(async move {
-        let mut current = paired;
-        while let Some(o) = from_vault.recv().await {
+    }
+
+    /// Sends what the vault of `slot` produces, framed with its id, and keeps the gate in step with its device
+    /// table. When the vault stops, its slot is removed.
+    async fn outbound(
+        self: Arc<Self>,
+        slot: u32,
+        mut vault: VaultId,
+        mut rx: mpsc::Receiver<Outbound>,
+    ) {
+        while let Some(o) = rx.recv().await {
             match o {
                 Outbound::Send { peer, bytes } => {
-                    if let Err(e) = transport.send(peer, bytes).await {
+                    let mut framed = Vec::with_capacity(VAULT_ID_LEN + bytes.len());
+                    framed.extend_from_slice(vault.as_bytes());
+                    framed.extend_from_slice(&bytes);
+                    if let Err(e) = self.transport.send(peer, framed).await {
                         tracing::debug!(%peer, error = %e, "a sync message could not be queued");
-                        // Never wait on the actor here: it may be waiting for this task.
-                        if matches!(e, transport::Error::QueueFull(_))
-                            && !vault.try_peer_event(PeerEvent::Reset { peer })
-                        {
-                            tracing::warn!(%peer, "the vault is busy; the exchange resumes on the next change");
+                        if matches!(e, transport::Error::QueueFull(_)) {
+                            self.reset_later(slot, peer);
                         }
                     }
                 }
-                Outbound::Paired(set) => {
-                    current = set.clone();
-                    if transport.set_paired(set).await.is_err() {
+                Outbound::Paired { vault: id, peers } => {
+                    vault = id;
+                    if self.update(slot, id, peers).await.is_err() {
                         break;
                     }
                 }
-                Outbound::Drop(peer) => {
-                    // Taking the peer out of the paired set closes its connections; putting it back lets
-                    // it (or us) reconnect with a fresh exchange.
-                    let mut without = current.clone();
-                    without.remove(&peer);
-                    if transport.set_paired(without).await.is_err()
-                        || transport.set_paired(current.clone()).await.is_err()
-                    {
-                        break;
-                    }
-                }
+                // Taking the peer out of the gate closes its connections; putting it back lets it (or us)
+                // reconnect with a fresh exchange.
+                Outbound::Drop(peer) => Arc::clone(&self).drop_peer(peer).await,
             }
         }
-    });
-    Ok(Network {
-        handle,
-        inbound,
-        outbound,
-        pair_requests: Some(pair_rx),
-    })
+        self.lock().by_slot.remove(&slot);
+        let _ = self.apply_gate(None).await;
+    }
+
+    /// Tells the vault of `slot` to start over with `peer`, without waiting on its actor (which may be waiting
+    /// for this task).
+    fn reset_later(&self, slot: u32, peer: PeerId) {
+        let handle = self.lock().by_slot.get(&slot).map(|s| s.handle.clone());
+        if let Some(h) = handle
+            && !h.try_peer_event(PeerEvent::Reset { peer })
+        {
+            tracing::warn!(%peer, "the vault is busy; the exchange resumes on the next change");
+        }
+    }
+
+    /// Sets the gate to the union of the paired sets (without `without`).
+    async fn apply_gate(&self, without: Option<PeerId>) -> Result<(), transport::Error> {
+        let _turn = self.gate.lock().await;
+        let mut union = self.lock().union();
+        if let Some(p) = without {
+            union.remove(&p);
+        }
+        self.transport.set_paired(union).await
+    }
+
+    async fn drop_peer(self: Arc<Self>, peer: PeerId) {
+        let _ = self.apply_gate(Some(peer)).await;
+        let _ = self.apply_gate(None).await;
+    }
+
+    /// The vault of `slot` now has id `vault` and paired set `peers`.
+    async fn update(
+        &self,
+        slot: u32,
+        vault: VaultId,
+        peers: HashSet<PeerId>,
+    ) -> Result<(), transport::Error> {
+        let _turn = self.gate.lock().await;
+        let (handle, connect, disconnect, union) = {
+            let mut slots = self.lock();
+            let before = slots.union();
+            let Some(s) = slots.by_slot.get_mut(&slot) else {
+                return Ok(());
+            };
+            s.vault = vault;
+            let old = std::mem::replace(&mut s.peers, peers.clone());
+            let handle = s.handle.clone();
+            let after = slots.union();
+            // The transport announces a connected peer only when it enters the union and drops one only when
+            // it leaves it: for a peer another vault already shares (or still shares), tell this vault here.
+            let connect: Vec<(PeerId, String)> = peers
+                .difference(&old)
+                .filter(|p| before.contains(p))
+                .filter_map(|p| slots.connected.get(p).map(|a| (*p, a.clone())))
+                .collect();
+            let disconnect: Vec<PeerId> = old
+                .difference(&peers)
+                .filter(|p| after.contains(p) && slots.connected.contains_key(p))
+                .copied()
+                .collect();
+            (handle, connect, disconnect, after)
+        };
+        self.transport.set_paired(union).await?;
+        for (peer, addr) in connect {
+            if !handle.try_peer_event(PeerEvent::Connected { peer, addr }) {
+                tracing::warn!(%peer, "the vault is busy; it meets this device at its next connection");
+            }
+        }
+        for peer in disconnect {
+            let _ = handle.try_peer_event(PeerEvent::Disconnected { peer });
+        }
+        Ok(())
+    }
+}
+
+/// A copy of a routed event (only connection events go to several vaults; messages have one target).
+fn copy_event(event: &PeerEvent) -> PeerEvent {
+    match event {
+        PeerEvent::Connected { peer, addr } => PeerEvent::Connected {
+            peer: *peer,
+            addr: addr.clone(),
+        },
+        PeerEvent::Disconnected { peer } => PeerEvent::Disconnected { peer: *peer },
+        PeerEvent::Message { peer, bytes } => PeerEvent::Message {
+            peer: *peer,
+            bytes: bytes.clone(),
+        },
+        PeerEvent::Reset { peer } => PeerEvent::Reset { peer: *peer },
+    }
 }
 
 impl Network {
@@ -148,9 +394,14 @@ impl Network {
         self.pair_requests.take()
     }
 
-    /// A handle to the transport host (for `status`).
+    /// A handle to the transport host (for `status` and pairing).
     pub fn handle(&self) -> transport::Handle {
         self.handle.clone()
+    }
+
+    /// The carried vaults, for the pairing service.
+    pub fn carried(&self) -> Carried {
+        Carried(Arc::clone(&self.router))
     }
 
     /// The addresses the host listens on.
@@ -162,12 +413,54 @@ impl Network {
             .unwrap_or_default()
     }
 
-    /// Stops both tasks (dropping their vault handles) and the transport host.
+    /// Stops the tasks (dropping their vault handles) and the transport host.
     pub async fn shutdown(self) {
         self.inbound.abort();
-        self.outbound.abort();
+        let tasks = std::mem::take(
+            &mut *self
+                .router
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for t in &tasks {
+            t.abort();
+        }
+        self.router.lock().by_slot.clear();
         let _ = self.handle.shutdown().await;
         let _ = self.inbound.await;
-        let _ = self.outbound.await;
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Router {
+    fn attach(router: &Arc<Router>, a: Attach) {
+        router.lock().by_slot.insert(
+            a.slot,
+            Slot {
+                vault: a.vault_id,
+                peers: a.paired,
+                handle: a.handle,
+            },
+        );
+        let r = Arc::clone(router);
+        let addrs = a.addrs;
+        let (slot, vault, rx) = (a.slot, a.vault_id, a.outbound);
+        let task = tokio::spawn(async move {
+            if r.apply_gate(None).await.is_err() {
+                return;
+            }
+            for addr in addrs {
+                if let Err(e) = r.transport.dial(addr.clone()).await {
+                    tracing::debug!(%addr, error = %e, "cannot dial a known address");
+                }
+            }
+            r.outbound(slot, vault, rx).await;
+        });
+        let mut tasks = router.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 }

@@ -129,8 +129,14 @@ pub enum Outbound {
         /// The crdt sync message.
         bytes: Vec<u8>,
     },
-    /// The paired set (the device table minus this device) is now this.
-    Paired(HashSet<PeerId>),
+    /// The vault's id and its paired set (the device table minus this device) are now these. The id changes
+    /// only when the device joins another vault.
+    Paired {
+        /// The vault's id, which frames its sync messages on the wire.
+        vault: VaultId,
+        /// The paired peers.
+        peers: HashSet<PeerId>,
+    },
     /// The peer sent a message that is not a sync message of this vault: drop its connection.
     Drop(PeerId),
 }
@@ -275,8 +281,10 @@ pub struct Running {
     pub handle: Handle,
     /// The actor's thread; it ends once every handle is dropped, after a final flush.
     pub thread: JoinHandle<()>,
-    /// This device's libp2p identity (unsealed from `device.sealed`).
+    /// This device's libp2p identity (unsealed from `device.sealed`, or the one given to [`open_seeded`]).
     pub identity: Identity,
+    /// The vault's id at start.
+    pub vault_id: VaultId,
     /// What the actor wants sent; the network task drains it (drop it when networking is off).
     pub outbound: mpsc::Receiver<Outbound>,
     /// The paired set at start.
@@ -306,17 +314,20 @@ pub fn open(
     tpm: &TpmOptions,
     policy: Policy,
 ) -> Result<(Running, KeystoreReport), Error> {
-    open_seeded(dir, choice, tpm, policy, None)
+    open_seeded(dir, choice, tpm, policy, None, None)
 }
 
 /// Like [`open`], but a vault created here (the directory has none) is a replica of the vault `seed` names
-/// (its id and encoded keyring) instead of a new one: how a device joins a vault.
+/// (its id and encoded keyring) instead of a new one: how a device joins a vault. With `identity`, the vault
+/// is this device's under that identity (system mode: the machine's, shared by every user's vault) instead of
+/// one of its own sealed in `dir`.
 pub fn open_seeded(
     dir: &Path,
     choice: Choice,
     tpm: &TpmOptions,
     policy: Policy,
     seed: Option<(VaultId, &[u8])>,
+    identity: Option<Identity>,
 ) -> Result<(Running, KeystoreReport), Error> {
     private_dir(dir)
         .map_err(|e| store::Error::Damaged(format!("cannot create {}: {e}", dir.display())))?;
@@ -386,19 +397,9 @@ pub fn open_seeded(
             return Err(store::Error::Damaged("document without a keyring".into()).into());
         }
     };
-    let identity = match store::read_device(&db)? {
-        Some(blob) => {
-            let secret = opened.keystore.unseal(&blob)?;
-            let bytes: [u8; 32] = secret.as_slice().try_into().map_err(|_| Error::Keyring)?;
-            Identity::from_secret_bytes(Zeroizing::new(bytes)).map_err(|_| Error::Keyring)?
-        }
-        None => {
-            let identity = Identity::generate();
-            let blob = opened.keystore.seal(identity.secret_bytes().as_slice())?;
-            store::write_device(&db, &blob)?;
-            tracing::info!(device = %identity.peer_id(), "created this device's identity");
-            identity
-        }
+    let identity = match identity {
+        Some(given) => given,
+        None => sealed_identity(&db, &mut opened.keystore)?,
     };
     let mut warning = opened.warning.take();
     if let Some(bound) = &blob_pcrs
@@ -445,6 +446,7 @@ pub fn open_seeded(
     actor.start_up()?;
     let paired = actor.paired();
     let addrs = actor.stored_addrs()?;
+    let vault_id = actor.vault.id();
     let (tx, rx) = mpsc::channel(INBOX);
     let name = format!(
         "vault-{}",
@@ -459,12 +461,46 @@ pub fn open_seeded(
             handle: Handle { tx },
             thread,
             identity,
+            vault_id,
             outbound,
             paired,
             addrs,
         },
         report,
     ))
+}
+
+/// The device identity sealed in `dir` (created and sealed on first use).
+fn sealed_identity(dir: &Path, keystore: &mut keystore::Keystore) -> Result<Identity, Error> {
+    match store::read_device(dir)? {
+        Some(blob) => {
+            let secret = keystore.unseal(&blob)?;
+            let bytes: [u8; 32] = secret.as_slice().try_into().map_err(|_| Error::Keyring)?;
+            Identity::from_secret_bytes(Zeroizing::new(bytes)).map_err(|_| Error::Keyring)
+        }
+        None => {
+            let identity = Identity::generate();
+            let blob = keystore.seal(identity.secret_bytes().as_slice())?;
+            store::write_device(dir, &blob)?;
+            tracing::info!(device = %identity.peer_id(), "created this device's identity");
+            Ok(identity)
+        }
+    }
+}
+
+/// System mode: the machine's libp2p identity, sealed by the keystore in `state_dir/machine` (created on first
+/// use). Every user's vault is this device's under it, so one libp2p host carries them all.
+pub fn machine_identity(
+    state_dir: &Path,
+    choice: Choice,
+    tpm: &TpmOptions,
+) -> Result<Identity, Error> {
+    let dir = state_dir.join("machine");
+    private_dir(&dir)
+        .map_err(|e| store::Error::Damaged(format!("cannot create {}: {e}", dir.display())))?;
+    let blob = store::read_device(&dir)?;
+    let mut opened = keystore::open_for(choice, tpm, blob.as_deref())?;
+    sealed_identity(&dir, &mut opened.keystore)
 }
 
 /// Creates `dir` and missing parents with mode 0700 and makes `dir` itself 0700: it holds the vault and, with
@@ -645,8 +681,15 @@ impl Actor {
             if !paired.contains(peer) {
                 continue;
             }
+            let Ok(id) = peer.parse::<PeerId>() else {
+                continue;
+            };
             let list: Vec<String> = serde_json::from_slice(&value).unwrap_or_default();
-            out.extend(list.iter().filter_map(|a| a.parse().ok()));
+            // The transport dials only addresses that name the peer (`/p2p/…`): add it where missing.
+            out.extend(
+                list.iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok()?.with_p2p(id).ok()),
+            );
         }
         Ok(out)
     }
@@ -684,6 +727,13 @@ impl Actor {
         self.peers
             .get_mut(&peer)
             .expect("the entry was inserted just above")
+    }
+
+    fn send_paired(&self) {
+        self.send(Outbound::Paired {
+            vault: self.vault.id(),
+            peers: self.paired(),
+        });
     }
 
     fn send(&self, o: Outbound) {
@@ -776,7 +826,10 @@ impl Actor {
             self.peers.retain(|p, _| paired.contains(p));
             // A removed device no longer counts as holding anything (the BS flag falls back).
             self.held_by.retain(|p, _| paired.contains(p));
-            self.send(Outbound::Paired(paired));
+            self.send(Outbound::Paired {
+                vault: self.vault.id(),
+                peers: paired,
+            });
         }
     }
 
@@ -837,7 +890,7 @@ impl Actor {
 
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut deferred: Vec<Deferred> = Vec::new();
-        self.send(Outbound::Paired(self.paired()));
+        self.send_paired();
         while let Some(cmd) = rx.blocking_recv() {
             self.apply(cmd, &mut deferred);
             for _ in 1..BATCH {
@@ -1100,7 +1153,7 @@ impl Actor {
                     if let Err(e) = self.store.put_meta(&addrs_key(&peer), &list) {
                         tracing::warn!(error = %e, "cannot store peer addresses");
                     }
-                    self.send(Outbound::Paired(self.paired()));
+                    self.send_paired();
                     self.local_change();
                 }
                 later_write(deferred, reply, result);
@@ -1260,7 +1313,7 @@ impl Actor {
         self.peers.clear();
         self.dirty = false;
         self.full_save_needed = false;
-        self.send(Outbound::Paired(self.paired()));
+        self.send_paired();
         Ok(())
     }
 

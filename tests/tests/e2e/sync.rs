@@ -134,7 +134,7 @@ async fn create_on_one_sign_in_on_the_other_delete_back_with_honest_bs() {
 }
 
 /// A libp2p host of our own on loopback that considers `peer` paired, with room for oversized messages.
-async fn own_host(
+pub(crate) async fn own_host(
     identity: &transport::Identity,
     peer: transport::PeerId,
 ) -> (
@@ -157,7 +157,7 @@ async fn own_host(
 }
 
 /// Events until `pred` matches one (returned), or `None` after `limit`; every event seen is pushed to `seen`.
-async fn wait_event(
+pub(crate) async fn wait_event(
     events: &mut tokio::sync::mpsc::Receiver<transport::Event>,
     limit: Duration,
     seen: &mut Vec<transport::Event>,
@@ -241,10 +241,27 @@ async fn garbage_and_oversized_messages_from_a_paired_identity_drop_the_connecti
             transport::Event::Disconnected { .. } | transport::Event::SendFailed { .. }
         )
     };
-    let mut sync_message = [0x42u8; 64].to_vec();
-    sync_message[1] = 0xff;
+    // Every sync message starts with the 16 bytes of its vault's id.
+    let vault = a.status().await.expect("status").vault_id;
+    let vault: Vec<u8> = (0..vault.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&vault[i..i + 2], 16).expect("hex vault id"))
+        .collect();
+    assert_eq!(vault.len(), 16);
+    let framed = |body: &[u8]| [vault.as_slice(), body].concat();
+    let mut not_automerge = [0x42u8; 64].to_vec();
+    not_automerge[1] = 0xff;
     let is_message = |e: &transport::Event| matches!(e, transport::Event::Message { .. });
-    let bad: Vec<Vec<u8>> = vec![vec![0xde; 1000], sync_message, vec![0; 5 * 1024 * 1024]];
+    let bad: Vec<Vec<u8>> = vec![
+        // No frame at all.
+        vec![0xde; 10],
+        // Another vault's id.
+        vec![0xde; 1000],
+        // A's vault, but not a sync message.
+        framed(&not_automerge),
+        // Larger than any message may be.
+        vec![0; 5 * 1024 * 1024],
+    ];
     for msg in bad {
         let len = msg.len();
         // A greets every new connection with a sync message: once it arrives, both ends have the connection
@@ -272,7 +289,15 @@ async fn garbage_and_oversized_messages_from_a_paired_identity_drop_the_connecti
     assert!(try_sign_in(&mut ca, &rp, &reg).await.is_some());
     register_user(&mut ca, &rp, "bob").await;
     let log = a.daemon.log();
-    assert!(log.contains("a sync message was refused"), "{log}");
+    // Both refusals: by the router (no frame, another vault) and by A's vault (not a sync message).
+    assert!(
+        log.contains("it is not for a vault this device shares with the peer"),
+        "{log}"
+    );
+    assert!(
+        log.contains("a sync message was refused; dropping the connection"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

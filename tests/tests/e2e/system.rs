@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use passmesh_tests::rp::{RegistrationOptions, User};
-use passmesh_tests::{CliOutput, Daemon, DaemonOptions, binaries};
+use passmesh_tests::{CliOutput, Daemon, DaemonOptions, binaries, mesh, ops, pairing};
+use passmesh_transport as transport;
 use serde_json::{Value, json};
 
 use crate::{ORIGIN, example_rp};
@@ -14,6 +15,8 @@ use crate::{ORIGIN, example_rp};
 const ALICE: u32 = 61_001;
 const BOB: u32 = 61_002;
 const CAROL: u32 = 61_003;
+/// Bound on one network step.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn require_root() {
     assert!(
@@ -22,11 +25,18 @@ fn require_root() {
     );
 }
 
-/// A system-mode daemon whose socket every test uid can reach.
+/// A system-mode daemon whose socket every test uid can reach, networking on loopback only (mDNS off).
 async fn system_daemon(config_toml: Option<&str>) -> Daemon {
     let d = Daemon::start(DaemonOptions {
-        extra_args: vec!["--system".to_owned()],
-        config_toml: config_toml.map(str::to_owned),
+        extra_args: vec![
+            "--system".to_owned(),
+            "--listen".to_owned(),
+            "/ip4/127.0.0.1/tcp/0".to_owned(),
+        ],
+        config_toml: Some(format!(
+            "{}\n[network]\nmdns = false\n",
+            config_toml.unwrap_or_default()
+        )),
         ..DaemonOptions::default()
     })
     .await
@@ -200,11 +210,12 @@ async fn every_uid_gets_its_own_vault_through_one_socket() {
             && vault_ids[0] != vault_ids[2],
         "vaults must differ: {vault_ids:?}"
     );
+    // One libp2p host carries every vault: the same device id for each user, networking on.
+    assert!(sa["networkOff"].is_null(), "{sa}");
+    assert!(sa["deviceId"].is_string(), "{sa}");
     assert!(
-        sa["networkOff"]
-            .as_str()
-            .is_some_and(|s| s.contains("system mode")),
-        "status says why networking is off: {sa}"
+        sa["deviceId"] == sb["deviceId"] && sb["deviceId"] == sc["deviceId"],
+        "one machine identity: {sa} {sb} {sc}"
     );
 
     // Alice signs in with her own passkey; Bob naming it gets exactly what an unknown credential gets.
@@ -274,4 +285,236 @@ async fn a_full_daemon_refuses_new_vaults_but_serves_existing_ones() {
         "the refusal names the setting: {out:?}"
     );
     assert_eq!(names(&d, ALICE).await, ["alice"]);
+}
+
+/// Waits up to 20 s for `uid`'s list on `d` to equal `want` (sorted user names).
+async fn names_become(d: &Daemon, uid: u32, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = names(d, uid).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "uid {uid}'s passkeys are {got:?}, expected {want:?}\n{}",
+            d.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The user names a user-mode daemon lists.
+async fn device_names(device: &pairing::Device) -> Vec<String> {
+    let mut c = device.daemon.client().await.expect("client");
+    let mut names: Vec<String> = ops::list(&mut c, None)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|p| p.user_name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// `uid` on the system daemon joins the vault `inviter` invites to, through the CLI.
+async fn join_as(d: &Daemon, uid: u32, inviter: &pairing::Device, name: &str) {
+    let mut invite = inviter.invite(&["--expires", "60"], "").expect("invite");
+    let uri = invite.uri().await.expect("code");
+    let joined = cli(d, uid, &["join", &uri, "--name", name], "").await;
+    let (code, events) = invite.finish().await.expect("inviter finishes");
+    assert!(
+        code == Some(0) && pairing::outcome(&pairing::json_lines(&joined)).is_ok(),
+        "uid {uid} did not pair: inviter {code:?} {events:?}; joiner {joined:?}\n{}",
+        d.log_tail()
+    );
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_pairs_and_syncs_through_the_one_host_and_only_with_their_own_devices() {
+    require_root();
+    let mut d = system_daemon(None).await;
+    // Alice's and Bob's laptops: ordinary user-mode daemons.
+    let laptop_a = pairing::Device::start().await.expect("alice's laptop");
+    let mut laptop_b = pairing::Device::start().await.expect("bob's laptop");
+    join_as(&d, ALICE, &laptop_a, "desktop").await;
+    join_as(&d, BOB, &laptop_b, "desktop").await;
+
+    let (sa, sb) = (status(&d, ALICE).await, status(&d, BOB).await);
+    assert_eq!(sa["deviceId"], sb["deviceId"], "one host: {sa} {sb}");
+    let peers = |s: &Value| -> Vec<String> {
+        s["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .map(|p| p["deviceId"].as_str().expect("deviceId").to_owned())
+            .collect()
+    };
+    assert_eq!(peers(&sa), [laptop_a.peer_id.as_str()], "{sa}");
+    assert_eq!(peers(&sb), [laptop_b.peer_id.as_str()], "{sb}");
+    assert_eq!(
+        laptop_a.status().await.expect("status").vault_id,
+        sa["vaultId"].as_str().expect("vaultId"),
+        "alice's desktop vault is her laptop's"
+    );
+
+    // A passkey made on Alice's laptop reaches Alice on the desktop, and only her.
+    let rp = example_rp();
+    let mut ca = laptop_a.daemon.client().await.expect("client");
+    let from_laptop = crate::register_user(&mut ca, &rp, "alice-laptop").await;
+    names_become(&d, ALICE, &["alice-laptop"]).await;
+    get(&d, ALICE, &b64(from_laptop.id()))
+        .await
+        .expect_success("alice signs in on the desktop with her laptop's passkey");
+    // Bob made on the desktop: reaches Bob's laptop, nobody else.
+    let bob_desktop = create(&d, BOB, "bob-desktop").await;
+    mesh::eventually(
+        std::time::Duration::from_secs(20),
+        "bob's laptop",
+        async || (device_names(&laptop_b).await == ["bob-desktop"]).then_some(()),
+    )
+    .await
+    .expect("bob's desktop passkey reached his laptop");
+    let options = json!({
+        "challenge": "AAECAwQFBgcICQoLDA0ODw",
+        "rpId": "example.com",
+        "allowCredentials": [{"type": "public-key", "id": bob_desktop}],
+        "userVerification": "discouraged",
+    });
+    laptop_b
+        .daemon
+        .cli_with_stdin(
+            &["--json", "get", "--origin", ORIGIN, "--options", "-"],
+            &options.to_string(),
+        )
+        .await
+        .expect("cli")
+        .expect_success("bob signs in on his laptop with the desktop's passkey");
+    assert_eq!(names(&d, ALICE).await, ["alice-laptop"]);
+    assert_eq!(names(&d, BOB).await, ["bob-desktop"]);
+    assert_eq!(device_names(&laptop_a).await, ["alice-laptop"]);
+    assert_eq!(get(&d, BOB, &b64(from_laptop.id())).await.code, Some(1));
+
+    // Bob's laptop, paired with Bob's vault only, writes to Alice's vault: refused before any vault sees it.
+    laptop_b.daemon.stop().await.expect("stop bob's laptop");
+    let identity = passmesh_daemon::pairing::device_identity(
+        laptop_b.daemon.state_dir(),
+        passmesh_daemon::keystore::Choice::Software,
+        &passmesh_daemon::keystore::TpmOptions::default(),
+    )
+    .await
+    .expect("bob's laptop identity");
+    let desktop: transport::PeerId = sa["deviceId"].as_str().expect("id").parse().expect("peer");
+    let (host, mut events) = crate::sync::own_host(&identity, desktop).await;
+    let addr = sa["listenAddrs"][0].as_str().expect("listen addr");
+    host.dial(format!("{addr}/p2p/{desktop}").parse().expect("multiaddr"))
+        .await
+        .expect("dial the desktop");
+    let mut seen = Vec::new();
+    let greeting = crate::sync::wait_event(&mut events, LIMIT, &mut seen, |e| {
+        matches!(e, transport::Event::Message { .. })
+    })
+    .await
+    .unwrap_or_else(|| panic!("the desktop never greeted bob's laptop: {seen:?}"));
+    let transport::Event::Message { bytes, .. } = greeting else {
+        unreachable!("matched above")
+    };
+    // What the desktop sends is framed with Bob's vault id, never Alice's.
+    assert_eq!(bytes[..16], hex_bytes(sb["vaultId"].as_str().expect("id")));
+    let mut forged = hex_bytes(sa["vaultId"].as_str().expect("id"));
+    forged.extend_from_slice(&bytes[16..]);
+    host.send(desktop, forged).await.expect("send");
+    crate::sync::wait_event(&mut events, LIMIT, &mut seen, |e| {
+        matches!(
+            e,
+            transport::Event::Disconnected { .. } | transport::Event::SendFailed { .. }
+        )
+    })
+    .await
+    .unwrap_or_else(|| panic!("the desktop kept the connection: {seen:?}"));
+    host.shutdown().await.expect("shutdown");
+    assert!(
+        d.log()
+            .contains("it is not for a vault this device shares with the peer"),
+        "{}",
+        d.log_tail()
+    );
+    assert_eq!(names(&d, ALICE).await, ["alice-laptop"]);
+
+    // After a restart of the desktop, Alice's devices find each other again and keep syncing.
+    d.restart().await.expect("restart");
+    let again = crate::register_user(&mut ca, &rp, "alice-laptop-2").await;
+    names_become(&d, ALICE, &["alice-laptop", "alice-laptop-2"]).await;
+    get(&d, ALICE, &b64(again.id()))
+        .await
+        .expect_success("alice's second passkey signs on the desktop after its restart");
+    assert_eq!(names(&d, BOB).await, ["bob-desktop"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_of_one_machine_cannot_share_a_vault_or_pair_with_each_other() {
+    require_root();
+    let d = system_daemon(None).await;
+    let laptop = pairing::Device::start().await.expect("laptop");
+    join_as(&d, ALICE, &laptop, "desktop").await;
+    // Bob joining the same vault on the same machine is refused, and so is a code made on this machine.
+    let mut invite = laptop.invite(&["--expires", "60"], "").expect("invite");
+    let uri = invite.uri().await.expect("code");
+    let refused = cli(&d, BOB, &["join", &uri, "--name", "bob"], "").await;
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("already on this device under another user"),
+        "{refused:?}"
+    );
+    drop(invite);
+    let opened = raw(
+        &d,
+        ALICE,
+        &json!({"id": 1, "type": "pairInvite", "expiresSecs": 30}),
+    )
+    .await;
+    let own = opened["uri"].as_str().unwrap_or_else(|| panic!("{opened}"));
+    let refused = raw(&d, BOB, &json!({"id": 2, "type": "pairJoin", "uri": own})).await;
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("made by this device")),
+        "{refused}"
+    );
+    // Alice's pairing is hers: Bob sees none and cannot confirm it.
+    let progress = raw(
+        &d,
+        BOB,
+        &json!({"id": 3, "type": "pairProgress", "since": 0}),
+    )
+    .await;
+    assert_eq!(progress["events"], json!([]), "{progress}");
+    let confirm = raw(
+        &d,
+        BOB,
+        &json!({"id": 4, "type": "pairConfirm", "accept": true}),
+    )
+    .await;
+    assert_eq!(confirm["ok"], false, "{confirm}");
+    assert!(names(&d, BOB).await.is_empty());
+    assert!(
+        status(&d, BOB).await["peers"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "bob has no devices"
+    );
 }
