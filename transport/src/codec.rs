@@ -1,4 +1,4 @@
-//! Framing of `/passmesh/sync/1`: one stream per message, `u32` big-endian length then the bytes; the receiver
+//! Framing of `/passmesh/sync/2`: one stream per message, `u32` big-endian length then the bytes; the receiver
 //! answers with a single acknowledgement byte once the message is queued for the application.
 
 use std::io;
@@ -7,8 +7,9 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 
-/// The sync protocol name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/passmesh/sync/1");
+/// The sync protocol name. Version 2: the daemon puts its vault's 16-byte id in front of every message (one
+/// host may carry several vaults); this crate still moves the bytes as they are.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/passmesh/sync/2");
 
 const ACK: u8 = 0x06;
 /// Initial buffer size for a frame, so a peer announcing a large frame cannot make us allocate it up front.

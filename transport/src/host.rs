@@ -132,7 +132,7 @@ pub enum SendFailure {
     Timeout,
     /// The connection closed before the acknowledgement.
     ConnectionClosed,
-    /// The peer does not speak `/passmesh/sync/1`.
+    /// The peer does not speak `/passmesh/sync/2`.
     Unsupported,
     /// The stream failed, e.g. the peer dropped it because the message was over its own limit.
     Stream,

@@ -1,6 +1,6 @@
 //! Passmesh transport: the libp2p host that connects a user's paired devices.
 //!
-//! It moves opaque byte messages between paired devices over `/passmesh/sync/1` and knows nothing of passkeys
+//! It moves opaque byte messages between paired devices over `/passmesh/sync/2` and knows nothing of passkeys
 //! or vaults. A [`Host`] runs one libp2p swarm (TCP and QUIC, Noise, Yamux, identify, ping, mDNS, relay client
 //! and DCUtR) in a tokio task; the application talks to it through a cloneable [`Handle`] and reads [`Event`]s
 //! from a bounded channel.

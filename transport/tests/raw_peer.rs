@@ -1,4 +1,4 @@
-//! A peer built on plain libp2p, without any of the host's gating, dials a host and opens `/passmesh/sync/1`
+//! A peer built on plain libp2p, without any of the host's gating, dials a host and opens `/passmesh/sync/2`
 //! directly: the host must refuse it and never read or answer a sync byte.
 
 #![allow(clippy::unwrap_used)]
