@@ -163,7 +163,7 @@ pub struct Config {
 }
 
 /// The resolved `[network]` settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Network {
     /// Sync with paired devices at all.
     pub enabled: bool,

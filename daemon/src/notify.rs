@@ -88,6 +88,19 @@ impl Notifier {
         self.send(&[("STATUS", status)])
     }
 
+    /// Sends `RELOADING=1` with the monotonic time (as `Type=notify-reload` wants): the daemon is reloading its
+    /// configuration; [`Notifier::ready`] follows when done.
+    pub fn reloading(&self, status: &str) -> Result<(), Error> {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let usec = u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+            + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000;
+        self.send(&[
+            ("RELOADING", "1"),
+            ("MONOTONIC_USEC", &usec.to_string()),
+            ("STATUS", status),
+        ])
+    }
+
     /// Sends `STOPPING=1` with a status line: the daemon has begun to shut down.
     pub fn stopping(&self, status: &str) -> Result<(), Error> {
         self.send(&[("STOPPING", "1"), ("STATUS", status)])

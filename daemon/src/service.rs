@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use passmesh_ipc::{
     Caller, ErrorBody, ErrorName, Handler, MAX_LIST_PAGE, Pin,
@@ -82,8 +83,9 @@ pub struct Users {
     state_dir: std::path::PathBuf,
     keystore: keystore::Choice,
     tpm: keystore::TpmOptions,
-    policy: pin::Policy,
-    max: usize,
+    /// For vaults opened from now on (a reload changes it).
+    policy: std::sync::Mutex<pin::Policy>,
+    max: AtomicUsize,
     /// Never held across an await.
     open: std::sync::RwLock<HashMap<u32, Arc<UserVault>>>,
     /// Serialises vault creation (a keystore seal and a store open each): one at a time, whoever asks.
@@ -115,8 +117,8 @@ impl Users {
             state_dir: config.state_dir.clone(),
             keystore: config.keystore,
             tpm: config.tpm.clone(),
-            policy: config.pin,
-            max: config.max_vaults,
+            policy: std::sync::Mutex::new(config.pin),
+            max: AtomicUsize::new(config.max_vaults),
             open: std::sync::RwLock::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
             threads: std::sync::Mutex::new(Vec::new()),
@@ -145,7 +147,10 @@ impl Users {
             &dir,
             self.keystore,
             &self.tpm,
-            self.policy,
+            *self
+                .policy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             None,
             Some(self.identity.clone()),
         )?;
@@ -203,9 +208,9 @@ impl Users {
             .collect();
         uids.sort_unstable();
         for uid in uids {
-            if self.count() >= self.max {
+            if self.count() >= self.max.load(Ordering::Relaxed) {
                 tracing::error!(
-                    max = self.max,
+                    max = self.max.load(Ordering::Relaxed),
                     "more user vaults on disk than [daemon] max_vaults: the rest are not opened"
                 );
                 break;
@@ -231,17 +236,17 @@ impl Users {
         if let Some(v) = self.lookup(uid) {
             return Ok(v);
         }
-        if self.count() >= self.max {
+        if self.count() >= self.max.load(Ordering::Relaxed) {
             tracing::warn!(
                 uid,
-                max = self.max,
+                max = self.max.load(Ordering::Relaxed),
                 "refused a new user vault: [daemon] max_vaults reached"
             );
             return Err(e(
                 ErrorName::ConstraintError,
                 format!(
                     "this passmeshd keeps at most {} user vaults ([daemon] max_vaults) and has no room for yours: ask the administrator",
-                    self.max
+                    self.max.load(Ordering::Relaxed)
                 ),
             ));
         }
@@ -326,13 +331,120 @@ pub struct Service {
     /// Bounds concurrent argon2 runs (19 MiB and tens of ms each), whoever asks for them.
     hashing: tokio::sync::Semaphore,
     /// The administrator requires user verification for everything.
-    always_verify: bool,
+    always_verify: AtomicBool,
     /// The transport host, when networking is on.
     network: Option<passmesh_transport::Handle>,
     /// Pairing by code, when networking is on.
     pairing: Option<crate::pair::Pairing>,
     /// Why networking is off, when the mode rather than the config turned it off (for `status`).
     network_off: Option<&'static str>,
+}
+
+/// A configuration reload (SIGHUP): the newly resolved configuration, and who waits until it is applied.
+#[derive(Debug)]
+pub struct Reload {
+    /// The configuration as resolved now.
+    pub config: Config,
+    /// Answered once the live settings are applied.
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Service {
+    fn handles(&self) -> Vec<vault::Handle> {
+        match &self.vaults {
+            Vaults::Single { vault, .. } => vec![vault.handle.clone()],
+            Vaults::Multi(users) => users
+                .open
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .map(|v| v.handle.clone())
+                .collect(),
+        }
+    }
+
+    /// Applies what can change while running (the PIN policy, `max_vaults`, new explicit peers) and says which
+    /// other changes wait for a restart.
+    async fn reload(&self, old: &Config, new: &Config) {
+        if new.pin != old.pin {
+            self.always_verify
+                .store(new.pin.always_required, Ordering::Relaxed);
+            if let Vaults::Multi(users) = &self.vaults {
+                *users
+                    .policy
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = new.pin;
+            }
+            for h in self.handles() {
+                // A vault that stopped is shutting down with the daemon.
+                let _ = h.set_policy(new.pin).await;
+            }
+            tracing::info!(
+                max_attempts = new.pin.max_attempts,
+                lockout_secs = new.pin.lockout.as_secs(),
+                always_required = new.pin.always_required,
+                "the PIN policy changed"
+            );
+        }
+        if new.max_vaults != old.max_vaults
+            && let Vaults::Multi(users) = &self.vaults
+        {
+            users.max.store(new.max_vaults, Ordering::Relaxed);
+            tracing::info!(max = new.max_vaults, "max_vaults changed");
+        }
+        if let Some(n) = &self.network {
+            for addr in new
+                .network
+                .peers
+                .iter()
+                .filter(|a| !old.network.peers.contains(a))
+            {
+                tracing::info!(%addr, "dialing a peer address added to the config");
+                if let Err(e) = n.dial(addr.clone()).await {
+                    tracing::warn!(%addr, error = %e, "cannot dial");
+                }
+            }
+        }
+        let later: Vec<&str> = [
+            ("state_dir", new.state_dir != old.state_dir),
+            ("socket", new.socket != old.socket),
+            ("keystore", new.keystore != old.keystore),
+            ("tpm", new.tpm != old.tpm),
+            ("daemon.mode", new.mode != old.mode),
+            (
+                "network.enabled",
+                new.network.enabled != old.network.enabled,
+            ),
+            ("network.listen", new.network.listen != old.network.listen),
+            ("network.mdns", new.network.mdns != old.network.mdns),
+            ("network.relays", new.network.relays != old.network.relays),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        if !later.is_empty() {
+            tracing::warn!(
+                settings = %later.join(", "),
+                "changed in the config file; they take effect at the next restart"
+            );
+        }
+        tracing::info!("config reloaded");
+    }
+}
+
+/// Applies each reload to `service` until `reloads` closes.
+fn spawn_reloader(
+    service: Arc<Service>,
+    mut current: Config,
+    mut reloads: tokio::sync::mpsc::Receiver<Reload>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(r) = reloads.recv().await {
+            service.reload(&current, &r.config).await;
+            current = r.config;
+            let _ = r.done.send(());
+        }
+    })
 }
 
 /// argon2 runs at once, at most.
@@ -672,7 +784,7 @@ impl Session<'_> {
         wanted: UserVerification,
         pin: Option<&Pin>,
     ) -> Result<bool, ErrorBody> {
-        let wanted = if self.service.always_verify {
+        let wanted = if self.service.always_verify.load(Ordering::Relaxed) {
             UserVerification::Required
         } else {
             wanted
@@ -815,20 +927,23 @@ fn check_socket_dir(socket: &Path, mode: u32) -> std::io::Result<()> {
 /// Opens the keystore and the vault(s), then serves the socket until `shutdown` is cancelled. In user mode
 /// that is the invoking user's vault; in system mode every user vault already on disk, the others on first
 /// use. `ready` is called once the socket accepts connections.
+/// `reloads` brings configuration reloads (SIGHUP).
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
+    reloads: tokio::sync::mpsc::Receiver<Reload>,
     ready: impl FnOnce(&Config),
 ) -> Result<(), Error> {
     match config.mode {
-        Mode::User => run_user(config, shutdown, ready).await,
-        Mode::System => run_system(config, shutdown, ready).await,
+        Mode::User => run_user(config, shutdown, reloads, ready).await,
+        Mode::System => run_system(config, shutdown, reloads, ready).await,
     }
 }
 
 async fn run_system(
     config: Config,
     shutdown: CancellationToken,
+    reloads: tokio::sync::mpsc::Receiver<Reload>,
     ready: impl FnOnce(&Config),
 ) -> Result<(), Error> {
     let identity = {
@@ -880,7 +995,7 @@ async fn run_system(
         pairing,
         vaults: Vaults::Multi(Arc::clone(&users)),
         hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),
-        always_verify: config.pin.always_required,
+        always_verify: AtomicBool::new(config.pin.always_required),
         network: network.as_ref().map(crate::sync::Network::handle),
         network_off: None,
     });
@@ -900,8 +1015,11 @@ async fn run_system(
         ..passmesh_ipc::Config::default()
     };
     tracing::info!(socket = %config.socket.display(), state = %config.state_dir.display(), "serving");
+    let reloader = spawn_reloader(Arc::clone(&service), config.clone(), reloads);
     ready(&config);
     passmesh_ipc::serve(listener, service, ipc_config, shutdown).await;
+    reloader.abort();
+    let _ = reloader.await;
     let _ = std::fs::remove_file(&config.socket);
     if let Some(n) = network {
         n.shutdown().await;
@@ -938,6 +1056,7 @@ const CONNECTIONS_PER_UID: usize = 16;
 async fn run_user(
     config: Config,
     shutdown: CancellationToken,
+    reloads: tokio::sync::mpsc::Receiver<Reload>,
     ready: impl FnOnce(&Config),
 ) -> Result<(), Error> {
     let uid = rustix::process::geteuid().as_raw();
@@ -998,7 +1117,7 @@ async fn run_user(
             }),
         },
         hashing: tokio::sync::Semaphore::new(PARALLEL_HASHES),
-        always_verify: config.pin.always_required,
+        always_verify: AtomicBool::new(config.pin.always_required),
         network: network.as_ref().map(|n| n.handle()),
         network_off: None,
     });
@@ -1015,7 +1134,10 @@ async fn run_user(
         idle_timeout: std::time::Duration::from_secs(60),
         ..passmesh_ipc::Config::default()
     };
+    let reloader = spawn_reloader(Arc::clone(&service), config.clone(), reloads);
     passmesh_ipc::serve(listener, service.clone(), ipc_config, shutdown).await;
+    reloader.abort();
+    let _ = reloader.await;
     let _ = std::fs::remove_file(&config.socket);
     if let Some(n) = network {
         n.shutdown().await;

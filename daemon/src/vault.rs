@@ -202,6 +202,10 @@ pub enum PinCheck {
 type Reply<T> = oneshot::Sender<T>;
 
 enum Command {
+    SetPolicy {
+        policy: Policy,
+        reply: Reply<()>,
+    },
     AnyExcluded {
         rp_id: String,
         ids: Vec<Vec<u8>>,
@@ -1158,6 +1162,11 @@ impl Actor {
                 }
                 later_write(deferred, reply, result);
             }
+            Command::SetPolicy { policy, reply } => {
+                // Counters and lockouts already running are kept; the new limits apply from the next attempt.
+                self.policy = policy;
+                let _ = reply.send(());
+            }
             Command::JoinInfo { reply } => {
                 let me = self.me.to_string();
                 let result = self
@@ -1467,6 +1476,11 @@ impl Handle {
             reply,
         })
         .await?
+    }
+
+    /// Applies a new PIN policy (config reload) from the next attempt on.
+    pub async fn set_policy(&self, policy: Policy) -> Result<(), Error> {
+        self.ask(|reply| Command::SetPolicy { policy, reply }).await
     }
 
     /// The vault id, keyring and this device's entry, for a joining device.

@@ -11,6 +11,7 @@ use clap::Parser;
 use passmesh_daemon::config::{Config, Flags};
 use passmesh_daemon::keystore::Choice;
 use passmesh_daemon::notify::Notifier;
+use passmesh_daemon::service::Reload;
 use tokio_util::sync::CancellationToken;
 
 /// Passmesh daemon: keeps your passkeys and answers WebAuthn requests on a local socket.
@@ -67,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = Config::resolve(&Flags {
+    let flags = Flags {
         config: args.config,
         state_dir: args.state_dir,
         socket: args.socket,
@@ -75,7 +76,8 @@ fn main() -> anyhow::Result<()> {
         tpm_tcti: args.tpm_tcti,
         listen: args.listen,
         system: args.system,
-    })?;
+    };
+    let config = Config::resolve(&flags)?;
     let notifier = match Notifier::from_env() {
         Ok(n) => n,
         Err(e) => {
@@ -93,7 +95,9 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone(), Arc::clone(&notifier)));
-        passmesh_daemon::service::run(config, shutdown, |config| {
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(reload_on_hangup(flags, reload_tx, Arc::clone(&notifier)));
+        passmesh_daemon::service::run(config, shutdown, reloads, |config| {
             notify(&notifier, |n| {
                 n.ready(&format!("serving {}", config.socket.display()))
             });
@@ -132,6 +136,39 @@ async fn stop_on_signal(shutdown: CancellationToken, notifier: Arc<Option<Notifi
         n.stopping("flushing the vault and shutting down")
     });
     shutdown.cancel();
+}
+
+/// On every SIGHUP: reads the config again (same flags, same file) and hands it to the service, which applies
+/// what can change while running. A config that does not resolve is reported and changes nothing.
+async fn reload_on_hangup(
+    flags: Flags,
+    service: tokio::sync::mpsc::Sender<Reload>,
+    notifier: Arc<Option<Notifier>>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        notify(&notifier, |n| n.reloading("reloading the config"));
+        let status = match Config::resolve(&flags) {
+            Ok(config) => {
+                let (done, applied) = tokio::sync::oneshot::channel();
+                if service.send(Reload { config, done }).await.is_err() {
+                    return;
+                }
+                let _ = applied.await;
+                "config reloaded".to_owned()
+            }
+            Err(e) => {
+                tracing::error!("cannot reload the config; the running one stays: {e}");
+                format!("config reload failed, running on the previous one: {e}")
+            }
+        };
+        notify(&notifier, |n| n.ready(&status));
+    }
 }
 
 /// Sends a notification if a service manager listens; a failure is logged, never fatal.

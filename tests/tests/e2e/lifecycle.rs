@@ -310,3 +310,116 @@ async fn a_broken_notify_socket_does_not_keep_the_daemon_from_serving() {
         assert!(status.success(), "NOTIFY_SOCKET={value}: exit {status}");
     }
 }
+
+/// A sign-in allowing `reg` with `userVerification: discouraged` and `pin`; the daemon's error text on failure.
+async fn try_get(
+    client: &mut Client,
+    reg: &crate::Registered,
+    pin: Option<&str>,
+) -> Result<(), String> {
+    let rp = example_rp();
+    let (request, _) = rp
+        .begin_authentication(
+            std::slice::from_ref(&reg.credential),
+            UserVerificationPolicy::Discouraged_DO_NOT_USE,
+        )
+        .expect("request options");
+    ops::get(client, rp.origin(), request, pin)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_a_broken_config_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = Manager::at_path(dir.path());
+    let mut service = Service::new(dir.path());
+    service.spawn(&manager.address);
+    manager.until("READY=1", READY_TIMEOUT, &service).await;
+    let rp = example_rp();
+    let mut client = Client::connect(&service.socket()).await.unwrap();
+    let alice = register_user(&mut client, &rp, "alice").await;
+    ops::set_pin(&mut client, "2468", None)
+        .await
+        .expect("set PIN");
+    try_get(&mut client, &alice, None)
+        .await
+        .expect("no PIN needed while the RP discourages verification");
+    let hangup = || {
+        let child = service.child.as_ref().expect("running");
+        rustix::process::kill_process(Pid::from_child(child), Signal::HUP).expect("SIGHUP");
+    };
+
+    // The administrator requires the PIN for everything and allows 2 wrong ones; also moves the listener,
+    // which only a restart can apply.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[network]\nlisten = [\"/ip4/127.0.0.2/tcp/0\"]\nmdns = false\n\
+         [pin]\nalways_required = true\nmax_attempts = 2\n",
+    )
+    .unwrap();
+    hangup();
+    let seen = manager.until("READY=1", READY_TIMEOUT, &service).await;
+    let reloading = seen
+        .iter()
+        .find(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 before READY=1: {seen:?}"));
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading}"
+    );
+    assert!(
+        seen.last().unwrap().contains("STATUS=config reloaded"),
+        "{seen:?}"
+    );
+    let refused = try_get(&mut client, &alice, None)
+        .await
+        .expect_err("the PIN is required now");
+    assert!(
+        refused.contains("user verification is required"),
+        "{refused}"
+    );
+    try_get(&mut client, &alice, Some("2468"))
+        .await
+        .expect("the right PIN signs");
+    let wrong = try_get(&mut client, &alice, Some("1357"))
+        .await
+        .expect_err("a wrong PIN");
+    assert!(
+        wrong.contains("1 attempt(s) left"),
+        "max_attempts = 2: {wrong}"
+    );
+    let log = service.log();
+    assert!(
+        log.contains("they take effect at the next restart") && log.contains("network.listen"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("127.0.0.2"),
+        "the listener moved without a restart\n{log}"
+    );
+
+    // A config that does not parse (or is out of range) is reported and changes nothing.
+    std::fs::write(dir.path().join("config.toml"), "[pin]\nmax_attempts = 0\n").unwrap();
+    hangup();
+    let seen = manager.until("READY=1", READY_TIMEOUT, &service).await;
+    assert!(
+        seen.last().unwrap().contains("config reload failed"),
+        "{seen:?}"
+    );
+    assert!(
+        service
+            .log()
+            .contains("cannot reload the config; the running one stays"),
+        "{}",
+        service.log()
+    );
+    let still = try_get(&mut client, &alice, None)
+        .await
+        .expect_err("the PIN is still required");
+    assert!(still.contains("user verification is required"), "{still}");
+    try_get(&mut client, &alice, Some("2468"))
+        .await
+        .expect("the daemon serves on");
+}
