@@ -201,6 +201,88 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
     })
 }
 
+/// The lock a system-mode daemon holds on its machine identity for as long as it runs (`flock` on
+/// `machine/lock`); `keystore` commands take it too, so they never re-seal under a running daemon.
+#[derive(Debug)]
+pub struct MachineLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the machine lock in `machine_dir` (created with the directory if missing); `InUse` if a running
+/// daemon (or another `keystore` command) holds it.
+pub fn lock_machine(machine_dir: &Path) -> Result<MachineLock, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = machine_dir.join("lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("cannot open", &path))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| Error::InUse(machine_dir.to_owned()))?;
+    Ok(MachineLock(file))
+}
+
+/// Re-seals system mode's machine identity (`machine/device.sealed`) for `target`; the caller holds the
+/// machine `lock` (of the same directory). The new seal is verified, written beside the old one and renamed over it; then the old file's blocks are
+/// overwritten with zeros through a descriptor opened before the rename.
+pub fn reseal_machine(
+    _lock: &MachineLock,
+    machine_dir: &Path,
+    tpm: &TpmOptions,
+    target: &Target,
+) -> Result<Outcome, Error> {
+    let sealed =
+        store::read_device(machine_dir)?.ok_or_else(|| Error::NoVault(machine_dir.to_owned()))?;
+    let from = Backend::of(&sealed).ok_or(keystore::Error::Damaged)?;
+    let from_pcrs = keystore::tpm::bound_pcrs(&sealed).unwrap_or_default();
+    let needs_tpm = from == Backend::Tpm || target.backend == Backend::Tpm;
+    let mut tpm_keystore = if needs_tpm {
+        Some(keystore::open(keystore::Choice::Tpm, tpm)?.keystore)
+    } else {
+        None
+    };
+    let mut software = Keystore::Software;
+    let secret = match from {
+        Backend::Software => software.unseal(&sealed)?,
+        Backend::Tpm => tpm_keystore
+            .as_mut()
+            .ok_or(Error::Verify)?
+            .unseal(&sealed)?,
+    };
+    let target_keystore = match target.backend {
+        Backend::Software => &mut software,
+        Backend::Tpm => {
+            let ks = tpm_keystore.as_mut().ok_or(Error::Verify)?;
+            ks.set_pcrs(target.pcrs.clone());
+            ks
+        }
+    };
+    let new_sealed = target_keystore.seal(&secret)?;
+    if target_keystore.unseal(&new_sealed)?.as_slice() != secret.as_slice() {
+        return Err(Error::Verify);
+    }
+    drop(tpm_keystore);
+    let path = store::device_file(machine_dir);
+    let mut old = std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .map_err(io("cannot open", &path))?;
+    store::write_device(machine_dir, &new_sealed)?;
+    sync_dir(machine_dir)?;
+    std::io::Write::write_all(&mut old, &vec![0u8; sealed.len()])
+        .and_then(|()| old.sync_all())
+        .map_err(io(
+            "the identity was re-sealed, but its old copy could not be overwritten at",
+            &path,
+        ))?;
+    Ok(Outcome {
+        from,
+        from_pcrs,
+        to: target.clone(),
+    })
+}
+
 /// Removes what an interrupted migration left next to the database (before or after the swap, it is not the
 /// database in use).
 pub fn remove_leftovers(dir: &Path) {

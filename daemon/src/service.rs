@@ -946,6 +946,20 @@ async fn run_system(
     reloads: tokio::sync::mpsc::Receiver<Reload>,
     ready: impl FnOnce(&Config),
 ) -> Result<(), Error> {
+    // Held while the daemon runs: `passmesh keystore … --system` takes it too and so never re-seals under us.
+    let _machine_lock = vault::machine_dir(&config.state_dir)
+        .map_err(|source| Error::Vault {
+            path: config.state_dir.clone(),
+            source,
+        })
+        .and_then(|dir| {
+            crate::migrate::lock_machine(&dir).map_err(|e| Error::Vault {
+                path: dir.clone(),
+                source: vault::Error::Persist(format!(
+                    "{e} (another passmeshd --system, or a `passmesh keystore` command, uses this state directory)"
+                )),
+            })
+        })?;
     let identity = {
         let (dir, choice, tpm) = (
             config.state_dir.clone(),

@@ -71,6 +71,11 @@ pub fn read_device(dir: &Path) -> Result<Option<Vec<u8>>, Error> {
     }
 }
 
+/// The path of the sealed device identity in `dir`.
+pub fn device_file(dir: &Path) -> std::path::PathBuf {
+    dir.join(DEVICE_FILE)
+}
+
 /// Replaces the sealed device identity of the store in `dir` atomically and durably.
 pub fn write_device(dir: &Path, blob: &[u8]) -> Result<(), Error> {
     write_sealed(dir, DEVICE_FILE, blob)

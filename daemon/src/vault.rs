@@ -492,6 +492,14 @@ fn sealed_identity(dir: &Path, keystore: &mut keystore::Keystore) -> Result<Iden
     }
 }
 
+/// System mode: the directory of the machine identity and its lock (`state_dir/machine`, created 0700).
+pub fn machine_dir(state_dir: &Path) -> Result<PathBuf, Error> {
+    let dir = state_dir.join("machine");
+    private_dir(&dir)
+        .map_err(|e| store::Error::Damaged(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
 /// System mode: the machine's libp2p identity, sealed by the keystore in `state_dir/machine` (created on first
 /// use). Every user's vault is this device's under it, so one libp2p host carries them all.
 pub fn machine_identity(
@@ -499,9 +507,7 @@ pub fn machine_identity(
     choice: Choice,
     tpm: &TpmOptions,
 ) -> Result<Identity, Error> {
-    let dir = state_dir.join("machine");
-    private_dir(&dir)
-        .map_err(|e| store::Error::Damaged(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = machine_dir(state_dir)?;
     let blob = store::read_device(&dir)?;
     let mut opened = keystore::open_for(choice, tpm, blob.as_deref())?;
     sealed_identity(&dir, &mut opened.keystore)

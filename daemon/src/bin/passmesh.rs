@@ -140,6 +140,10 @@ struct VaultLocation {
     /// TCTI of the TPM [default: from the config, else device:/dev/tpmrm0]
     #[arg(long, global = true, value_name = "TCTI")]
     tpm_tcti: Option<String>,
+    /// The system service's state [default dir: /var/lib/passmesh]: every user's vault and the machine
+    /// identity (run as root or the passmesh user, with passmesh.service stopped)
+    #[arg(long, global = true)]
+    system: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -442,6 +446,7 @@ fn keystore(
         config: location.config.clone(),
         state_dir: location.state_dir.clone(),
         tpm_tcti: location.tpm_tcti.clone(),
+        system: location.system,
         ..Default::default()
     })
     .map_err(|e| Failure::Local(e.to_string()))?;
@@ -464,6 +469,9 @@ fn keystore(
             },
         },
     };
+    if location.system {
+        return keystore_system(&config, &target, json);
+    }
     let uid = rustix::process::geteuid().as_raw();
     let dir = passmesh_daemon::vault::user_dir(&config.state_dir, uid);
     let out = reseal(&dir, &config.tpm, &target).map_err(|e| Failure::Local(e.to_string()))?;
@@ -495,6 +503,85 @@ fn keystore(
         );
     }
     Ok(())
+}
+
+/// `keystore migrate|reseal --system`: the machine identity and every user's vault of the system service, under
+/// the machine lock (which a running `passmeshd --system` holds, so it refuses then). Each vault is swapped in
+/// atomically; after a failure the ones done stay done and running the command again finishes the rest.
+fn keystore_system(
+    config: &passmesh_daemon::config::Config,
+    target: &passmesh_daemon::migrate::Target,
+    json: bool,
+) -> Result<(), Failure> {
+    use passmesh_daemon::migrate::{lock_machine, reseal, reseal_machine};
+    let local = |e: &dyn std::fmt::Display| Failure::Local(e.to_string());
+    let machine = config.state_dir.join("machine");
+    if !machine.exists() {
+        return Err(Failure::Local(format!(
+            "no system-mode state in {} (is this the right --state-dir?)",
+            config.state_dir.display()
+        )));
+    }
+    let lock = lock_machine(&machine).map_err(|e| local(&e))?;
+    let mut uids: Vec<u32> = match std::fs::read_dir(config.state_dir.join("users")) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(local(&e)),
+    };
+    uids.sort_unstable();
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for uid in uids {
+        let dir = passmesh_daemon::vault::user_dir(&config.state_dir, uid);
+        match reseal(&dir, &config.tpm, target) {
+            Ok(out) => done.push((Some(uid), out)),
+            Err(e) => failed.push((Some(uid), e.to_string())),
+        }
+    }
+    match reseal_machine(&lock, &machine, &config.tpm, target) {
+        Ok(out) => done.push((None, out)),
+        Err(e) => failed.push((None, e.to_string())),
+    }
+    let who = |uid: Option<u32>| {
+        uid.map_or_else(|| "machine identity".to_owned(), |u| format!("uid {u}"))
+    };
+    if json {
+        let v = serde_json::json!({
+            "ok": failed.is_empty(),
+            "resealed": done.iter().map(|(uid, out)| serde_json::json!({
+                "uid": uid,
+                "from": out.from.name(),
+                "fromPcrs": out.from_pcrs,
+                "to": out.to.backend.name(),
+                "pcrs": out.to.pcrs,
+            })).collect::<Vec<_>>(),
+            "failed": failed.iter().map(|(uid, e)| serde_json::json!({"uid": uid, "error": e})).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+    } else {
+        for (uid, out) in &done {
+            println!(
+                "{}: re-sealed from {} to {}",
+                who(*uid),
+                out.from.name(),
+                out.to.backend.name()
+            );
+        }
+        for (uid, e) in &failed {
+            eprintln!("{}: {e}", who(*uid));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Local(format!(
+            "{} of {} re-seals failed; the others are done, run the command again for the rest",
+            failed.len(),
+            failed.len() + done.len()
+        )))
+    }
 }
 
 fn parse_pcrs(list: &str) -> Result<Vec<u8>, Failure> {

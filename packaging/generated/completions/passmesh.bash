@@ -510,7 +510,7 @@ _passmesh() {
             return 0
             ;;
         passmesh__subcmd__keystore)
-            opts="-h --state-dir --config --tpm-tcti --socket --json --help migrate reseal help"
+            opts="-h --state-dir --config --tpm-tcti --system --socket --json --help migrate reseal help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -596,7 +596,7 @@ _passmesh() {
             return 0
             ;;
         passmesh__subcmd__keystore__subcmd__migrate)
-            opts="-h --to --state-dir --config --tpm-tcti --socket --json --help"
+            opts="-h --to --state-dir --config --tpm-tcti --system --socket --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -630,7 +630,7 @@ _passmesh() {
             return 0
             ;;
         passmesh__subcmd__keystore__subcmd__reseal)
-            opts="-h --pcrs --state-dir --config --tpm-tcti --socket --json --help"
+            opts="-h --pcrs --state-dir --config --tpm-tcti --system --socket --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -27,20 +27,23 @@ fn require_root() {
 
 /// A system-mode daemon whose socket every test uid can reach, networking on loopback only (mDNS off).
 async fn system_daemon(config_toml: Option<&str>) -> Daemon {
-    let d = Daemon::start(DaemonOptions {
-        extra_args: vec![
-            "--system".to_owned(),
-            "--listen".to_owned(),
-            "/ip4/127.0.0.1/tcp/0".to_owned(),
-        ],
-        config_toml: Some(format!(
-            "{}\n[network]\nmdns = false\n",
-            config_toml.unwrap_or_default()
-        )),
-        ..DaemonOptions::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("daemon did not start: {e:#}"));
+    system_daemon_with(config_toml, DaemonOptions::default()).await
+}
+
+/// Like [`system_daemon`], on top of `options` (keystore, state directory, more arguments).
+async fn system_daemon_with(config_toml: Option<&str>, mut options: DaemonOptions) -> Daemon {
+    options.extra_args.extend([
+        "--system".to_owned(),
+        "--listen".to_owned(),
+        "/ip4/127.0.0.1/tcp/0".to_owned(),
+    ]);
+    options.config_toml = Some(format!(
+        "{}\n[network]\nmdns = false\n",
+        config_toml.unwrap_or_default()
+    ));
+    let d = Daemon::start(options)
+        .await
+        .unwrap_or_else(|e| panic!("daemon did not start: {e:#}"));
     // The tempdir is 0700; the other uids must be able to walk to the socket.
     std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
     d
@@ -519,4 +522,98 @@ async fn two_users_of_one_machine_cannot_share_a_vault_or_pair_with_each_other()
             .is_none_or(Vec::is_empty),
         "bob has no devices"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystore_migrate_system_moves_every_vault_and_the_machine_identity_to_the_tpm() {
+    require_root();
+    let tpm = passmesh_tests::Swtpm::start().unwrap_or_else(|e| panic!("swtpm: {e:#}"));
+    let tcti = tpm.tcti();
+    let mut d = system_daemon(None).await;
+    let a = create(&d, ALICE, "alice").await;
+    let b = create(&d, BOB, "bob").await;
+    let before = status(&d, ALICE).await;
+    assert_eq!(before["keystore"], "software", "{before}");
+    let state = d.state_dir().to_owned();
+    let migrate = async || {
+        passmesh_tests::run_cli(
+            Path::new("/nonexistent.sock"),
+            &[
+                "--json",
+                "keystore",
+                "migrate",
+                "--to",
+                "tpm",
+                "--system",
+                "--state-dir",
+                state.to_str().expect("utf-8"),
+                "--tpm-tcti",
+                &tcti,
+            ],
+            None,
+        )
+        .await
+        .expect("cli")
+    };
+
+    // While the service runs, nothing is touched.
+    let refused = migrate().await;
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(refused.stderr.contains("in use"), "{refused:?}");
+    d.stop().await.expect("stop");
+    assert!(
+        crate::tpm::files_containing(&state, crate::tpm::TPM_TAG).is_empty(),
+        "something was sealed by the TPM while the service ran"
+    );
+
+    let out = migrate().await;
+    let report = out.json("migrate");
+    assert_eq!(report["ok"], true, "{out:?}");
+    let mut resealed: Vec<Value> = report["resealed"]
+        .as_array()
+        .expect("resealed")
+        .iter()
+        .map(|r| r["uid"].clone())
+        .collect();
+    resealed.sort_by_key(Value::to_string);
+    // uid 0's vault comes from the harness's readiness probe (run as root).
+    assert_eq!(
+        resealed,
+        [json!(0), json!(ALICE), json!(BOB), Value::Null],
+        "{report}"
+    );
+    // Nothing software-sealed is left anywhere in the state directory.
+    assert_eq!(
+        crate::tpm::files_containing(&state, crate::tpm::SOFTWARE_TAG),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(!crate::tpm::files_containing(&state, crate::tpm::TPM_TAG).is_empty());
+
+    // The service on the TPM: same device, every user's passkeys sign.
+    let t = system_daemon_with(
+        None,
+        DaemonOptions {
+            keystore: "tpm".to_owned(),
+            state_dir: Some(state.clone()),
+            extra_args: vec!["--tpm-tcti".to_owned(), tcti.clone()],
+            ..DaemonOptions::default()
+        },
+    )
+    .await;
+    let after = status(&t, ALICE).await;
+    assert_eq!(after["keystore"], "tpm", "{after}");
+    assert_eq!(
+        after["deviceId"], before["deviceId"],
+        "the machine identity moved along"
+    );
+    assert_eq!(names(&t, ALICE).await, ["alice"]);
+    assert_eq!(names(&t, BOB).await, ["bob"]);
+    get(&t, ALICE, &a)
+        .await
+        .expect_success("alice signs after the move");
+    get(&t, BOB, &b)
+        .await
+        .expect_success("bob signs after the move");
+    drop(t);
+    drop(d);
 }

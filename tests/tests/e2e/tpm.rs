@@ -14,8 +14,8 @@ use passmesh_tests::{Daemon, DaemonOptions, Swtpm, ops, run_cli};
 
 use crate::{Registered, client, contains_bytes, example_rp, register_user, sign_in};
 
-const SOFTWARE_TAG: &[u8] = b"passmesh-sw-v1\0";
-const TPM_TAG: &[u8] = b"passmesh-tpm-v1\0";
+pub(crate) const SOFTWARE_TAG: &[u8] = b"passmesh-sw-v1\0";
+pub(crate) const TPM_TAG: &[u8] = b"passmesh-tpm-v1\0";
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn swtpm() -> Swtpm {
@@ -58,7 +58,7 @@ fn changed_files(
         .collect()
 }
 
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     snapshot(dir)
         .unwrap()
         .into_iter()
