@@ -2,7 +2,10 @@
 //! passmesh-daemon`, a release build; `--fast` only picks lighter compression), then taken apart with
 //! dpkg-deb and checked — every file with its mode and owner, the control fields, the maintainer scripts
 //! (parsed, and run against stand-in commands), lintian, and the systemd units through
-//! `systemd-analyze`. Nothing is installed on the machine running the tests.
+//! `systemd-analyze`; and installed for real on a throwaway overlay copy of the machine (`install`). Nothing
+//! is installed on the machine running the tests.
+
+mod install;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
