@@ -5,10 +5,13 @@ cd "$(dirname "$0")/.."
 
 # System packages: a C toolchain and OpenSSL headers (the webauthn-rs relying party used by the tests);
 # libtss2-dev for the daemon's TPM keystore (tss-esapi); swtpm (a software TPM, one per TPM test) and
-# tpm2-tools (the tests extend PCRs and list TPM handles with them); chromium for the browser-extension tests;
+# tpm2-tools (the tests extend PCRs and list TPM handles with them); chromium and firefox-esr for the
+# browser-extension tests;
 # dpkg-dev (dpkg-shlibdeps for the .deb's Depends), lintian and systemd (systemd-analyze) for the packaging tests;
-# iproute2 (`ip netns`, veth, bridges) for the tests that run daemons in network namespaces.
-need=(build-essential pkg-config libssl-dev libtss2-dev swtpm tpm2-tools chromium dpkg-dev lintian systemd iproute2)
+# iproute2 (`ip netns`, veth, bridges) for the tests that run daemons in network namespaces; mount and
+# util-linux (mount, unshare, nsenter, setpriv) for the overlay install test and the system-mode tests.
+need=(build-essential pkg-config libssl-dev libtss2-dev swtpm tpm2-tools chromium firefox-esr dpkg-dev lintian
+  systemd iproute2 mount util-linux)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,7 +12,7 @@ const HOST = 'com.passmesh.native';
 const DEFAULT_TIMEOUT_MS = 300000;
 const MAX_TIMEOUT_MS = 600000;
 
-// requestKey -> { tabId, frameId, pageId, op, origin, rpId, options, passkeys, finish, windowId, timer }
+// promptId -> { key, promptId, op, origin, rpId, options, passkeys, uv, windowId, done, finish, timer }
 const requests = new Map();
 let nextPromptId = 1;
 
@@ -76,6 +76,7 @@ async function begin(message, sender) {
   }
 
   const key = `${sender.tab.id}:${sender.frameId || 0}:${message.id}`;
+  const pageWindowId = sender.tab.windowId;
   const promptId = String(nextPromptId++);
   const timeout = Math.min(Number(options.timeout) > 0 ? Number(options.timeout) : DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS);
   return new Promise((resolve) => {
@@ -88,8 +89,26 @@ async function begin(message, sender) {
       request.done = true;
       clearTimeout(request.timer);
       requests.delete(promptId);
-      if (request.windowId !== null) chrome.windows.remove(request.windowId, () => void chrome.runtime.lastError);
-      resolve(answer);
+      const windowId = request.windowId;
+      request.windowId = null;
+      if (windowId === null) {
+        resolve(answer);
+        return;
+      }
+      chrome.windows.remove(windowId, () => {
+        void chrome.runtime.lastError;
+        if (answer.kind !== 'fallback') {
+          resolve(answer);
+          return;
+        }
+        // Firefox lets a page use its own WebAuthn only while the page's window is the active
+        // one (NotAllowedError otherwise): hand the request back only once the prompt is gone,
+        // and make sure the page's window has the focus (the person may have moved on).
+        chrome.windows.update(pageWindowId, { focused: true }, () => {
+          void chrome.runtime.lastError;
+          resolve(answer);
+        });
+      });
     };
     request.timer = setTimeout(
       () => request.finish({ kind: 'error', name: 'NotAllowedError', message: 'The request timed out.' }),
@@ -157,6 +176,10 @@ chrome.runtime.onMessage.addListener((message, sender, sendResponse) => {
           credentialId: p.credentialId, userName: p.userName, userDisplayName: p.userDisplayName, label: p.label,
         })),
       });
+      return false;
+    }
+    if (message.op === 'keepalive') {
+      sendResponse({ ok: true });
       return false;
     }
     if (message.op === 'decide') {

@@ -4,6 +4,7 @@
 // is also what automated tests wait for before clicking.
 'use strict';
 (() => {
+  const KEEPALIVE_MS = 5000;
   const promptId = new URLSearchParams(location.search).get('id');
   const $ = (id) => document.getElementById(id);
   let info = null;
@@ -88,6 +89,16 @@
     document.body.dataset.state = 'ready';
     if (!$('approve').disabled) $('approve').focus();
   }
+
+  // Firefox suspends an idle background page (after 30 s by default), and the pending request
+  // lives there: each message counts as activity, so ping while the person is deciding.
+  setInterval(async () => {
+    const reply = await send({ op: 'keepalive' });
+    if (reply && reply.gone && document.body.dataset.state !== 'done') {
+      document.body.dataset.state = 'done';
+      window.close();
+    }
+  }, KEEPALIVE_MS);
 
   $('approve').addEventListener('click', () => decide('approve'));
   $('other').addEventListener('click', () => decide('fallback'));

@@ -23,8 +23,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-/// Command line. Browsers pass the caller's origin (`chrome-extension://ID/`) and, on Windows,
-/// a window handle; neither is needed, so extra positional arguments are accepted and ignored.
+/// Command line. Chromium and Chrome pass the caller's origin (`chrome-extension://ID/`) and, on
+/// Windows, a window handle; Firefox passes the path of the host's manifest and the add-on id.
+/// None of it is needed, so extra positional arguments are accepted and ignored.
 #[derive(Debug, Parser)]
 #[command(name = "passmesh-native-host", version, about)]
 struct Args {
@@ -32,7 +33,7 @@ struct Args {
     /// /run/passmesh/ipc.sock).
     #[arg(long, env = "PASSMESH_SOCKET")]
     socket: Option<PathBuf>,
-    /// What the browser passes (the extension's origin); ignored.
+    /// What the browser passes (see above); ignored.
     #[arg(hide = true)]
     browser_args: Vec<String>,
 }

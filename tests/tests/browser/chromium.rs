@@ -63,6 +63,23 @@ pub fn native_host() -> anyhow::Result<PathBuf> {
     Ok(host)
 }
 
+/// Writes `dir/native-host.sh`, which runs `host` on the daemon at `socket`: browsers start the
+/// host with only their own arguments (Chromium the caller's origin, Firefox the manifest path
+/// and the add-on id), so the test daemon's socket has to be added by a wrapper.
+pub(crate) fn host_wrapper(dir: &Path, host: &Path, socket: &Path) -> anyhow::Result<PathBuf> {
+    let wrapper = dir.join("native-host.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec '{}' --socket '{}' \"$@\"\n",
+            host.display(),
+            socket.display()
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    Ok(wrapper)
+}
+
 /// A running headless Chromium.
 pub struct Browser {
     child: Child,
@@ -85,18 +102,7 @@ impl Browser {
         let hosts_dir = user_data.join("NativeMessagingHosts");
         std::fs::create_dir_all(&hosts_dir)?;
 
-        // The browser starts the host with only the caller's origin as argument: a wrapper adds
-        // this test daemon's socket.
-        let wrapper = profile.path().join("native-host.sh");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec '{}' --socket '{}' \"$@\"\n",
-                host.display(),
-                socket.display()
-            ),
-        )?;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+        let wrapper = host_wrapper(profile.path(), &host, socket)?;
         let manifest = json!({
             "name": HOST_NAME,
             "description": "Passmesh (test)",
@@ -377,5 +383,94 @@ impl Drop for Browser {
         if std::thread::panicking() {
             eprintln!("{}", self.log_tail());
         }
+    }
+}
+
+impl crate::Driver for Browser {
+    async fn open(&mut self, url: &str) -> anyhow::Result<()> {
+        Browser::open(self, url).await
+    }
+
+    async fn open_with_authenticator(&mut self, url: &str) -> anyhow::Result<crate::Authenticator> {
+        let (session, id) = self.open_with_virtual_authenticator(url).await?;
+        Ok(crate::Authenticator { id, session })
+    }
+
+    async fn authenticator_credentials(
+        &mut self,
+        authenticator: &crate::Authenticator,
+    ) -> anyhow::Result<Vec<Vec<u8>>> {
+        use base64::Engine as _;
+        self.virtual_credentials(&authenticator.session, &authenticator.id)
+            .await?
+            .iter()
+            .map(|c| {
+                let id = c["credentialId"].as_str().unwrap_or_default();
+                base64::engine::general_purpose::STANDARD
+                    .decode(id)
+                    .with_context(|| format!("credential id {id:?}"))
+            })
+            .collect()
+    }
+
+    async fn find_prompt(&mut self) -> anyhow::Result<Option<crate::Window>> {
+        let prefix = format!("chrome-extension://{EXTENSION_ID}/prompt.html");
+        let Some(target) = self.targets().await?.into_iter().find(|t| {
+            t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with(&prefix))
+        }) else {
+            return Ok(None);
+        };
+        let id = target["targetId"].as_str().unwrap_or_default().to_owned();
+        let session = self.attach(&id).await?;
+        Ok(Some(crate::Window { id, session }))
+    }
+
+    async fn is_open(&mut self, window: &crate::Window) -> anyhow::Result<bool> {
+        Ok(self
+            .targets()
+            .await?
+            .iter()
+            .any(|t| t["targetId"] == window.id.as_str()))
+    }
+
+    async fn evaluate_in(
+        &mut self,
+        window: &crate::Window,
+        expression: &str,
+    ) -> anyhow::Result<Value> {
+        self.evaluate(&window.session, expression).await
+    }
+
+    async fn type_text(&mut self, window: &crate::Window, text: &str) -> anyhow::Result<()> {
+        self.call(
+            "Input.insertText",
+            json!({"text": text}),
+            Some(&window.session),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn click(&mut self, window: &crate::Window, x: f64, y: f64) -> anyhow::Result<()> {
+        for kind in ["mousePressed", "mouseReleased"] {
+            let clicked = self
+                .call(
+                    "Input.dispatchMouseEvent",
+                    json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+                    Some(&window.session),
+                )
+                .await;
+            match clicked {
+                Ok(_) => {}
+                // The click may close the window before Chromium acknowledges the release.
+                Err(e) if kind == "mouseReleased" && format!("{e}").starts_with(TARGET_CLOSED) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        Browser::log_tail(self)
     }
 }

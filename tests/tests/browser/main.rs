@@ -1,33 +1,79 @@
-//! Browser end-to-end tests: a real headless Chromium, the Passmesh extension from
+//! Browser end-to-end tests: a real headless Chromium or Firefox, the Passmesh extension from
 //! `packaging/browser-extension`, `passmesh-native-host`, a real `passmeshd`, and a relying-party
 //! web server verifying with webauthn-rs-core. A test passes only when the server verified what
 //! the page got from `navigator.credentials`.
 //!
-//! The prompt window is driven as a person would: the test finds the prompt page over the
-//! DevTools protocol, reads what it shows, types the PIN with `Input.insertText` and clicks the
-//! buttons with `Input.dispatchMouseEvent` (trusted input, no test hook in the extension).
+//! The prompt window is driven as a person would: the test finds the prompt page (over the
+//! DevTools protocol in Chromium, WebDriver BiDi in Firefox), reads what it shows, types the PIN
+//! and clicks the buttons with trusted input events (no test hook in the extension). The flows
+//! are written once against [`Driver`]; `chromium.rs` and `firefox.rs` implement it and run them.
 //!
-//! Chromium must be installed (`apt-get install chromium`); without it the tests fail and say so.
+//! Chromium (`apt-get install chromium`) and Firefox ESR (`apt-get install firefox-esr`) must be
+//! installed; without them the tests fail and say so.
 
 mod chromium;
 mod cross_device;
+mod firefox;
 mod host;
 mod server;
 
 use std::time::Duration;
 
-use base64::Engine as _;
-
-use chromium::{Browser, EXTENSION_ID, TARGET_CLOSED};
+use chromium::{Browser, EXTENSION_ID};
 use passmesh_tests::rp::{User, UserVerificationPolicy};
 use passmesh_tests::{Daemon, DaemonOptions, ops};
-use serde_json::{Value, json};
+use serde_json::Value;
 use server::{Event, RpServer};
 
 /// Bound on a whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(180);
 /// Bound on one step (a prompt appearing, the server hearing back).
 const STEP: Duration = Duration::from_secs(30);
+
+/// What the shared flows need from a browser driver. Methods taking a [`Window`] act in the
+/// extension's prompt window.
+trait Driver {
+    /// Opens `url` in a new tab.
+    async fn open(&mut self, url: &str) -> anyhow::Result<()>;
+    /// Opens `url` in a new tab where the browser's own WebAuthn is answered by a virtual
+    /// authenticator (no person needed); returns a handle to it.
+    async fn open_with_authenticator(&mut self, url: &str) -> anyhow::Result<Authenticator>;
+    /// The credential ids the virtual authenticator holds.
+    async fn authenticator_credentials(
+        &mut self,
+        authenticator: &Authenticator,
+    ) -> anyhow::Result<Vec<Vec<u8>>>;
+    /// The extension's prompt window, if one is open (attached, ready for [`Driver::evaluate_in`]).
+    async fn find_prompt(&mut self) -> anyhow::Result<Option<Window>>;
+    /// Whether `window` is still open.
+    async fn is_open(&mut self, window: &Window) -> anyhow::Result<bool>;
+    /// Evaluates `expression` (awaiting a promise) in `window`; returns its JSON value.
+    async fn evaluate_in(&mut self, window: &Window, expression: &str) -> anyhow::Result<Value>;
+    /// Types `text` into the focused element with trusted input.
+    async fn type_text(&mut self, window: &Window, text: &str) -> anyhow::Result<()>;
+    /// Clicks at (`x`, `y`) with trusted mouse events; the window may close on the click.
+    async fn click(&mut self, window: &Window, x: f64, y: f64) -> anyhow::Result<()>;
+    /// The browser's last log lines, for failure messages.
+    fn log_tail(&self) -> String;
+}
+
+/// A browser window (tab or popup) a [`Driver`] can act in.
+#[derive(Debug, Clone)]
+struct Window {
+    /// Chromium's target id, Firefox's browsing-context id.
+    id: String,
+    /// What commands go to: Chromium's session id, Firefox's browsing-context id.
+    session: String,
+}
+
+/// A virtual authenticator standing for the browser's own WebAuthn (security keys, phones).
+#[derive(Debug, Clone)]
+struct Authenticator {
+    /// The authenticator's id.
+    id: String,
+    /// Chromium: the session of the tab it was added to (its `WebAuthn` domain is per tab).
+    session: String,
+}
 
 /// What the test's person does in the prompt.
 #[derive(Debug, Clone, Copy)]
@@ -79,8 +125,7 @@ new Promise((resolve, reject) => {
 
 /// A prompt window the test is attached to.
 struct OpenPrompt {
-    session: String,
-    target_id: String,
+    window: Window,
     shown: Prompt,
     /// Centres of the buttons, by name (`approve`, `cancel`, `other`).
     buttons: Value,
@@ -90,31 +135,26 @@ struct OpenPrompt {
 ///
 /// Fails early with whatever the relying party heard if the page finished (or failed) without
 /// a prompt appearing.
-async fn open_prompt(browser: &mut Browser, rp: &mut RpServer) -> anyhow::Result<OpenPrompt> {
-    let prefix = format!("chrome-extension://{EXTENSION_ID}/prompt.html");
+async fn open_prompt(browser: &mut impl Driver, rp: &mut RpServer) -> anyhow::Result<OpenPrompt> {
     let deadline = tokio::time::Instant::now() + STEP;
-    let target = loop {
+    let window = loop {
         if let Some(event) = rp.try_event() {
             anyhow::bail!("the relying party heard {event:?} while the test waited for a prompt");
         }
-        if let Some(t) = browser.targets().await?.into_iter().find(|t| {
-            t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with(&prefix))
-        }) {
-            break t;
+        if let Some(w) = browser.find_prompt().await? {
+            break w;
         }
         if tokio::time::Instant::now() > deadline {
             anyhow::bail!("no prompt window within {STEP:?}\n{}", browser.log_tail());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let target_id = target["targetId"].as_str().unwrap_or_default().to_owned();
-    let session = browser.attach(&target_id).await?;
     // A window that has just opened may still swap its first document for prompt.html.
     let mut attempts = 0;
     let seen = loop {
-        match browser.evaluate(&session, PROMPT_READY_JS).await {
+        match browser.evaluate_in(&window, PROMPT_READY_JS).await {
             Ok(seen) => break seen,
-            Err(e) if attempts < 20 && format!("{e}").contains("context") => {
+            Err(e) if attempts < 20 && !format!("{e}").contains("did not become ready") => {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -136,51 +176,39 @@ async fn open_prompt(browser: &mut Browser, rp: &mut RpServer) -> anyhow::Result
         approve_enabled: seen["approveEnabled"] == true,
     };
     Ok(OpenPrompt {
-        session,
-        target_id,
+        window,
         shown,
         buttons: seen["buttons"].clone(),
     })
 }
 
 /// Types the PIN (if any) and clicks the button `action` names, with trusted input events.
-async fn act(browser: &mut Browser, prompt: &OpenPrompt, action: Action<'_>) -> anyhow::Result<()> {
-    let session = prompt.session.as_str();
+async fn act(
+    browser: &mut impl Driver,
+    prompt: &OpenPrompt,
+    action: Action<'_>,
+) -> anyhow::Result<()> {
     let button = match action {
         Action::Approve(pin) => {
             if let Some(pin) = pin {
                 browser
-                    .evaluate(session, "document.getElementById('pin').focus()")
+                    .evaluate_in(&prompt.window, "document.getElementById('pin').focus()")
                     .await?;
-                browser
-                    .call("Input.insertText", json!({"text": pin}), Some(session))
-                    .await?;
+                browser.type_text(&prompt.window, pin).await?;
             }
             &prompt.buttons["approve"]
         }
         Action::Cancel => &prompt.buttons["cancel"],
         Action::OtherDevice => &prompt.buttons["other"],
     };
-    for kind in ["mousePressed", "mouseReleased"] {
-        let clicked = browser
-            .call(
-                "Input.dispatchMouseEvent",
-                json!({"type": kind, "x": button["x"], "y": button["y"], "button": "left", "clickCount": 1}),
-                Some(session),
-            )
-            .await;
-        match clicked {
-            Ok(_) => {}
-            // The click may close the window before Chromium acknowledges the release.
-            Err(e) if kind == "mouseReleased" && format!("{e}").starts_with(TARGET_CLOSED) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    let (Some(x), Some(y)) = (button["x"].as_f64(), button["y"].as_f64()) else {
+        anyhow::bail!("the prompt gave no position for the button: {button}");
+    };
+    browser.click(&prompt.window, x, y).await
 }
 
 /// Waits until the prompt shows a message to the person (and is ready again); returns it.
-async fn prompt_message(browser: &mut Browser, prompt: &OpenPrompt) -> anyhow::Result<String> {
+async fn prompt_message(browser: &mut impl Driver, prompt: &OpenPrompt) -> anyhow::Result<String> {
     let script = r#"
 new Promise((resolve, reject) => {
   const started = Date.now();
@@ -192,19 +220,14 @@ new Promise((resolve, reject) => {
   })();
 })
 "#;
-    let message = browser.evaluate(&prompt.session, script).await?;
+    let message = browser.evaluate_in(&prompt.window, script).await?;
     Ok(message.as_str().unwrap_or_default().to_owned())
 }
 
 /// Waits until the prompt window has closed (it closes itself once the decision is taken).
-async fn wait_closed(browser: &mut Browser, prompt: &OpenPrompt) -> anyhow::Result<()> {
+async fn wait_closed(browser: &mut impl Driver, prompt: &OpenPrompt) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + STEP;
-    while browser
-        .targets()
-        .await?
-        .iter()
-        .any(|t| t["targetId"] == prompt.target_id.as_str())
-    {
+    while browser.is_open(&prompt.window).await? {
         if tokio::time::Instant::now() > deadline {
             anyhow::bail!("the prompt did not close: {:?}", prompt.shown);
         }
@@ -215,7 +238,7 @@ async fn wait_closed(browser: &mut Browser, prompt: &OpenPrompt) -> anyhow::Resu
 
 /// Waits for the prompt, reads it, acts, and waits until it has closed.
 async fn answer_prompt(
-    browser: &mut Browser,
+    browser: &mut impl Driver,
     rp: &mut RpServer,
     action: Action<'_>,
 ) -> anyhow::Result<Prompt> {
@@ -270,7 +293,7 @@ fn assert_all_checks_pass(what: &str, checks: &Value) {
 /// Runs the page's register-then-sign-in flow on `http://localhost`, answering both prompts
 /// with `pin`, and returns whether the sign-in was user-verified.
 async fn register_and_sign_in(
-    browser: &mut Browser,
+    browser: &mut impl Driver,
     rp: &mut RpServer,
     pin: Option<&str>,
 ) -> anyhow::Result<bool> {
@@ -327,75 +350,6 @@ async fn bounded(body: impl Future<Output = anyhow::Result<()>>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_registers_and_signs_in_with_the_device_pin() {
-    let daemon = daemon().await;
-    let mut client = daemon.client().await.expect("connect");
-    ops::set_pin(&mut client, "482916", None)
-        .await
-        .expect("set the PIN");
-    let mut rp = RpServer::start(User::new("alice"))
-        .await
-        .expect("rp server");
-    let mut browser = browser_for(&daemon).await;
-
-    bounded(async {
-        let verified = register_and_sign_in(&mut browser, &mut rp, Some("482916")).await?;
-        assert!(verified, "the PIN typed into the prompt must give UV");
-        let stored = ops::list(&mut client, Some("localhost")).await?;
-        assert_eq!(stored.len(), 1, "the daemon holds the page's passkey");
-        assert_eq!(stored[0].user_name, "alice");
-        Ok(())
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_origin_cannot_use_the_passkey() {
-    let daemon = daemon().await;
-    let mut rp = RpServer::start(User::new("alice"))
-        .await
-        .expect("rp server");
-    let mut browser = browser_for(&daemon).await;
-
-    bounded(async {
-        let verified = register_and_sign_in(&mut browser, &mut rp, None).await?;
-        assert!(!verified, "no PIN, no UV");
-
-        browser.open(&rp.page("127.0.0.1", "steal")).await?;
-        // First the page asks for the localhost passkey with rpId "localhost": refused before
-        // any prompt, by the host's origin check (the daemon's rule).
-        let event = rp.next_event(STEP).await?;
-        let Event::Report(report) = &event else {
-            anyhow::bail!("expected the page's report, got {event:?}");
-        };
-        assert_eq!(report["stage"], "their-rp-id", "{report}");
-        assert_eq!(report["name"], "SecurityError", "{report}");
-        assert!(
-            report["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("does not match the origin")),
-            "the refusal comes from Passmesh, not from the browser: {report}"
-        );
-
-        // Then with its own rpId: the prompt lists nothing, and Cancel gives NotAllowedError.
-        let prompt = answer_prompt(&mut browser, &mut rp, Action::Cancel).await?;
-        assert_eq!(prompt.title, "Sign in to 127.0.0.1", "{prompt:?}");
-        assert!(prompt.passkeys.is_empty(), "{prompt:?}");
-        assert!(!prompt.approve_enabled, "{prompt:?}");
-        let event = rp.next_event(STEP).await?;
-        let Event::Report(report) = &event else {
-            anyhow::bail!("expected the page's report, got {event:?}");
-        };
-        assert_eq!(report["stage"], "own-rp-id", "{report}");
-        assert_eq!(report["name"], "NotAllowedError", "{report}");
-        let done = rp.next_event(STEP).await?;
-        assert_eq!(report_stage(&done), Some("done"), "{done:?}");
-        Ok(())
-    })
-    .await;
-}
-
 /// Waits for the page's verified registration; returns the credential id the RP stored.
 async fn expect_registered(rp: &mut RpServer) -> anyhow::Result<Vec<u8>> {
     match rp.next_event(STEP).await? {
@@ -418,6 +372,192 @@ async fn expect_signed_in(rp: &mut RpServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The flows every browser runs, each against a browser whose extension is loaded.
+mod flows {
+    use super::*;
+
+    /// Registers and signs in with the device PIN typed into both prompts; the daemon then
+    /// holds the page's passkey.
+    pub async fn pin_register_and_sign_in(
+        browser: &mut impl Driver,
+        rp: &mut RpServer,
+        client: &mut passmesh_ipc::Client,
+        pin: &str,
+    ) -> anyhow::Result<()> {
+        let verified = register_and_sign_in(browser, rp, Some(pin)).await?;
+        assert!(verified, "the PIN typed into the prompt must give UV");
+        let stored = ops::list(client, Some("localhost")).await?;
+        assert_eq!(stored.len(), 1, "the daemon holds the page's passkey");
+        assert_eq!(stored[0].user_name, "alice");
+        Ok(())
+    }
+
+    /// After a registration on `localhost`, a page on `127.0.0.1` can neither use that passkey
+    /// (refused by Passmesh before any prompt) nor see it in its own prompt.
+    pub async fn another_origin(
+        browser: &mut impl Driver,
+        rp: &mut RpServer,
+    ) -> anyhow::Result<()> {
+        let verified = register_and_sign_in(browser, rp, None).await?;
+        assert!(!verified, "no PIN, no UV");
+
+        browser.open(&rp.page("127.0.0.1", "steal")).await?;
+        // First the page asks for the localhost passkey with rpId "localhost": refused before
+        // any prompt, by the host's origin check (the daemon's rule).
+        let event = rp.next_event(STEP).await?;
+        let Event::Report(report) = &event else {
+            anyhow::bail!("expected the page's report, got {event:?}");
+        };
+        assert_eq!(report["stage"], "their-rp-id", "{report}");
+        assert_eq!(report["name"], "SecurityError", "{report}");
+        assert!(
+            report["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("does not match the origin")),
+            "the refusal comes from Passmesh, not from the browser: {report}"
+        );
+
+        // Then with its own rpId: the prompt lists nothing, and Cancel gives NotAllowedError.
+        let prompt = answer_prompt(browser, rp, Action::Cancel).await?;
+        assert_eq!(prompt.title, "Sign in to 127.0.0.1", "{prompt:?}");
+        assert!(prompt.passkeys.is_empty(), "{prompt:?}");
+        assert!(!prompt.approve_enabled, "{prompt:?}");
+        let event = rp.next_event(STEP).await?;
+        let Event::Report(report) = &event else {
+            anyhow::bail!("expected the page's report, got {event:?}");
+        };
+        assert_eq!(report["stage"], "own-rp-id", "{report}");
+        assert_eq!(report["name"], "NotAllowedError", "{report}");
+        let done = rp.next_event(STEP).await?;
+        assert_eq!(report_stage(&done), Some("done"), "{done:?}");
+        Ok(())
+    }
+
+    /// With a host that cannot reach any daemon: no prompt appears, and the browser's own
+    /// WebAuthn (a virtual authenticator) makes the passkey the server verifies.
+    pub async fn without_daemon(
+        browser: &mut impl Driver,
+        rp: &mut RpServer,
+    ) -> anyhow::Result<()> {
+        let authenticator = browser
+            .open_with_authenticator(&rp.page("localhost", "register-login"))
+            .await?;
+        // No prompt may appear (nobody would click it, and the flow would time out).
+        let id = expect_registered(rp).await?;
+        expect_signed_in(rp).await?;
+        let held = browser.authenticator_credentials(&authenticator).await?;
+        assert_eq!(
+            held,
+            vec![id],
+            "the browser's own authenticator made the passkey the server stored"
+        );
+        Ok(())
+    }
+
+    /// "Use another device" in both prompts hands the requests to the browser's own WebAuthn;
+    /// the daemon holds nothing.
+    pub async fn other_device(
+        browser: &mut impl Driver,
+        rp: &mut RpServer,
+        client: &mut passmesh_ipc::Client,
+    ) -> anyhow::Result<()> {
+        let authenticator = browser
+            .open_with_authenticator(&rp.page("localhost", "register-login"))
+            .await?;
+        let prompt = answer_prompt(browser, rp, Action::OtherDevice).await?;
+        assert_eq!(prompt.title, "Create a passkey for localhost", "{prompt:?}");
+        let id = expect_registered(rp).await?;
+        let prompt = answer_prompt(browser, rp, Action::OtherDevice).await?;
+        assert_eq!(prompt.title, "Sign in to localhost", "{prompt:?}");
+        assert!(
+            prompt.passkeys.is_empty(),
+            "Passmesh holds nothing yet: {prompt:?}"
+        );
+        expect_signed_in(rp).await?;
+        let held = browser.authenticator_credentials(&authenticator).await?;
+        assert_eq!(held, vec![id], "the browser's own authenticator was used");
+        assert!(
+            ops::list(client, None).await?.is_empty(),
+            "the daemon was not used"
+        );
+        Ok(())
+    }
+
+    /// With UV required: an empty PIN is held back in the prompt, a wrong PIN shows the daemon's
+    /// verdict and can be typed again, the right one registers with UV; cancelling the sign-in
+    /// gives the page NotAllowedError. The RP must require UV.
+    pub async fn wrong_pin_then_cancel(
+        browser: &mut impl Driver,
+        rp: &mut RpServer,
+        pin: &str,
+    ) -> anyhow::Result<()> {
+        browser
+            .open(&rp.page("localhost", "register-login"))
+            .await?;
+        let prompt = open_prompt(browser, rp).await?;
+        assert!(prompt.shown.pin_shown, "{:?}", prompt.shown);
+        act(browser, &prompt, Action::Approve(None)).await?;
+        let message = prompt_message(browser, &prompt).await?;
+        assert!(
+            message.contains("PIN"),
+            "an empty PIN is not sent: {message}"
+        );
+        act(browser, &prompt, Action::Approve(Some("000000"))).await?;
+        let message = prompt_message(browser, &prompt).await?;
+        assert!(
+            message.contains("wrong PIN"),
+            "the daemon's verdict is shown: {message}"
+        );
+        act(browser, &prompt, Action::Approve(Some(pin))).await?;
+        wait_closed(browser, &prompt).await?;
+        match rp.next_event(STEP).await? {
+            Event::Registered { credential, .. } => {
+                assert!(credential.user_verified, "registered with UV")
+            }
+            other => anyhow::bail!("expected a verified registration, got {other:?}"),
+        }
+        // The sign-in requires UV too: cancelling it is the person's NotAllowedError.
+        answer_prompt(browser, rp, Action::Cancel).await?;
+        let event = rp.next_event(STEP).await?;
+        let Event::Report(report) = &event else {
+            anyhow::bail!("expected the page's report, got {event:?}");
+        };
+        assert_eq!(report["stage"], "login", "{report}");
+        assert_eq!(report["name"], "NotAllowedError", "{report}");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_registers_and_signs_in_with_the_device_pin() {
+    let daemon = daemon().await;
+    let mut client = daemon.client().await.expect("connect");
+    ops::set_pin(&mut client, "482916", None)
+        .await
+        .expect("set the PIN");
+    let mut rp = RpServer::start(User::new("alice"))
+        .await
+        .expect("rp server");
+    let mut browser = browser_for(&daemon).await;
+    bounded(flows::pin_register_and_sign_in(
+        &mut browser,
+        &mut rp,
+        &mut client,
+        "482916",
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_origin_cannot_use_the_passkey() {
+    let daemon = daemon().await;
+    let mut rp = RpServer::start(User::new("alice"))
+        .await
+        .expect("rp server");
+    let mut browser = browser_for(&daemon).await;
+    bounded(flows::another_origin(&mut browser, &mut rp)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_daemon_the_browser_answers_itself() {
     let nowhere = tempfile::tempdir().expect("tempdir");
@@ -434,26 +574,7 @@ async fn without_the_daemon_the_browser_answers_itself() {
                 STEP,
             )
             .await?;
-        let (session, authenticator) = browser
-            .open_with_virtual_authenticator(&rp.page("localhost", "register-login"))
-            .await?;
-        // No prompt may appear (nobody would click it, and the flow would time out).
-        let id = expect_registered(&mut rp).await?;
-        expect_signed_in(&mut rp).await?;
-        let held = browser
-            .virtual_credentials(&session, &authenticator)
-            .await?;
-        assert_eq!(
-            held.len(),
-            1,
-            "Chromium's own authenticator made the passkey: {held:?}"
-        );
-        assert_eq!(
-            held[0]["credentialId"],
-            base64::engine::general_purpose::STANDARD.encode(&id),
-            "{held:?}"
-        );
-        Ok(())
+        flows::without_daemon(&mut browser, &mut rp).await
     })
     .await;
 }
@@ -466,32 +587,7 @@ async fn use_another_device_hands_the_request_to_the_browser() {
         .await
         .expect("rp server");
     let mut browser = browser_for(&daemon).await;
-
-    bounded(async {
-        let (session, authenticator) = browser
-            .open_with_virtual_authenticator(&rp.page("localhost", "register-login"))
-            .await?;
-        let prompt = answer_prompt(&mut browser, &mut rp, Action::OtherDevice).await?;
-        assert_eq!(prompt.title, "Create a passkey for localhost", "{prompt:?}");
-        expect_registered(&mut rp).await?;
-        let prompt = answer_prompt(&mut browser, &mut rp, Action::OtherDevice).await?;
-        assert_eq!(prompt.title, "Sign in to localhost", "{prompt:?}");
-        assert!(
-            prompt.passkeys.is_empty(),
-            "Passmesh holds nothing yet: {prompt:?}"
-        );
-        expect_signed_in(&mut rp).await?;
-        let held = browser
-            .virtual_credentials(&session, &authenticator)
-            .await?;
-        assert_eq!(held.len(), 1, "{held:?}");
-        assert!(
-            ops::list(&mut client, None).await?.is_empty(),
-            "the daemon was not used"
-        );
-        Ok(())
-    })
-    .await;
+    bounded(flows::other_device(&mut browser, &mut rp, &mut client)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,42 +601,10 @@ async fn a_wrong_pin_can_be_typed_again_when_verification_is_required() {
         .await
         .expect("rp server");
     let mut browser = browser_for(&daemon).await;
-
-    bounded(async {
-        browser
-            .open(&rp.page("localhost", "register-login"))
-            .await?;
-        let prompt = open_prompt(&mut browser, &mut rp).await?;
-        assert!(prompt.shown.pin_shown, "{:?}", prompt.shown);
-        act(&mut browser, &prompt, Action::Approve(None)).await?;
-        let message = prompt_message(&mut browser, &prompt).await?;
-        assert!(
-            message.contains("PIN"),
-            "an empty PIN is not sent: {message}"
-        );
-        act(&mut browser, &prompt, Action::Approve(Some("000000"))).await?;
-        let message = prompt_message(&mut browser, &prompt).await?;
-        assert!(
-            message.contains("wrong PIN"),
-            "the daemon's verdict is shown: {message}"
-        );
-        act(&mut browser, &prompt, Action::Approve(Some("482916"))).await?;
-        wait_closed(&mut browser, &prompt).await?;
-        match rp.next_event(STEP).await? {
-            Event::Registered { credential, .. } => {
-                assert!(credential.user_verified, "registered with UV")
-            }
-            other => anyhow::bail!("expected a verified registration, got {other:?}"),
-        }
-        // The sign-in requires UV too: cancelling it is the person's NotAllowedError.
-        answer_prompt(&mut browser, &mut rp, Action::Cancel).await?;
-        let event = rp.next_event(STEP).await?;
-        let Event::Report(report) = &event else {
-            anyhow::bail!("expected the page's report, got {event:?}");
-        };
-        assert_eq!(report["stage"], "login", "{report}");
-        assert_eq!(report["name"], "NotAllowedError", "{report}");
-        Ok(())
-    })
+    bounded(flows::wrong_pin_then_cancel(
+        &mut browser,
+        &mut rp,
+        "482916",
+    ))
     .await;
 }
