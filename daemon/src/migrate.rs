@@ -108,51 +108,21 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
     let from = Backend::of(&sealed).ok_or(keystore::Error::Damaged)?;
     let from_pcrs = keystore::tpm::bound_pcrs(&sealed).unwrap_or_default();
 
-    let needs_tpm = from == Backend::Tpm || target.backend == Backend::Tpm;
-    // One TPM connection for both sides: a TPM without a resource manager serves one client at a time.
-    let mut tpm_keystore = if needs_tpm {
-        Some(keystore::open(keystore::Choice::Tpm, tpm)?.keystore)
-    } else {
-        None
-    };
-    let mut software = Keystore::Software;
-    let mut unseal_old = |blob: &[u8]| -> Result<Zeroizing<Vec<u8>>, Error> {
-        Ok(match from {
-            Backend::Software => software.unseal(blob)?,
-            Backend::Tpm => tpm_keystore.as_mut().ok_or(Error::Verify)?.unseal(blob)?,
-        })
-    };
-    let secret = unseal_old(&sealed)?;
+    let mut keys = Resealer::open(from, target, tpm)?;
+    let secret = keys.unseal(&sealed)?;
     // The device identity is sealed by the same keystore and moves with the keyring.
     let device = match store::read_device(&db)? {
-        Some(blob) => Some(unseal_old(&blob)?),
+        Some(blob) => Some(keys.unseal(&blob)?),
         None => None,
     };
     // The secret must be a keyring this daemon can read before it is sealed anew.
     vault::decode_keyring(&secret).map_err(|_| keystore::Error::Damaged)?;
-    let target_keystore = match target.backend {
-        Backend::Software => &mut software,
-        Backend::Tpm => {
-            let ks = tpm_keystore.as_mut().ok_or(Error::Verify)?;
-            ks.set_pcrs(target.pcrs.clone());
-            ks
-        }
-    };
-    let new_sealed = target_keystore.seal(&secret)?;
-    if target_keystore.unseal(&new_sealed)?.as_slice() != secret.as_slice() {
-        return Err(Error::Verify);
-    }
+    let new_sealed = keys.seal(&secret)?;
     let new_device = match &device {
-        Some(d) => {
-            let blob = target_keystore.seal(d)?;
-            if target_keystore.unseal(&blob)?.as_slice() != d.as_slice() {
-                return Err(Error::Verify);
-            }
-            Some(blob)
-        }
+        Some(d) => Some(keys.seal(d)?),
         None => None,
     };
-    drop(tpm_keystore);
+    drop(keys);
 
     let next = dir.join(NEXT);
     {
@@ -201,6 +171,58 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
     })
 }
 
+/// The keystores one re-seal needs: the software keystore, and one TPM connection for both sides when either is
+/// the TPM (a TPM without a resource manager serves one client at a time).
+struct Resealer {
+    from: Backend,
+    target: Backend,
+    software: Keystore,
+    tpm: Option<Keystore>,
+}
+
+impl Resealer {
+    fn open(from: Backend, target: &Target, tpm: &TpmOptions) -> Result<Resealer, Error> {
+        let tpm = if from == Backend::Tpm || target.backend == Backend::Tpm {
+            let mut ks = keystore::open(keystore::Choice::Tpm, tpm)?.keystore;
+            if target.backend == Backend::Tpm {
+                // Unsealing checks the PCRs recorded in each blob; these bind only what is sealed anew.
+                ks.set_pcrs(target.pcrs.clone());
+            }
+            Some(ks)
+        } else {
+            None
+        };
+        Ok(Resealer {
+            from,
+            target: target.backend,
+            software: Keystore::Software,
+            tpm,
+        })
+    }
+
+    fn keystore(&mut self, backend: Backend) -> Result<&mut Keystore, Error> {
+        match backend {
+            Backend::Software => Ok(&mut self.software),
+            Backend::Tpm => self.tpm.as_mut().ok_or(Error::Verify),
+        }
+    }
+
+    /// Unseals a blob of the old keystore.
+    fn unseal(&mut self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        Ok(self.keystore(self.from)?.unseal(blob)?)
+    }
+
+    /// Seals `secret` for the target and checks that the new blob unseals to it.
+    fn seal(&mut self, secret: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let ks = self.keystore(self.target)?;
+        let blob = ks.seal(secret)?;
+        if ks.unseal(&blob)?.as_slice() != secret {
+            return Err(Error::Verify);
+        }
+        Ok(blob)
+    }
+}
+
 /// The lock a system-mode daemon holds on its machine identity for as long as it runs (`flock` on
 /// `machine/lock`); `keystore` commands take it too, so they never re-seal under a running daemon.
 #[derive(Debug)]
@@ -236,33 +258,10 @@ pub fn reseal_machine(
         store::read_device(machine_dir)?.ok_or_else(|| Error::NoVault(machine_dir.to_owned()))?;
     let from = Backend::of(&sealed).ok_or(keystore::Error::Damaged)?;
     let from_pcrs = keystore::tpm::bound_pcrs(&sealed).unwrap_or_default();
-    let needs_tpm = from == Backend::Tpm || target.backend == Backend::Tpm;
-    let mut tpm_keystore = if needs_tpm {
-        Some(keystore::open(keystore::Choice::Tpm, tpm)?.keystore)
-    } else {
-        None
-    };
-    let mut software = Keystore::Software;
-    let secret = match from {
-        Backend::Software => software.unseal(&sealed)?,
-        Backend::Tpm => tpm_keystore
-            .as_mut()
-            .ok_or(Error::Verify)?
-            .unseal(&sealed)?,
-    };
-    let target_keystore = match target.backend {
-        Backend::Software => &mut software,
-        Backend::Tpm => {
-            let ks = tpm_keystore.as_mut().ok_or(Error::Verify)?;
-            ks.set_pcrs(target.pcrs.clone());
-            ks
-        }
-    };
-    let new_sealed = target_keystore.seal(&secret)?;
-    if target_keystore.unseal(&new_sealed)?.as_slice() != secret.as_slice() {
-        return Err(Error::Verify);
-    }
-    drop(tpm_keystore);
+    let mut keys = Resealer::open(from, target, tpm)?;
+    let secret = keys.unseal(&sealed)?;
+    let new_sealed = keys.seal(&secret)?;
+    drop(keys);
     let path = store::device_file(machine_dir);
     let mut old = std::fs::File::options()
         .write(true)

@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use crate::chromium::{HOST_NAME, extension_dir, host_wrapper, native_host};
 use crate::server::RpServer;
 use crate::{
-    Action, Authenticator, Driver, Window, act, bounded, daemon, expect_registered, flows,
+    Action, Authenticator, Case, Driver, PIN, Window, act, bounded, expect_registered, flows,
     open_prompt, wait_closed,
 };
 
@@ -706,62 +706,36 @@ async fn firefox_for(daemon: &Daemon) -> Firefox {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_registers_and_signs_in_with_the_device_pin() {
-    let daemon = daemon().await;
-    let mut client = daemon.client().await.expect("connect");
-    ops::set_pin(&mut client, "482916", None)
-        .await
-        .expect("set the PIN");
-    let mut rp = RpServer::start(User::new("alice"))
-        .await
-        .expect("rp server");
-    let mut browser = firefox_for(&daemon).await;
+    let mut c = Case::start(true, "alice", UserVerificationPolicy::Preferred).await;
+    let mut browser = firefox_for(&c.daemon).await;
     bounded(flows::pin_register_and_sign_in(
         &mut browser,
-        &mut rp,
-        &mut client,
-        "482916",
+        &mut c.rp,
+        &mut c.client,
+        PIN,
     ))
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_another_origin_cannot_use_the_passkey() {
-    let daemon = daemon().await;
-    let mut rp = RpServer::start(User::new("alice"))
-        .await
-        .expect("rp server");
-    let mut browser = firefox_for(&daemon).await;
-    bounded(flows::another_origin(&mut browser, &mut rp)).await;
+    let mut c = Case::start(false, "alice", UserVerificationPolicy::Preferred).await;
+    let mut browser = firefox_for(&c.daemon).await;
+    bounded(flows::another_origin(&mut browser, &mut c.rp)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_wrong_pin_can_be_typed_again_and_cancel_is_not_allowed() {
-    let daemon = daemon().await;
-    let mut client = daemon.client().await.expect("connect");
-    ops::set_pin(&mut client, "482916", None)
-        .await
-        .expect("set the PIN");
-    let mut rp = RpServer::start_with(User::new("carol"), UserVerificationPolicy::Required)
-        .await
-        .expect("rp server");
-    let mut browser = firefox_for(&daemon).await;
-    bounded(flows::wrong_pin_then_cancel(
-        &mut browser,
-        &mut rp,
-        "482916",
-    ))
-    .await;
+    let mut c = Case::start(true, "carol", UserVerificationPolicy::Required).await;
+    let mut browser = firefox_for(&c.daemon).await;
+    bounded(flows::wrong_pin_then_cancel(&mut browser, &mut c.rp, PIN)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_use_another_device_hands_the_request_to_firefox() {
-    let daemon = daemon().await;
-    let mut client = daemon.client().await.expect("connect");
-    let mut rp = RpServer::start(User::new("alice"))
-        .await
-        .expect("rp server");
-    let mut browser = firefox_for(&daemon).await;
-    bounded(flows::other_device(&mut browser, &mut rp, &mut client)).await;
+    let mut c = Case::start(false, "alice", UserVerificationPolicy::Preferred).await;
+    let mut browser = firefox_for(&c.daemon).await;
+    bounded(flows::other_device(&mut browser, &mut c.rp, &mut c.client)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -779,11 +753,11 @@ async fn firefox_without_the_daemon_answers_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_keeps_the_request_while_the_person_takes_their_time() {
-    let daemon = daemon().await;
-    let mut client = daemon.client().await.expect("connect");
-    let mut rp = RpServer::start(User::new("alice"))
-        .await
-        .expect("rp server");
+    let Case {
+        daemon,
+        mut client,
+        mut rp,
+    } = Case::start(false, "alice", UserVerificationPolicy::Preferred).await;
     let mut browser = firefox_for(&daemon).await;
     bounded(async {
         browser.open(&rp.page("localhost", "register")).await?;

@@ -267,6 +267,33 @@ async fn daemon() -> Daemon {
         .unwrap_or_else(|e| panic!("passmeshd did not start: {e:#}"))
 }
 
+/// The device PIN the tests set.
+const PIN: &str = "482916";
+
+/// What a browser test starts with, whichever the browser: a daemon (with [`PIN`] set when asked), a client
+/// of it, and the relying-party server for `user`.
+struct Case {
+    daemon: Daemon,
+    client: passmesh_ipc::Client,
+    rp: RpServer,
+}
+
+impl Case {
+    async fn start(with_pin: bool, user: &str, uv: UserVerificationPolicy) -> Case {
+        let daemon = daemon().await;
+        let mut client = daemon.client().await.expect("connect");
+        if with_pin {
+            ops::set_pin(&mut client, PIN, None)
+                .await
+                .expect("set the PIN");
+        }
+        let rp = RpServer::start_with(User::new(user), uv)
+            .await
+            .expect("rp server");
+        Case { daemon, client, rp }
+    }
+}
+
 fn report_stage(event: &Event) -> Option<&str> {
     match event {
         Event::Report(v) => v["stage"].as_str(),
@@ -530,32 +557,22 @@ mod flows {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_registers_and_signs_in_with_the_device_pin() {
-    let daemon = daemon().await;
-    let mut client = daemon.client().await.expect("connect");
-    ops::set_pin(&mut client, "482916", None)
-        .await
-        .expect("set the PIN");
-    let mut rp = RpServer::start(User::new("alice"))
-        .await
-        .expect("rp server");
-    let mut browser = browser_for(&daemon).await;
+    let mut c = Case::start(true, "alice", UserVerificationPolicy::Preferred).await;
+    let mut browser = browser_for(&c.daemon).await;
     bounded(flows::pin_register_and_sign_in(
         &mut browser,
-        &mut rp,
-        &mut client,
-        "482916",
+        &mut c.rp,
+        &mut c.client,
+        PIN,
     ))
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_origin_cannot_use_the_passkey() {
-    let daemon = daemon().await;
-    let mut rp = RpServer::start(User::new("alice"))
-        .await
-        .expect("rp server");
-    let mut browser = browser_for(&daemon).await;
-    bounded(flows::another_origin(&mut browser, &mut rp)).await;
+    let mut c = Case::start(false, "alice", UserVerificationPolicy::Preferred).await;
+    let mut browser = browser_for(&c.daemon).await;
+    bounded(flows::another_origin(&mut browser, &mut c.rp)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,30 +598,14 @@ async fn without_the_daemon_the_browser_answers_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn use_another_device_hands_the_request_to_the_browser() {
-    let daemon = daemon().await;
-    let mut client = daemon.client().await.expect("connect");
-    let mut rp = RpServer::start(User::new("alice"))
-        .await
-        .expect("rp server");
-    let mut browser = browser_for(&daemon).await;
-    bounded(flows::other_device(&mut browser, &mut rp, &mut client)).await;
+    let mut c = Case::start(false, "alice", UserVerificationPolicy::Preferred).await;
+    let mut browser = browser_for(&c.daemon).await;
+    bounded(flows::other_device(&mut browser, &mut c.rp, &mut c.client)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_pin_can_be_typed_again_when_verification_is_required() {
-    let daemon = daemon().await;
-    let mut client = daemon.client().await.expect("connect");
-    ops::set_pin(&mut client, "482916", None)
-        .await
-        .expect("set the PIN");
-    let mut rp = RpServer::start_with(User::new("carol"), UserVerificationPolicy::Required)
-        .await
-        .expect("rp server");
-    let mut browser = browser_for(&daemon).await;
-    bounded(flows::wrong_pin_then_cancel(
-        &mut browser,
-        &mut rp,
-        "482916",
-    ))
-    .await;
+    let mut c = Case::start(true, "carol", UserVerificationPolicy::Required).await;
+    let mut browser = browser_for(&c.daemon).await;
+    bounded(flows::wrong_pin_then_cancel(&mut browser, &mut c.rp, PIN)).await;
 }
