@@ -141,7 +141,7 @@ struct VaultLocation {
     #[arg(long, global = true, value_name = "TCTI")]
     tpm_tcti: Option<String>,
     /// The system service's state [default dir: /var/lib/passmesh]: every user's vault and the machine
-    /// identity (run as root or the passmesh user, with passmesh.service stopped)
+    /// identity (run as its user, `sudo -u passmesh`, with passmesh.service stopped)
     #[arg(long, global = true)]
     system: bool,
 }
@@ -519,6 +519,19 @@ fn keystore_system(
     if !machine.exists() {
         return Err(Failure::Local(format!(
             "no system-mode state in {} (is this the right --state-dir?)",
+            config.state_dir.display()
+        )));
+    }
+    // Files written now must stay the service's: as root, the new stores would belong to root and the service
+    // could not open them.
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(&config.state_dir).map_err(|e| local(&e))?,
+    );
+    let me = rustix::process::geteuid().as_raw();
+    if owner != me {
+        return Err(Failure::Local(format!(
+            "{} belongs to uid {owner}, not to you (uid {me}): run this as that user, e.g. \
+             `sudo -u passmesh passmesh keystore … --system`, so that the re-sealed files stay the service's",
             config.state_dir.display()
         )));
     }

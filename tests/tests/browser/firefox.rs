@@ -718,6 +718,18 @@ async fn firefox_registers_and_signs_in_with_the_device_pin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firefox_an_unanswered_prompt_times_out_with_not_allowed() {
+    let mut c = Case::start(false, "alice", UserVerificationPolicy::Preferred).await;
+    let mut browser = firefox_for(&c.daemon).await;
+    bounded(flows::unanswered_prompt_times_out(
+        &mut browser,
+        &mut c.rp,
+        &mut c.client,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_another_origin_cannot_use_the_passkey() {
     let mut c = Case::start(false, "alice", UserVerificationPolicy::Preferred).await;
     let mut browser = firefox_for(&c.daemon).await;

@@ -510,6 +510,36 @@ mod flows {
         Ok(())
     }
 
+    /// A prompt nobody answers ends at the request's `timeout` (2 s here): it closes by itself,
+    /// the page gets NotAllowedError and the daemon holds nothing.
+    pub async fn unanswered_prompt_times_out(
+        browser: &mut impl Driver,
+        rp: &mut RpServer,
+        client: &mut passmesh_ipc::Client,
+    ) -> anyhow::Result<()> {
+        let page = format!("{}&timeout=2000", rp.page("localhost", "register"));
+        browser.open(&page).await?;
+        let prompt = open_prompt(browser, rp).await?;
+        let shown = std::time::Instant::now();
+        wait_closed(browser, &prompt).await?;
+        let event = rp.next_event(STEP).await?;
+        let Event::Report(report) = &event else {
+            anyhow::bail!("expected the page's report, got {event:?}");
+        };
+        assert_eq!(report["stage"], "register", "{report}");
+        assert_eq!(report["name"], "NotAllowedError", "{report}");
+        assert!(
+            shown.elapsed() < Duration::from_secs(15),
+            "the prompt outlived the request's timeout: {:?}",
+            shown.elapsed()
+        );
+        assert!(
+            ops::list(client, None).await?.is_empty(),
+            "nothing was created"
+        );
+        Ok(())
+    }
+
     /// With UV required: an empty PIN is held back in the prompt, a wrong PIN shows the daemon's
     /// verdict and can be typed again, the right one registers with UV; cancelling the sign-in
     /// gives the page NotAllowedError. The RP must require UV.
@@ -564,6 +594,18 @@ async fn a_page_registers_and_signs_in_with_the_device_pin() {
         &mut c.rp,
         &mut c.client,
         PIN,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_prompt_times_out_with_not_allowed() {
+    let mut c = Case::start(false, "alice", UserVerificationPolicy::Preferred).await;
+    let mut browser = browser_for(&c.daemon).await;
+    bounded(flows::unanswered_prompt_times_out(
+        &mut browser,
+        &mut c.rp,
+        &mut c.client,
     ))
     .await;
 }

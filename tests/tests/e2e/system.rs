@@ -556,6 +556,28 @@ async fn keystore_migrate_system_moves_every_vault_and_the_machine_identity_to_t
         .expect("cli")
     };
 
+    // Run by another user than the state's owner, it refuses (the new files would not be the service's).
+    let foreign = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(foreign.path().join("machine")).expect("mkdir");
+    std::os::unix::fs::chown(foreign.path(), Some(ALICE), Some(ALICE)).expect("chown");
+    let out = passmesh_tests::run_cli(
+        Path::new("/nonexistent.sock"),
+        &[
+            "keystore",
+            "migrate",
+            "--to",
+            "tpm",
+            "--system",
+            "--state-dir",
+            foreign.path().to_str().expect("utf-8"),
+        ],
+        None,
+    )
+    .await
+    .expect("cli");
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("sudo -u passmesh"), "{out:?}");
+
     // While the service runs, nothing is touched.
     let refused = migrate().await;
     assert_ne!(refused.code, Some(0), "{refused:?}");
