@@ -111,11 +111,15 @@ struct State {
     serial: u64,
     invite: Option<Invite>,
     joining: bool,
-    /// Whose pairing this is (the latest one, finished or not): the uid and its vault.
-    owner: Option<(u32, vault::Handle)>,
+    /// Whose pairing this is (the latest one, finished or not).
+    owner: Option<u32>,
 }
 
 struct Invite {
+    /// The pairing this invitation belongs to ([`State::serial`] when it was opened).
+    serial: u64,
+    /// The vault it invites to: whatever pairing comes later, this one only ever touches this vault.
+    vault: vault::Handle,
     invitation: Invitation,
     expires: Instant,
     confirm: bool,
@@ -158,11 +162,15 @@ impl State {
     }
 
     fn owned_by(&self, uid: u32) -> bool {
-        self.owner.as_ref().is_some_and(|(o, _)| *o == uid)
+        self.owner == Some(uid)
     }
 
-    fn vault(&self) -> Option<vault::Handle> {
-        self.owner.as_ref().map(|(_, v)| v.clone())
+    /// Pushes `event` only if the pairing `serial` is still the current one (a slow step of an ended
+    /// pairing must not write into the next one's progress).
+    fn push_for(&mut self, serial: u64, event: PairEvent, changed: &watch::Sender<u64>) {
+        if self.serial == serial {
+            self.push(event, changed);
+        }
     }
 }
 
@@ -367,8 +375,10 @@ impl Pairing {
             st.events.clear();
             st.finished = false;
             st.joining = false;
-            st.owner = Some((uid, vault.clone()));
+            st.owner = Some(uid);
             st.invite = Some(Invite {
+                serial: st.serial,
+                vault: vault.clone(),
                 invitation,
                 expires: Instant::now() + expires,
                 confirm,
@@ -464,7 +474,7 @@ impl Pairing {
             st.finished = false;
             st.invite = None;
             st.joining = true;
-            st.owner = Some((uid, vault.clone()));
+            st.owner = Some(uid);
             st.push(PairEvent::Waiting, &me.changed);
         }
         let inner = me.clone();
@@ -617,11 +627,12 @@ impl Inner {
     }
 
     async fn finish(&self, peer: PeerId, m3: &[u8]) -> Response {
-        let (mut session, confirm) = {
+        let (mut session, confirm, serial, vault) = {
             let mut st = self.state.lock().await;
             let Some(inv) = st.invite.as_mut() else {
                 return Response::Refused(Refusal::NotOpen);
             };
+            let (serial, vault) = (inv.serial, inv.vault.clone());
             if let Some(r) = inv.refusal() {
                 return Response::Refused(r);
             }
@@ -650,7 +661,7 @@ impl Inner {
                     if confirm.is_some() {
                         st.push(PairEvent::AwaitingConfirmation, &self.changed);
                     }
-                    (session, confirm)
+                    (session, confirm, serial, vault)
                 }
                 Err(e) => return self.failed_attempt(&mut st, &e.to_string()),
             }
@@ -659,7 +670,8 @@ impl Inner {
             let accepted = matches!(tokio::time::timeout(CONFIRM_WAIT, rx).await, Ok(Ok(true)));
             if !accepted {
                 let mut st = self.state.lock().await;
-                st.push(
+                st.push_for(
+                    serial,
                     PairEvent::Failed {
                         reason: "the code was not confirmed: nothing was sent".into(),
                     },
@@ -668,18 +680,24 @@ impl Inner {
                 return Response::Refused(Refusal::Declined);
             }
         }
-        match self.grant(&mut session).await {
+        match self.grant(&vault, &mut session).await {
             Ok(sealed) => {
                 let mut st = self.state.lock().await;
-                if let Some(inv) = st.invite.as_mut() {
-                    inv.session = Some((peer, session));
+                // The invitation may have ended (expired, replaced by another user's) while the vault was
+                // read: the session then belongs nowhere, and the joiner's ack finds nothing.
+                match st.invite.as_mut() {
+                    Some(inv) if inv.serial == serial => {
+                        inv.session = Some((peer, session));
+                        Response::Sealed(sealed)
+                    }
+                    _ => Response::Refused(Refusal::NotOpen),
                 }
-                Response::Sealed(sealed)
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot prepare the vault for the joining device");
                 let mut st = self.state.lock().await;
-                st.push(
+                st.push_for(
+                    serial,
                     PairEvent::Failed {
                         reason: format!("cannot prepare the vault for the joining device: {e}"),
                     },
@@ -690,9 +708,8 @@ impl Inner {
         }
     }
 
-    async fn grant(&self, session: &mut Session) -> Result<Vec<u8>, String> {
+    async fn grant(&self, vault: &vault::Handle, session: &mut Session) -> Result<Vec<u8>, String> {
         let joiner = session.peer().clone();
-        let vault = self.state.lock().await.vault().ok_or("the pairing ended")?;
         let info = vault.join_info().await.map_err(|e| e.to_string())?;
         let own: Vec<String> = shareable(self.transport.listen_addrs().await.unwrap_or_default())
             .iter()
@@ -778,16 +795,16 @@ impl Inner {
             .filter(|a| a.len() <= 256 && a.parse::<Multiaddr>().is_ok())
             .take(pairing::MAX_ADDRS)
             .collect();
-        let Some(vault) = st.vault() else {
-            return Response::Refused(Refusal::NotOpen);
-        };
+        // The session was stored in this very invitation (same serial), so its vault is the invited one.
+        let (serial, vault) = (inv.serial, inv.vault.clone());
         drop(st);
         let added = vault.add_device(device, addrs).await;
         let mut st = self.state.lock().await;
         match added {
             Ok(()) => {
                 tracing::info!(device = %hello.peer, name = %hello.name, "paired a new device");
-                st.push(
+                st.push_for(
+                    serial,
                     PairEvent::Done {
                         device_id: hello.peer.to_string(),
                         name: hello.name,
@@ -797,7 +814,8 @@ impl Inner {
                 Response::Done
             }
             Err(e) => {
-                st.push(
+                st.push_for(
+                    serial,
                     PairEvent::Failed {
                         reason: format!("cannot add the device: {e}"),
                     },

@@ -366,6 +366,11 @@ impl Service {
     /// Applies what can change while running (the PIN policy, `max_vaults`, new explicit peers) and says which
     /// other changes wait for a restart.
     async fn reload(&self, old: &Config, new: &Config) {
+        // No vault is being opened meanwhile (each reads the policy as it opens): none misses the change.
+        let _no_opening = match &self.vaults {
+            Vaults::Multi(users) => Some(users.creating.lock().await),
+            Vaults::Single { .. } => None,
+        };
         if new.pin != old.pin {
             self.always_verify
                 .store(new.pin.always_required, Ordering::Relaxed);

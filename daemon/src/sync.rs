@@ -94,6 +94,9 @@ struct Slots {
     by_slot: HashMap<u32, Slot>,
     /// Paired peers connected now, with the address of their connection.
     connected: HashMap<PeerId, String>,
+    /// Peers whose message for a vault they do not share was ignored (logged once each; bounded by the
+    /// paired set, as only paired peers send messages).
+    ignored_from: HashSet<PeerId>,
 }
 
 #[derive(Debug)]
@@ -206,26 +209,33 @@ impl Router {
                     (slots.with_peer(&peer), PeerEvent::Disconnected { peer })
                 }
                 Event::Message { peer, mut bytes } => {
-                    let target = (bytes.len() >= VAULT_ID_LEN)
-                        .then(|| {
-                            let slots = self.lock();
-                            slots
-                                .by_slot
-                                .values()
-                                .find(|s| {
-                                    s.vault.as_bytes()[..] == bytes[..VAULT_ID_LEN]
-                                        && s.peers.contains(&peer)
-                                })
-                                .map(|s| s.handle.clone())
-                        })
-                        .flatten();
-                    let Some(target) = target else {
-                        // Not a vault this peer shares with us (or no frame at all): a broken or hostile peer.
-                        tracing::warn!(
-                            %peer,
-                            "a sync message was refused: it is not for a vault this device shares with the peer; dropping its connection"
-                        );
+                    if bytes.len() < VAULT_ID_LEN {
+                        // Not even a frame: a broken or hostile peer.
+                        tracing::warn!(%peer, "a sync message was refused: no vault id; dropping its connection");
                         tokio::spawn(Arc::clone(&self).drop_peer(peer));
+                        continue;
+                    }
+                    let target = {
+                        let slots = self.lock();
+                        slots
+                            .by_slot
+                            .values()
+                            .find(|s| {
+                                s.vault.as_bytes()[..] == bytes[..VAULT_ID_LEN]
+                                    && s.peers.contains(&peer)
+                            })
+                            .map(|s| s.handle.clone())
+                    };
+                    let Some(target) = target else {
+                        // Not a vault this peer shares with us. It is ignored rather than answered by dropping the
+                        // connection, which also carries the vaults the peer does share (other users' in system
+                        // mode). Nothing reaches any vault; the sender's vault resyncs from our next greeting.
+                        let first = self.lock().ignored_from.insert(peer);
+                        if first {
+                            tracing::warn!(%peer, "a sync message was ignored: it is not for a vault this device shares with the peer");
+                        } else {
+                            tracing::debug!(%peer, "a sync message was ignored: not for a vault shared with the peer");
+                        }
                         continue;
                     };
                     bytes.drain(..VAULT_ID_LEN);
@@ -287,9 +297,22 @@ impl Router {
                         break;
                     }
                 }
-                // Taking the peer out of the gate closes its connections; putting it back lets it (or us)
-                // reconnect with a fresh exchange.
-                Outbound::Drop(peer) => Arc::clone(&self).drop_peer(peer).await,
+                // The peer sent this vault something that is not a sync message of it. Taking the peer out of
+                // the gate closes its connections and putting it back lets it (or us) reconnect with a fresh
+                // exchange; but when other vaults share the peer (system mode), only this vault starts over, so
+                // that one vault's quarrel does not cut the others off.
+                Outbound::Drop(peer) => {
+                    let shared = self
+                        .lock()
+                        .by_slot
+                        .iter()
+                        .any(|(s, v)| *s != slot && v.peers.contains(&peer));
+                    if shared {
+                        self.reset_later(slot, peer);
+                    } else {
+                        Arc::clone(&self).drop_peer(peer).await;
+                    }
+                }
             }
         }
         self.lock().by_slot.remove(&slot);
@@ -437,21 +460,38 @@ impl Network {
 
 impl Router {
     fn attach(router: &Arc<Router>, a: Attach) {
-        router.lock().by_slot.insert(
-            a.slot,
-            Slot {
-                vault: a.vault_id,
-                peers: a.paired,
-                handle: a.handle,
-            },
-        );
+        // Peers another vault already keeps connected: the transport will not announce them again.
+        let connected: Vec<(PeerId, String)> = {
+            let mut slots = router.lock();
+            let before = slots.union();
+            let connected = a
+                .paired
+                .iter()
+                .filter(|p| before.contains(p))
+                .filter_map(|p| slots.connected.get(p).map(|addr| (*p, addr.clone())))
+                .collect();
+            slots.by_slot.insert(
+                a.slot,
+                Slot {
+                    vault: a.vault_id,
+                    peers: a.paired,
+                    handle: a.handle.clone(),
+                },
+            );
+            connected
+        };
         let r = Arc::clone(router);
         let addrs = a.addrs;
-        let (slot, vault, rx) = (a.slot, a.vault_id, a.outbound);
+        let (slot, vault, rx, handle) = (a.slot, a.vault_id, a.outbound, a.handle);
         let task = tokio::spawn(async move {
             if r.apply_gate(None).await.is_err() {
                 return;
             }
+            for (peer, addr) in connected {
+                // This task does not read the vault's outbox yet, but the actor has room for its first messages.
+                let _ = handle.peer_event(PeerEvent::Connected { peer, addr }).await;
+            }
+            drop(handle);
             for addr in addrs {
                 if let Err(e) = r.transport.dial(addr.clone()).await {
                     tracing::debug!(%addr, error = %e, "cannot dial a known address");
