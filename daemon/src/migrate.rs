@@ -246,8 +246,10 @@ pub fn lock_machine(machine_dir: &Path) -> Result<MachineLock, Error> {
 }
 
 /// Re-seals system mode's machine identity (`machine/device.sealed`) for `target`; the caller holds the
-/// machine `lock` (of the same directory). The new seal is verified, written beside the old one and renamed over it; then the old file's blocks are
-/// overwritten with zeros through a descriptor opened before the rename.
+/// machine `lock` (of the same directory). The new seal is verified, written beside the old one and renamed over
+/// it; then the old file's blocks are overwritten with zeros through a descriptor opened before the rename. (A
+/// crash between the rename and the overwrite leaves the old blocks in a freed inode, like the copies
+/// copy-on-write file systems and SSDs keep: use full-disk encryption as well.)
 pub fn reseal_machine(
     _lock: &MachineLock,
     machine_dir: &Path,
@@ -272,7 +274,8 @@ pub fn reseal_machine(
     std::io::Write::write_all(&mut old, &vec![0u8; sealed.len()])
         .and_then(|()| old.sync_all())
         .map_err(io(
-            "the identity was re-sealed, but its old copy could not be overwritten at",
+            "the identity was re-sealed and the new seal is in place, but the old copy (now unlinked, not reachable \
+             by running this again) could not be overwritten at",
             &path,
         ))?;
     Ok(Outcome {

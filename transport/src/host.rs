@@ -1003,6 +1003,12 @@ impl State {
     }
 
     fn on_disconnected(&mut self, peer: PeerId, remaining: u32) {
+        if remaining == 0 && !self.paired.contains(&peer) && !self.relays.contains_key(&peer) {
+            // A pairing connection (or one of a peer unpaired meanwhile): nothing to redial or announce, and
+            // keeping its entry would let fresh peer ids grow the map for as long as invitations are open.
+            self.peers.remove(&peer);
+            return;
+        }
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
