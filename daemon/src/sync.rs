@@ -182,7 +182,11 @@ impl Router {
     }
 
     fn spawn_outbound(self: &Arc<Self>, slot: u32, vault: VaultId, rx: mpsc::Receiver<Outbound>) {
-        let task = tokio::spawn(Arc::clone(self).outbound(slot, vault, rx));
+        self.track(tokio::spawn(Arc::clone(self).outbound(slot, vault, rx)));
+    }
+
+    /// Keeps `task` for shutdown, forgetting the ones that ended.
+    fn track(&self, task: JoinHandle<()>) {
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
@@ -264,7 +268,7 @@ impl Router {
             };
             for t in rest {
                 // A vault that stopped is leaving; the others still get the event.
-                let _ = t.peer_event(copy_event(&event)).await;
+                let _ = t.peer_event(event.clone()).await;
             }
             let _ = last.peer_event(event).await;
         }
@@ -390,22 +394,6 @@ impl Router {
     }
 }
 
-/// A copy of a routed event (only connection events go to several vaults; messages have one target).
-fn copy_event(event: &PeerEvent) -> PeerEvent {
-    match event {
-        PeerEvent::Connected { peer, addr } => PeerEvent::Connected {
-            peer: *peer,
-            addr: addr.clone(),
-        },
-        PeerEvent::Disconnected { peer } => PeerEvent::Disconnected { peer: *peer },
-        PeerEvent::Message { peer, bytes } => PeerEvent::Message {
-            peer: *peer,
-            bytes: bytes.clone(),
-        },
-        PeerEvent::Reset { peer } => PeerEvent::Reset { peer: *peer },
-    }
-}
-
 impl Network {
     /// This device's peer id.
     pub fn peer_id(&self) -> PeerId {
@@ -499,8 +487,6 @@ impl Router {
             }
             r.outbound(slot, vault, rx).await;
         });
-        let mut tasks = router.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task);
+        router.track(task);
     }
 }

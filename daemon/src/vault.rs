@@ -142,7 +142,7 @@ pub enum Outbound {
 }
 
 /// What the network task tells the vault actor about a peer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum PeerEvent {
     /// A paired peer connected: the exchange starts from the persisted sync state.
     Connected {

@@ -531,7 +531,8 @@ async fn keystore_migrate_system_moves_every_vault_and_the_machine_identity_to_t
     let before = status(&d, ALICE).await;
     assert_eq!(before["keystore"], "software", "{before}");
     let state = d.state_dir().to_owned();
-    let migrate = async || {
+    // `passmesh --json keystore migrate --to tpm --system` on the state in `dir`.
+    let migrate_in = async |dir: &Path| {
         passmesh_tests::run_cli(
             Path::new("/nonexistent.sock"),
             &[
@@ -542,7 +543,7 @@ async fn keystore_migrate_system_moves_every_vault_and_the_machine_identity_to_t
                 "tpm",
                 "--system",
                 "--state-dir",
-                state.to_str().expect("utf-8"),
+                dir.to_str().expect("utf-8"),
                 "--tpm-tcti",
                 &tcti,
             ],
@@ -551,26 +552,13 @@ async fn keystore_migrate_system_moves_every_vault_and_the_machine_identity_to_t
         .await
         .expect("cli")
     };
+    let migrate = async || migrate_in(&state).await;
 
     // Run by another user than the state's owner, it refuses (the new files would not be the service's).
     let foreign = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(foreign.path().join("machine")).expect("mkdir");
     std::os::unix::fs::chown(foreign.path(), Some(ALICE), Some(ALICE)).expect("chown");
-    let out = passmesh_tests::run_cli(
-        Path::new("/nonexistent.sock"),
-        &[
-            "keystore",
-            "migrate",
-            "--to",
-            "tpm",
-            "--system",
-            "--state-dir",
-            foreign.path().to_str().expect("utf-8"),
-        ],
-        None,
-    )
-    .await
-    .expect("cli");
+    let out = migrate_in(foreign.path()).await;
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("sudo -u passmesh"), "{out:?}");
 
