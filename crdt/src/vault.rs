@@ -329,6 +329,14 @@ impl Vault {
         let result = doc::contained("sync message", || {
             self.doc.receive_sync_message(&mut state.0, msg)
         })?;
+        // A peer that asks for a change by hash does not have it, whatever this session already sent (its write
+        // failed and it went back to its stored document, say). Automerge never sends a change twice in one
+        // session, so without this the two would trade heads forever and the change would never arrive.
+        if let Some(need) = &state.0.their_need {
+            for hash in need {
+                state.0.sent_hashes.remove(hash);
+            }
+        }
         // Automerge sends its whole document when the peer lacks more than a third of it.
         self.after_apply(&before, result, whole_document)
     }
@@ -624,6 +632,44 @@ mod tests {
             private_key: Zeroizing::new(vec![n.wrapping_add(0x80); 32]),
             created_at_ms: 1_000 + u64::from(n),
         }
+    }
+
+    /// Runs the exchange between `a` and `b` (with their states) until neither has anything to say.
+    fn exchange(a: &mut Vault, sa: &mut SyncState, b: &mut Vault, sb: &mut SyncState) {
+        for _ in 0..50 {
+            let m1 = a.generate_sync_message(sa);
+            if let Some(m) = &m1 {
+                b.receive_sync_message(sb, m).unwrap();
+            }
+            let m2 = b.generate_sync_message(sb);
+            if let Some(m) = &m2 {
+                a.receive_sync_message(sa, m).unwrap();
+            }
+            if m1.is_none() && m2.is_none() {
+                return;
+            }
+        }
+        panic!("sync did not settle");
+    }
+
+    #[test]
+    fn a_peer_that_lost_a_received_change_gets_it_again_in_the_same_session() {
+        let mut a = Vault::create(VaultId::from_bytes([1; 16]), keyring()).unwrap();
+        let mut b = Vault::load(&a.save(), keyring()).unwrap();
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        exchange(&mut a, &mut sa, &mut b, &mut sb);
+        let stored = b.save();
+        let id = a.insert(new_passkey(1, "example.com"), 5).unwrap();
+        let m = a.generate_sync_message(&mut sa).unwrap();
+        b.receive_sync_message(&mut sb, &m).unwrap();
+        assert!(b.passkey(&id).is_some());
+        // B could not store what it applied: it goes back to its stored document and to the sync state it
+        // recorded meanwhile (which already counts the change as shared); A's side of the session goes on.
+        b = Vault::load(&stored, keyring()).unwrap();
+        sb = SyncState::decode(&sb.encode()).unwrap();
+        exchange(&mut b, &mut sb, &mut a, &mut sa);
+        assert!(b.passkey(&id).is_some(), "the lost change was sent again");
+        assert_eq!(a.heads(), b.heads());
     }
 
     fn sync_pair(a: &mut Vault, b: &mut Vault) {
