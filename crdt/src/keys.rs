@@ -104,6 +104,54 @@ impl Keyring {
     }
 }
 
+/// Version byte of [`Keyring::encode`]'s format.
+const KEYRING_FORMAT: u8 = 1;
+/// Bytes of one (epoch, key) entry in the encoding.
+const KEYRING_ENTRY: usize = 4 + 32;
+
+impl Keyring {
+    /// The keyring as bytes, to be sealed (secret: the caller keeps them zeroized). Layout: version 1, the
+    /// current epoch (u32 big-endian), then each epoch with its 32-byte key, ascending.
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(5 + KEYRING_ENTRY * self.keys.len()));
+        out.push(KEYRING_FORMAT);
+        out.extend_from_slice(&self.current.0.to_be_bytes());
+        for (epoch, key) in &self.keys {
+            out.extend_from_slice(&epoch.0.to_be_bytes());
+            out.extend_from_slice(key.as_bytes());
+        }
+        out
+    }
+
+    /// Parses [`Keyring::encode`]'s bytes; `Error::Malformed` for anything else (no key material in the
+    /// message).
+    pub fn decode(bytes: &[u8]) -> Result<Keyring, Error> {
+        let bad = || Error::Malformed("not an encoded keyring".into());
+        let (&[KEYRING_FORMAT], rest) = bytes.split_at_checked(1).ok_or_else(bad)? else {
+            return Err(bad());
+        };
+        let (current, entries) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+        if entries.is_empty() || entries.len() % KEYRING_ENTRY != 0 {
+            return Err(bad());
+        }
+        let mut keys = BTreeMap::new();
+        for entry in entries.chunks_exact(KEYRING_ENTRY) {
+            let (epoch, key) = entry.split_first_chunk::<4>().ok_or_else(bad)?;
+            let mut raw = Zeroizing::new([0u8; 32]);
+            raw.copy_from_slice(key);
+            keys.insert(
+                Epoch(u32::from_be_bytes(*epoch)),
+                VaultKey::from_bytes(*raw),
+            );
+        }
+        let current = Epoch(u32::from_be_bytes(*current));
+        if !keys.contains_key(&current) {
+            return Err(bad());
+        }
+        Ok(Keyring { keys, current })
+    }
+}
+
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
@@ -128,6 +176,30 @@ mod tests {
         assert_eq!(k.key(Epoch(0)).unwrap().as_bytes(), &[1; 32]);
         assert!(k.key(Epoch(7)).is_none());
         assert_eq!(k.epochs().collect::<Vec<_>>(), vec![Epoch(0), Epoch(1)]);
+    }
+
+    #[test]
+    fn keyring_encoding_round_trips_and_rejects_garbage() {
+        let mut k = Keyring::new(Epoch(0), VaultKey::from_bytes([7; 32]));
+        k.insert(Epoch(1), VaultKey::from_bytes([9; 32]));
+        k.set_current(Epoch(1)).unwrap();
+        let b = k.encode();
+        let d = Keyring::decode(&b).unwrap();
+        assert_eq!(d.current(), Epoch(1));
+        assert_eq!(d.key(Epoch(0)).unwrap().as_bytes(), &[7; 32]);
+        assert_eq!(d.key(Epoch(1)).unwrap().as_bytes(), &[9; 32]);
+        let mut unknown_current = b.to_vec();
+        unknown_current[1..5].copy_from_slice(&5u32.to_be_bytes());
+        for bad in [
+            &b[..0],
+            &b[..3],
+            &b[..5],
+            &b[..b.len() - 1],
+            &[2u8, 0, 0, 0, 0][..],
+            &unknown_current[..],
+        ] {
+            assert!(Keyring::decode(bad).is_err());
+        }
     }
 
     #[test]

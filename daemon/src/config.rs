@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::keystore::{Choice, TpmOptions};
+use crate::custody::{Choice, TpmOptions};
 use crate::pin::Policy;
 
 /// Configuration problems; all are reported before the daemon touches any state.
@@ -306,7 +306,7 @@ impl Config {
         for p in file.tpm.pcrs.unwrap_or_default() {
             let p = u8::try_from(p)
                 .ok()
-                .filter(|p| *p <= crate::keystore::tpm::MAX_PCR)
+                .filter(|p| *p <= crate::custody::keystore::tpm::MAX_PCR)
                 .ok_or_else(|| Error::Invalid(format!("tpm.pcrs: no PCR {p} (0..=23)")))?;
             pcrs.push(p);
         }
@@ -317,7 +317,7 @@ impl Config {
                 .tpm_tcti
                 .clone()
                 .or(file.tpm.tcti)
-                .unwrap_or_else(|| crate::keystore::DEFAULT_TCTI.to_owned()),
+                .unwrap_or_else(|| crate::custody::keystore::DEFAULT_TCTI.to_owned()),
             pcrs,
         };
         let n = file.network;

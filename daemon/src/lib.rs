@@ -22,8 +22,9 @@
 pub mod authenticator;
 mod cbor;
 pub mod config;
-pub mod keystore;
-pub mod migrate;
+pub mod custody;
+pub mod ids;
+pub mod layout;
 pub mod notify;
 pub mod origin;
 pub mod pair;
@@ -33,6 +34,9 @@ pub mod service;
 pub mod store;
 pub mod sync;
 pub mod vault;
+
+// Old paths, kept while the binaries move to the new ones.
+pub use custody::{keystore, migrate};
 
 /// Milliseconds since the Unix epoch, from the system clock (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {

@@ -13,7 +13,7 @@ use passmesh_crdt::{Device, DeviceId, VaultId};
 use passmesh_transport::Identity;
 use zeroize::Zeroizing;
 
-use crate::keystore::{Choice, TpmOptions};
+use crate::custody::{Choice, Custody, TpmOptions};
 use crate::pin::Policy;
 use crate::vault::{self, Error};
 
@@ -40,7 +40,7 @@ impl std::fmt::Debug for Invitation {
 }
 
 fn dir(state_dir: &Path) -> PathBuf {
-    vault::user_dir(state_dir, rustix::process::geteuid().as_raw())
+    crate::layout::user_dir(state_dir, rustix::process::geteuid().as_raw())
 }
 
 /// Opens the (stopped) daemon's vault in `state_dir`, runs `f` on it and closes it again after a final flush.
@@ -51,8 +51,9 @@ async fn with_vault<T>(
     seed: Option<(VaultId, &[u8])>,
     f: impl AsyncFnOnce(&vault::Handle, &Identity) -> Result<T, Error>,
 ) -> Result<T, Error> {
+    let custody = Custody::new(choice, tpm.clone());
     let (running, _) =
-        vault::open_seeded(&dir(state_dir), choice, tpm, Policy::default(), seed, None)?;
+        vault::open_seeded(&dir(state_dir), &custody, Policy::default(), seed, None)?;
     let result = f(&running.handle, &running.identity).await;
     drop(running.handle);
     drop(running.outbound);
@@ -98,9 +99,7 @@ pub async fn join(
     with_vault(state_dir, choice, tpm, seed, async |v, identity| {
         let info = v.join_info().await?;
         if info.vault_id != invitation.vault_id {
-            return Err(Error::Persist(
-                "this state directory already holds another vault".into(),
-            ));
+            return Err(Error::OtherVault);
         }
         v.add_device(invitation.inviter.clone(), invitation.addrs.clone())
             .await?;

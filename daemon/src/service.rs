@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authenticator::{self, UserVerification};
 use crate::config::{Config, Mode};
-use crate::keystore;
+use crate::custody::{self, Custody, keystore};
 use crate::origin;
 use crate::pin::{self, PinHash};
 use crate::vault::{self, PinCheck};
@@ -36,6 +36,30 @@ pub enum Error {
         /// Why.
         source: vault::Error,
     },
+    /// A directory of the state cannot be read or created.
+    #[error("cannot use {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another daemon or a `passmesh keystore … --system` command holds the machine lock.
+    #[error(
+        "{0} (another passmeshd --system, or a `passmesh keystore` command, uses this state directory)"
+    )]
+    MachineInUse(custody::migrate::Error),
+    /// The machine identity cannot be unsealed or created.
+    #[error("cannot open the machine identity in {path}: {source}")]
+    Machine {
+        /// The machine directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: custody::Error,
+    },
+    /// A start-up step on the blocking pool was cancelled (the runtime is shutting down).
+    #[error("{0} was interrupted")]
+    Interrupted(&'static str),
     /// The network (transport host) cannot start.
     #[error("cannot start networking: {0}")]
     Network(#[from] passmesh_transport::Error),
@@ -81,8 +105,7 @@ pub struct Users {
     /// Where a freshly opened vault goes to be carried by the network.
     network: std::sync::Mutex<NetworkSlot>,
     state_dir: std::path::PathBuf,
-    keystore: keystore::Choice,
-    tpm: keystore::TpmOptions,
+    custody: Custody,
     /// For vaults opened from now on (a reload changes it).
     policy: std::sync::Mutex<pin::Policy>,
     max: AtomicUsize,
@@ -115,8 +138,7 @@ impl Users {
                 NetworkSlot::Off
             }),
             state_dir: config.state_dir.clone(),
-            keystore: config.keystore,
-            tpm: config.tpm.clone(),
+            custody: Custody::new(config.keystore, config.tpm.clone()),
             policy: std::sync::Mutex::new(config.pin),
             max: AtomicUsize::new(config.max_vaults),
             open: std::sync::RwLock::new(HashMap::new()),
@@ -142,11 +164,10 @@ impl Users {
 
     /// Opens (creating on first use) the vault of `uid` and keeps it. Blocking: the keystore and the store.
     fn open_blocking(&self, uid: u32) -> Result<Arc<UserVault>, vault::Error> {
-        let dir = vault::user_dir(&self.state_dir, uid);
+        let dir = crate::layout::user_dir(&self.state_dir, uid);
         let (running, report) = vault::open_seeded(
             &dir,
-            self.keystore,
-            &self.tpm,
+            &self.custody,
             *self
                 .policy
                 .lock()
@@ -197,9 +218,9 @@ impl Users {
             Ok(e) => e,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(source) => {
-                return Err(Error::Vault {
+                return Err(Error::StateDir {
                     path: users,
-                    source: vault::Error::Persist(source.to_string()),
+                    source,
                 });
             }
         };
@@ -952,37 +973,22 @@ async fn run_system(
     ready: impl FnOnce(&Config),
 ) -> Result<(), Error> {
     // Held while the daemon runs: `passmesh keystore … --system` takes it too and so never re-seals under us.
-    let _machine_lock = vault::machine_dir(&config.state_dir)
-        .map_err(|source| Error::Vault {
-            path: config.state_dir.clone(),
-            source,
-        })
-        .and_then(|dir| {
-            crate::migrate::lock_machine(&dir).map_err(|e| Error::Vault {
-                path: dir.clone(),
-                source: vault::Error::Persist(format!(
-                    "{e} (another passmeshd --system, or a `passmesh keystore` command, uses this state directory)"
-                )),
-            })
-        })?;
+    let machine = crate::layout::machine_dir(&config.state_dir);
+    crate::layout::private_dir(&machine).map_err(|source| Error::StateDir {
+        path: machine.clone(),
+        source,
+    })?;
+    let _machine_lock = custody::migrate::lock_machine(&machine).map_err(Error::MachineInUse)?;
     let identity = {
-        let (dir, choice, tpm) = (
-            config.state_dir.clone(),
-            config.keystore,
-            config.tpm.clone(),
-        );
-        tokio::task::spawn_blocking(move || vault::machine_identity(&dir, choice, &tpm))
+        let custody = Custody::new(config.keystore, config.tpm.clone());
+        let dir = machine.clone();
+        tokio::task::spawn_blocking(move || custody.machine_identity(&dir))
             .await
-            .map_err(|_| Error::Vault {
-                path: config.state_dir.clone(),
-                source: vault::Error::Persist(
-                    "opening the machine identity was interrupted".into(),
-                ),
-            })?
+            .map_err(|_| Error::Interrupted("opening the machine identity"))?
             .map_err(|source| match source {
-                vault::Error::Keystore(k) => Error::Keystore(k),
-                source => Error::Vault {
-                    path: config.state_dir.join("machine"),
+                custody::Error::Keystore(k) => Error::Keystore(k),
+                source => Error::Machine {
+                    path: machine.clone(),
                     source,
                 },
             })?
@@ -992,10 +998,7 @@ async fn run_system(
         let users = Arc::clone(&users);
         tokio::task::spawn_blocking(move || users.open_existing())
             .await
-            .map_err(|_| Error::Vault {
-                path: config.state_dir.clone(),
-                source: vault::Error::Persist("opening the user vaults was interrupted".into()),
-            })??;
+            .map_err(|_| Error::Interrupted("opening the user vaults"))??;
     }
     tracing::info!(
         vaults = users.count(),
@@ -1079,17 +1082,17 @@ async fn run_user(
     ready: impl FnOnce(&Config),
 ) -> Result<(), Error> {
     let uid = rustix::process::geteuid().as_raw();
-    let dir = vault::user_dir(&config.state_dir, uid);
-    let (running, report) = vault::open(&dir, config.keystore, &config.tpm, config.pin).map_err(
-        |source| match source {
+    let dir = crate::layout::user_dir(&config.state_dir, uid);
+    let custody = Custody::new(config.keystore, config.tpm.clone());
+    let (running, report) =
+        vault::open(&dir, &custody, config.pin).map_err(|source| match source {
             // Keystore refusals are about the machine, not the vault's files: say them plainly.
             vault::Error::Keystore(k) => Error::Keystore(k),
             source => Error::Vault {
                 path: dir.clone(),
                 source,
             },
-        },
-    )?;
+        })?;
     if let Some(w) = &report.warning {
         tracing::warn!("{w}");
     }

@@ -12,6 +12,8 @@
 
 use std::path::Path;
 
+use passmesh_transport::PeerId;
+
 /// Storage failures.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,46 @@ fn meta_key(name: &str) -> Vec<u8> {
     let mut k = b"m:".to_vec();
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+/// A metadata entry, by what it holds. [`Meta::name`] is its name on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meta<'a> {
+    /// The PIN state (JSON).
+    Pin,
+    /// The automerge sync state with a peer (`sync/<peer>`).
+    SyncState(&'a PeerId),
+    /// When a sync message from a peer was last applied, ms since the Unix epoch, u64 big-endian
+    /// (`synced/<peer>`).
+    LastSync(&'a PeerId),
+    /// The addresses learnt for a device when it was added, a JSON list (`addrs/<peer>`).
+    Addrs(&'a PeerId),
+    /// The sealed keyring, in stores of the layout before [`KEYRING_FILE`].
+    LegacyKeyring,
+}
+
+const ADDRS_PREFIX: &str = "addrs/";
+
+impl Meta<'_> {
+    /// The entry's name in the store.
+    pub fn name(&self) -> String {
+        match self {
+            Meta::Pin => "pin".to_owned(),
+            Meta::SyncState(peer) => format!("sync/{peer}"),
+            Meta::LastSync(peer) => format!("synced/{peer}"),
+            Meta::Addrs(peer) => format!("{ADDRS_PREFIX}{peer}"),
+            Meta::LegacyKeyring => "keyring".to_owned(),
+        }
+    }
+}
+
+/// Whether a write is on disk when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed before returning: for what acknowledges something to someone.
+    Flushed,
+    /// On disk with the next flush: for state that is rebuilt if a crash loses it.
+    Lazy,
 }
 
 /// The sealed keyring's file name inside the store's directory.
@@ -184,7 +226,24 @@ impl Store {
     }
 
     /// Replaces the whole document with `full` (a compacted save), plus optional metadata, atomically, then flushes.
-    pub fn replace(&mut self, full: &[u8], meta: &[(&str, &[u8])]) -> Result<(), Error> {
+    pub fn replace(&mut self, full: &[u8], meta: &[(Meta<'_>, &[u8])]) -> Result<(), Error> {
+        self.replace_named(full, meta.iter().map(|(m, v)| (m.name(), *v)))
+    }
+
+    /// Like [`Store::replace`], with metadata named as on disk (a re-seal copies every entry as it is).
+    pub fn replace_copying(
+        &mut self,
+        full: &[u8],
+        meta: &[(String, Vec<u8>)],
+    ) -> Result<(), Error> {
+        self.replace_named(full, meta.iter().map(|(n, v)| (n.clone(), v.as_slice())))
+    }
+
+    fn replace_named<'v>(
+        &mut self,
+        full: &[u8],
+        meta: impl Iterator<Item = (String, &'v [u8])>,
+    ) -> Result<(), Error> {
         let mut batch = sled::Batch::default();
         for item in self.db.scan_prefix([DOC]) {
             let (k, _) = item?;
@@ -192,7 +251,7 @@ impl Store {
         }
         batch.insert(&doc_key(0), full);
         for (name, value) in meta {
-            batch.insert(meta_key(name), *value);
+            batch.insert(meta_key(&name), value);
         }
         self.db.apply_batch(batch)?;
         self.db.flush()?;
@@ -201,12 +260,41 @@ impl Store {
         Ok(())
     }
 
-    /// Reads a metadata value.
-    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+    /// Reads a metadata entry.
+    pub fn get(&self, entry: Meta<'_>) -> Result<Option<Vec<u8>>, Error> {
+        self.raw_meta(&entry.name())
+    }
+
+    /// Writes a metadata entry, flushed or not as `durability` says.
+    pub fn put(&self, entry: Meta<'_>, value: &[u8], durability: Durability) -> Result<(), Error> {
+        self.db.insert(meta_key(&entry.name()), value)?;
+        if durability == Durability::Flushed {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Every [`Meta::Addrs`] entry whose name is a peer id, with its value.
+    pub fn addrs(&self) -> Result<Vec<(PeerId, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(meta_key(ADDRS_PREFIX)) {
+            let (k, v) = item?;
+            let peer = std::str::from_utf8(&k[2 + ADDRS_PREFIX.len()..])
+                .ok()
+                .and_then(|p| p.parse::<PeerId>().ok());
+            if let Some(peer) = peer {
+                out.push((peer, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a metadata value by its name on disk.
+    fn raw_meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
     }
 
-    /// Every metadata entry, by name.
+    /// Every metadata entry, by name on disk (a re-seal copies them as they are).
     pub fn meta_entries(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix(b"m:") {
@@ -216,20 +304,6 @@ impl Store {
             out.push((name.to_owned(), v.to_vec()));
         }
         Ok(out)
-    }
-
-    /// Writes a metadata value and flushes it.
-    pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), Error> {
-        self.db.insert(meta_key(name), value)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// Writes a metadata value without flushing: for state that may be lost in a crash (it is rebuilt), made
-    /// durable by the next flush.
-    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), Error> {
-        self.db.insert(meta_key(name), value)?;
-        Ok(())
     }
 
     /// Flushes everything written so far.
@@ -268,7 +342,7 @@ mod tests {
         {
             let mut s = Store::open(dir.path()).unwrap();
             assert_eq!(s.document().unwrap(), None);
-            s.replace(b"snap-", &[("k", b"v")]).unwrap();
+            s.replace(b"snap-", &[(Meta::Pin, b"v")]).unwrap();
             for i in 0..300u32 {
                 s.append(format!("{i},").as_bytes()).unwrap();
             }
@@ -280,10 +354,10 @@ mod tests {
             .collect();
         assert_eq!(doc, want);
         assert_eq!(s.chunk_count(), 301);
-        assert_eq!(s.meta("k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(s.get(Meta::Pin).unwrap().as_deref(), Some(&b"v"[..]));
         assert_eq!(
             s.meta_entries().unwrap(),
-            vec![("k".to_owned(), b"v".to_vec())]
+            vec![("pin".to_owned(), b"v".to_vec())]
         );
         s.append(b"more").unwrap();
         s.replace(b"compacted", &[]).unwrap();

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::keystore::{self, Backend, Keystore, TpmOptions};
-use crate::store::{self, Store};
-use crate::vault::{self, DB};
+use super::keystore::{self, Backend, Keystore, TpmOptions};
+use crate::layout::DB;
+use crate::store::{self, Meta, Store};
 
 /// Where the new database is written before the swap.
 const NEXT: &str = "db.next";
@@ -94,7 +94,7 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
     let sealed = match store::read_keyring(&db)? {
         Some(s) => s,
         None => old
-            .meta("keyring")?
+            .get(Meta::LegacyKeyring)?
             .ok_or_else(|| Error::NoVault(dir.to_owned()))?,
     };
     let document = old
@@ -103,7 +103,7 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
     let meta: Vec<(String, Vec<u8>)> = old
         .meta_entries()?
         .into_iter()
-        .filter(|(name, _)| name != "keyring")
+        .filter(|(name, _)| *name != Meta::LegacyKeyring.name())
         .collect();
     let from = Backend::of(&sealed).ok_or(keystore::Error::Damaged)?;
     let from_pcrs = keystore::tpm::bound_pcrs(&sealed).unwrap_or_default();
@@ -116,7 +116,7 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
         None => None,
     };
     // The secret must be a keyring this daemon can read before it is sealed anew.
-    vault::decode_keyring(&secret).map_err(|_| keystore::Error::Damaged)?;
+    passmesh_crdt::Keyring::decode(&secret).map_err(|_| keystore::Error::Damaged)?;
     let new_sealed = keys.seal(&secret)?;
     let new_device = match &device {
         Some(d) => Some(keys.seal(d)?),
@@ -127,11 +127,7 @@ pub fn reseal(dir: &Path, tpm: &TpmOptions, target: &Target) -> Result<Outcome, 
     let next = dir.join(NEXT);
     {
         let mut fresh = Store::open(&next)?;
-        let entries: Vec<(&str, &[u8])> = meta
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
-        fresh.replace(&document, &entries)?;
+        fresh.replace_copying(&document, &meta)?;
         fresh.flush()?;
         store::write_keyring(&next, &new_sealed)?;
         if let Some(blob) = &new_device {
@@ -385,7 +381,14 @@ fn scrub_and_remove(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::custody::Custody;
     use crate::pin::Policy;
+    use crate::store::Durability;
+    use crate::vault;
+
+    fn software(tpm: &TpmOptions) -> Custody {
+        Custody::new(keystore::Choice::Software, tpm.clone())
+    }
 
     fn files_contain(dir: &Path, needle: &[u8]) -> bool {
         walk(dir).unwrap().iter().any(|p| {
@@ -420,8 +423,7 @@ mod tests {
             tcti: "device:/nonexistent".into(),
             pcrs: vec![],
         };
-        let (running, report) =
-            vault::open(&dir, keystore::Choice::Software, &tpm, Policy::default()).unwrap();
+        let (running, report) = vault::open(&dir, &software(&tpm), Policy::default()).unwrap();
         assert_eq!(report.backend, Backend::Software);
         let device = running.identity.peer_id();
         drop(running.handle);
@@ -440,8 +442,7 @@ mod tests {
         wait_unlocked(&dir);
         assert_eq!(software_key(&dir), key);
         wait_unlocked(&dir);
-        let (running, _) =
-            vault::open(&dir, keystore::Choice::Software, &tpm, Policy::default()).unwrap();
+        let (running, _) = vault::open(&dir, &software(&tpm), Policy::default()).unwrap();
         // The device identity was re-sealed along with the keyring.
         assert_eq!(running.identity.peer_id(), device);
         drop(running.handle);
@@ -453,7 +454,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("v");
         let tpm = TpmOptions::default();
-        let open = || vault::open(&dir, keystore::Choice::Software, &tpm, Policy::default());
+        let open = || vault::open(&dir, &software(&tpm), Policy::default());
         let (running, _) = open().unwrap();
         drop(running.handle);
         running.thread.join().unwrap();
@@ -464,9 +465,10 @@ mod tests {
         let blob = store::read_keyring(&db).unwrap().unwrap();
         {
             let s = Store::open(&db).unwrap();
-            s.set_meta("keyring", &blob).unwrap();
-            s.set_meta("keyring", b"overwritten").unwrap();
-            s.set_meta("keyring", &blob).unwrap();
+            for value in [&blob[..], b"overwritten", &blob[..]] {
+                s.put(Meta::LegacyKeyring, value, Durability::Flushed)
+                    .unwrap();
+            }
         }
         std::fs::remove_file(db.join(store::KEYRING_FILE)).unwrap();
         wait_unlocked(&dir);
@@ -507,7 +509,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("v");
         let tpm = TpmOptions::default();
-        let open = || vault::open(&dir, keystore::Choice::Software, &tpm, Policy::default());
+        let open = || vault::open(&dir, &software(&tpm), Policy::default());
         let (running, _) = open().unwrap();
         drop(running.handle);
         running.thread.join().unwrap();
@@ -535,8 +537,7 @@ mod tests {
             Err(Error::NoVault(_))
         ));
         let dir = tmp.path().join("v");
-        let (running, _) =
-            vault::open(&dir, keystore::Choice::Software, &tpm, Policy::default()).unwrap();
+        let (running, _) = vault::open(&dir, &software(&tpm), Policy::default()).unwrap();
         let err = reseal(&dir, &tpm, &target).unwrap_err();
         assert!(err.to_string().contains("stop passmeshd"), "{err}");
         drop(running);

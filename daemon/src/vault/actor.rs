@@ -1,0 +1,353 @@
+//! The vault actor's loop: it takes up to [`BATCH`] queued commands, applies them, persists what changed
+//! with one incremental chunk and one flush (group commit), answers, and only then lets replication send.
+//! After a failed write the document goes back to what the store holds and the next write is a full snapshot.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use p256::ecdsa::SigningKey;
+use passmesh_crdt::{SyncState, Vault};
+use passmesh_transport::PeerId;
+use tokio::sync::mpsc;
+
+use super::replication::{Action, PeerStore, Replication};
+use super::{Command, Error, Outbound, PeerEvent, Reply, Status};
+use crate::custody::Custody;
+use crate::pin::{PinState, Policy};
+use crate::store::{Durability, Meta, Store};
+
+/// Commands applied per group commit at most.
+const BATCH: usize = 64;
+/// Incremental chunks kept before the document is compacted into one snapshot.
+const COMPACT_AFTER: u64 = 512;
+
+pub(super) struct Actor {
+    pub(super) vault: Vault,
+    /// Parsed signing keys by credential id: building a `SigningKey` derives its public key, a scalar
+    /// multiplication as costly as the signature itself, so it is done once per credential, not per `get`.
+    pub(super) keys: HashMap<Vec<u8>, Arc<SigningKey>>,
+    pub(super) store: Store,
+    pub(super) pin: PinState,
+    pub(super) policy: Policy,
+    /// Changes applied in memory but not yet stored.
+    pub(super) dirty: bool,
+    /// A write failed: the next one must store a full snapshot.
+    pub(super) full_save_needed: bool,
+    /// This device.
+    pub(super) me: PeerId,
+    /// To the network task.
+    pub(super) out: mpsc::Sender<Outbound>,
+    pub(super) replication: Replication,
+    /// This device's x25519 public key (derived from its identity), for its device-table entry.
+    pub(super) x25519: [u8; 32],
+    /// The store's directory (the sealed keyring lives beside the database).
+    pub(super) db: PathBuf,
+    /// How to reopen the keystore, for the one write that needs it after start-up (adopting a vault).
+    pub(super) custody: Custody,
+}
+
+/// The store as replication's [`PeerStore`]: sync states and last-sync times as metadata.
+pub(super) struct Peers<'a>(pub(super) &'a Store);
+
+impl PeerStore for Peers<'_> {
+    fn sync_state(&self, peer: &PeerId) -> SyncState {
+        match self.0.get(Meta::SyncState(peer)) {
+            Ok(Some(b)) => SyncState::decode(&b).unwrap_or_default(),
+            _ => SyncState::new(),
+        }
+    }
+
+    fn last_sync(&self, peer: &PeerId) -> Option<u64> {
+        self.0
+            .get(Meta::LastSync(peer))
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+    }
+
+    fn save(&mut self, peer: &PeerId, state: &SyncState, now_ms: u64) {
+        // Lost in a crash, the exchange starts over from the previous state: no flush of its own.
+        if let Err(e) = self
+            .0
+            .put(Meta::SyncState(peer), &state.encode(), Durability::Lazy)
+            .and_then(|()| {
+                self.0.put(
+                    Meta::LastSync(peer),
+                    &now_ms.to_be_bytes(),
+                    Durability::Lazy,
+                )
+            })
+        {
+            tracing::warn!(error = %e, "cannot store a sync state");
+        }
+    }
+}
+
+/// Replies held back until the batch's writes are on disk: a reader must never see what a crash could still
+/// lose, and a writer is answered with the persist failure instead of its success.
+#[derive(Default)]
+pub(super) struct Deferred(Vec<Answer>);
+
+/// One held-back reply, given the batch's persist failure if there was one.
+type Answer = Box<dyn FnOnce(Option<&Arc<Error>>) + Send>;
+
+impl Deferred {
+    /// Answers `value` once the batch is on disk.
+    pub(super) fn read<T: Send + 'static>(&mut self, reply: Reply<T>, value: T) {
+        self.0.push(Box::new(move |_| {
+            let _ = reply.send(value);
+        }));
+    }
+
+    /// Answers a write's `value` once the batch is on disk, or the batch's failure instead of a success.
+    pub(super) fn write<T: Send + 'static>(
+        &mut self,
+        reply: Reply<Result<T, Error>>,
+        value: Result<T, Error>,
+    ) {
+        self.0.push(Box::new(move |failure| {
+            let value = match (value, failure) {
+                (Ok(_), Some(f)) => Err(Error::Persist(Arc::clone(f))),
+                (v, _) => v,
+            };
+            let _ = reply.send(value);
+        }));
+    }
+
+    fn answer(&mut self, failure: Option<&Arc<Error>>) {
+        for reply in self.0.drain(..) {
+            reply(failure);
+        }
+    }
+}
+
+impl Actor {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut deferred = Deferred::default();
+        self.send_paired();
+        while let Some(cmd) = rx.blocking_recv() {
+            self.apply(cmd, &mut deferred);
+            for _ in 1..BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => self.apply(cmd, &mut deferred),
+                    Err(_) => break,
+                }
+            }
+            let failure = self.persist().err().map(|e| {
+                tracing::error!(error = %e, "persisting the vault failed");
+                Arc::new(e)
+            });
+            deferred.answer(failure.as_ref());
+            if failure.is_some() {
+                // The document went back to what is on disk: every exchange starts over from there.
+                self.replication.persist_failed(&Peers(&self.store));
+            }
+            let due = self.replication.push(&mut self.vault);
+            self.act(due);
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+
+    /// Dispatches one command to its handler; replies that reveal state wait in `deferred` for the flush.
+    fn apply(&mut self, cmd: Command, deferred: &mut Deferred) {
+        match cmd {
+            Command::AnyExcluded { rp_id, ids, reply } => {
+                deferred.read(reply, self.any_excluded(&rp_id, &ids));
+            }
+            Command::Insert { passkey, reply } => deferred.write(reply, self.insert(*passkey)),
+            Command::FindForGet {
+                rp_id,
+                allow,
+                reply,
+            } => deferred.read(reply, self.find_for_get(&rp_id, &allow)),
+            Command::List {
+                rp_id,
+                offset,
+                limit,
+                reply,
+            } => deferred.read(reply, self.list(rp_id.as_deref(), offset, limit)),
+            Command::Delete {
+                credential_id,
+                reply,
+            } => deferred.write(reply, self.delete(&credential_id)),
+            Command::Rename {
+                credential_id,
+                label,
+                reply,
+            } => deferred.write(reply, self.rename(&credential_id, &label)),
+            Command::Status { reply } => deferred.read(reply, self.status()),
+            Command::Peer(event) => self.peer_event(event),
+            Command::AddDevice {
+                device,
+                addrs,
+                reply,
+            } => deferred.write(reply, self.add_device(*device, &addrs)),
+            Command::Members { reply } => deferred.read(reply, self.members()),
+            Command::JoinInfo { reply } => {
+                let _ = reply.send(self.join_info());
+            }
+            Command::Adopt {
+                vault_id,
+                keyring,
+                members,
+                me,
+                check_only,
+                reply,
+            } => {
+                let result = self.may_adopt().and_then(|()| match check_only {
+                    true => Ok(()),
+                    false => self.adopt(vault_id, &keyring, members, *me),
+                });
+                let _ = reply.send(result);
+            }
+            Command::SetPolicy { policy, reply } => {
+                // Counters and lockouts already running are kept; the new limits apply from the next attempt.
+                self.policy = policy;
+                let _ = reply.send(());
+            }
+            Command::PinBegin { reply } => {
+                let _ = reply.send(self.pin_begin());
+            }
+            Command::PinFinish { ok, reply } => {
+                let _ = reply.send(self.pin_finish(ok));
+            }
+            Command::SetPin {
+                hash,
+                previous,
+                reply,
+            } => {
+                let _ = reply.send(self.set_pin(hash, previous));
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let now = crate::now_ms();
+        Status {
+            vault_id: self.vault.id().to_string(),
+            passkeys: self.vault.len() as u64,
+            pin_set: self.pin.hash.is_some(),
+            pin_attempts_left: self.pin.attempts_left(now, &self.policy),
+            pin_locked_for_ms: self
+                .pin
+                .locked_for(now)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            device_id: self.me.to_string(),
+            peers: self.replication.status(&self.vault, &Peers(&self.store)),
+        }
+    }
+
+    fn peer_event(&mut self, event: PeerEvent) {
+        let store = Peers(&self.store);
+        match event {
+            PeerEvent::Connected { peer, addr } => self.replication.connected(peer, addr, &store),
+            PeerEvent::Disconnected { peer } => self.replication.disconnected(peer, &store),
+            PeerEvent::Reset { peer } => self.replication.reset(peer, &store),
+            PeerEvent::Message { peer, bytes } => {
+                let mut store = Peers(&self.store);
+                let received = self.replication.receive(
+                    &mut self.vault,
+                    peer,
+                    &bytes,
+                    crate::now_ms(),
+                    &mut store,
+                );
+                self.dirty |= received.changed;
+                self.act(received.actions);
+            }
+        }
+    }
+
+    /// Hands replication's actions to the network task.
+    fn act(&self, actions: Vec<Action>) {
+        for action in actions {
+            self.send(match action {
+                Action::Send { peer, bytes } => Outbound::Send { peer, bytes },
+                Action::Drop(peer) => Outbound::Drop(peer),
+                Action::Paired(peers) => Outbound::Paired {
+                    vault: self.vault.id(),
+                    peers,
+                },
+            });
+        }
+    }
+
+    pub(super) fn send_paired(&self) {
+        self.send(Outbound::Paired {
+            vault: self.vault.id(),
+            peers: self.replication.paired(&self.vault),
+        });
+    }
+
+    fn send(&self, o: Outbound) {
+        // Closed only when networking is off or shutting down; then nothing is to be sent.
+        let _ = self.out.blocking_send(o);
+    }
+
+    /// A local change: every connected peer gets it as soon as it is on disk.
+    pub(super) fn local_change(&mut self) {
+        if self.dirty {
+            self.replication.local_change();
+        }
+    }
+
+    pub(super) fn persist(&mut self) -> Result<(), Error> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let written = if self.full_save_needed {
+            self.compact()
+        } else {
+            let chunk = self.vault.save_incremental();
+            self.store.append(&chunk).map_err(Error::from)
+        };
+        if let Err(e) = written {
+            self.recover();
+            return Err(e);
+        }
+        self.dirty = false;
+        if self.store.chunk_count() > COMPACT_AFTER
+            && let Err(e) = self.compact()
+        {
+            // The write itself is on disk; the chunks stay until a compaction succeeds.
+            tracing::warn!(error = %e, "compacting the vault failed");
+        }
+        Ok(())
+    }
+
+    /// After a failed write: the document in memory is ahead of the disk, and `save_incremental` has already
+    /// moved on, so later chunks would depend on changes that were never stored. Go back to what the store
+    /// holds (the failed change is not acknowledged, so nobody may rely on it) and make the next write a full
+    /// snapshot.
+    fn recover(&mut self) {
+        self.full_save_needed = true;
+        self.dirty = false;
+        let reloaded = self.store.document().map_err(Error::from).and_then(|doc| {
+            let doc = doc.ok_or_else(|| {
+                Error::Store(crate::store::Error::Damaged(
+                    "the store lost its document".into(),
+                ))
+            })?;
+            Vault::load(&doc, self.vault.keyring().clone()).map_err(Error::from)
+        });
+        match reloaded {
+            Ok(vault) => {
+                self.vault = vault;
+                self.keys.clear();
+            }
+            // Keep the in-memory state; the next successful full save stores all of it.
+            Err(e) => tracing::error!(error = %e, "cannot reload the vault after a failed write"),
+        }
+    }
+
+    fn compact(&mut self) -> Result<(), Error> {
+        let full = self.vault.save();
+        self.store.replace(&full, &[])?;
+        self.full_save_needed = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! The device table as the vault actor keeps it: this device's own entry, devices added by pairing (with the
+//! addresses learnt for them), what a joining device is handed, and adopting another vault when this device
+//! joins one.
+
+use passmesh_crdt::{Device, Keyring, Vault, VaultId};
+use passmesh_transport::Multiaddr;
+use zeroize::Zeroizing;
+
+use super::actor::Actor;
+use super::{Error, JoinInfo, Member};
+use crate::ids;
+use crate::store::{self, Durability, Meta};
+
+/// This machine's host name, as the default device name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "passmesh device".to_owned())
+}
+
+impl Actor {
+    /// Adds this device to the device table on first start (or fills in its x25519 key), and persists that.
+    pub(super) fn start_up(&mut self) -> Result<(), Error> {
+        let me = ids::device_id(&self.me);
+        match self.vault.devices().into_iter().find(|d| d.id == me) {
+            None => {
+                self.vault.add_device(Device {
+                    id: me,
+                    name: host_name(),
+                    x25519_public: self.x25519,
+                    added_by: None,
+                    added_at_ms: crate::now_ms(),
+                })?;
+                self.dirty = true;
+            }
+            // Entries written before devices had x25519 keys carry zeros: fill in the derived key.
+            Some(d) if d.x25519_public != self.x25519 => {
+                self.vault.add_device(Device {
+                    x25519_public: self.x25519,
+                    ..d
+                })?;
+                self.dirty = true;
+            }
+            Some(_) => {}
+        }
+        self.persist()
+    }
+
+    /// The addresses learnt at pairing for the devices of the paired set, with their `/p2p/` id, to dial.
+    pub(super) fn stored_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        let paired = self.replication.paired(&self.vault);
+        let mut out = Vec::new();
+        for (peer, value) in self.store.addrs()? {
+            if !paired.contains(&peer) {
+                continue;
+            }
+            let list: Vec<String> = serde_json::from_slice(&value).unwrap_or_default();
+            // The transport dials only addresses that name the peer (`/p2p/…`): add it where missing.
+            out.extend(
+                list.iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok()?.with_p2p(peer).ok()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Remembers where `device` was reachable when it was added (not flushed: the next write flushes it).
+    fn remember_addrs(&self, device: &Device, addrs: &[String]) {
+        let Some(peer) = ids::peer_id(&device.id) else {
+            return;
+        };
+        let list = serde_json::to_vec(addrs).unwrap_or_default();
+        if let Err(e) = self.store.put(Meta::Addrs(&peer), &list, Durability::Lazy) {
+            tracing::warn!(error = %e, "cannot store peer addresses");
+        }
+    }
+
+    /// Adds (or replaces) a device in the table, with the addresses it was reachable at.
+    pub(super) fn add_device(&mut self, device: Device, addrs: &[String]) -> Result<(), Error> {
+        let added = device.clone();
+        self.vault.add_device(device)?;
+        self.dirty = true;
+        self.remember_addrs(&added, addrs);
+        self.send_paired();
+        self.local_change();
+        Ok(())
+    }
+
+    /// What a joining device gets: the vault id, the keyring and this device's entry.
+    pub(super) fn join_info(&self) -> Result<JoinInfo, Error> {
+        let me = ids::device_id(&self.me);
+        let device = self
+            .vault
+            .devices()
+            .into_iter()
+            .find(|d| d.id == me)
+            .ok_or(Error::NotAMember)?;
+        Ok(JoinInfo {
+            vault_id: self.vault.id(),
+            keyring: self.vault.keyring().encode(),
+            device,
+        })
+    }
+
+    /// Every device-table entry with the addresses known for it.
+    pub(super) fn members(&self) -> Vec<Member> {
+        self.vault
+            .devices()
+            .into_iter()
+            .map(|device| {
+                let addrs = ids::peer_id(&device.id)
+                    .and_then(|peer| self.store.get(Meta::Addrs(&peer)).ok().flatten())
+                    .and_then(|b: Vec<u8>| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                Member { device, addrs }
+            })
+            .collect()
+    }
+
+    /// Joining another vault is allowed only while this one is empty and unpaired.
+    pub(super) fn may_adopt(&self) -> Result<(), Error> {
+        if !self.vault.is_empty() {
+            return Err(Error::NotEmpty(self.vault.len() as u64));
+        }
+        let others = self.replication.paired(&self.vault).len();
+        if others > 0 {
+            return Err(Error::AlreadyPaired(others as u64));
+        }
+        Ok(())
+    }
+
+    /// Replaces this (empty) vault with a replica of another: same id and keyring, sealed by this device's
+    /// keystore, with the members' entries and addresses and this device's entry. The passkeys arrive by sync.
+    /// The sealed keyring is written first, then the document; a crash in between leaves a keyring that does
+    /// not open the old document, and the daemon refuses to start until the state directory is cleared.
+    pub(super) fn adopt(
+        &mut self,
+        vault_id: VaultId,
+        keyring: &Zeroizing<Vec<u8>>,
+        members: Vec<Member>,
+        me: Device,
+    ) -> Result<(), Error> {
+        let ring = Keyring::decode(keyring).map_err(|_| Error::Keyring)?;
+        let mut vault = Vault::create(vault_id, ring)?;
+        let my_id = ids::device_id(&self.me);
+        for m in &members {
+            if m.device.id != my_id {
+                vault.add_device(m.device.clone())?;
+            }
+        }
+        vault.add_device(me)?;
+        let full = vault.save();
+        let current = store::read_keyring(&self.db)?;
+        let sealed = self.custody.seal_like(current.as_deref(), keyring)?;
+        store::write_keyring(&self.db, &sealed)?;
+        self.store.replace(&full, &[])?;
+        for m in &members {
+            self.remember_addrs(&m.device, &m.addrs);
+        }
+        tracing::info!(vault = %vault.id(), "joined a vault: this device's replica was replaced");
+        self.vault = vault;
+        self.keys.clear();
+        self.replication.clear();
+        self.dirty = false;
+        self.full_save_needed = false;
+        self.send_paired();
+        Ok(())
+    }
+}

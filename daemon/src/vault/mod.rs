@@ -1,0 +1,495 @@
+//! One user's vault on this device: the actor that owns the CRDT document, its sled store, the PIN state and
+//! the replication state, and the [`Handle`] the rest of the daemon reaches it through.
+//!
+//! The actor runs on its own OS thread because every write ends in an fsync; async callers reach it through a
+//! [`Handle`] over a bounded channel and get answers on oneshot channels. Writes are group-committed: the actor
+//! drains what is queued, applies it, persists one incremental chunk with one flush, and only then answers —
+//! so no caller ever sees (or is acknowledged for) a change that is not on disk.
+//!
+//! Modules:
+//! - `open`: opening or creating a vault directory ([`open`], [`open_seeded`]) and starting the actor.
+//! - `actor`: the actor's loop: batches, group commit, recovery from a failed write, the command dispatch.
+//! - `passkeys`: the passkey commands (insert, find for `get`, list, delete, rename) and the signing-key cache.
+//! - `membership`: the device table: this device's entry, adding devices, what a joining device gets, adopting
+//!   another vault.
+//! - `pin_state`: the PIN commands (an attempt is counted on disk before the check; setting the PIN).
+//! - [`replication`]: sans-IO sync with the paired devices and the BS flag.
+
+mod actor;
+mod membership;
+mod open;
+mod passkeys;
+mod pin_state;
+pub mod replication;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use passmesh_crdt::{Device, NewPasskey, VaultId};
+use passmesh_ipc::PasskeyInfo;
+use passmesh_transport::{Identity, Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+pub use membership::host_name;
+pub use open::{open, open_seeded};
+
+use crate::authenticator::Credential;
+use crate::custody::keystore::{self, Backend, tpm};
+use crate::pin::{self, PinHash, Policy};
+use crate::store;
+
+// Old path, kept while the binaries move to the new one.
+pub use crate::layout::user_dir;
+
+/// Queue depth of the actor's inbox; senders wait when it is full.
+const INBOX: usize = 256;
+/// Queue depth from the actor to the network task; sync is ping-pong (at most one message in flight per peer),
+/// so this only fills if the network task stalls, and then the actor waits.
+pub const OUTBOX: usize = 1024;
+
+/// Failures of the vault actor.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The keystore could not seal or unseal the keyring.
+    #[error(transparent)]
+    Keystore(#[from] keystore::Error),
+    /// The vault document failed (damaged, or a key mismatch).
+    #[error("vault: {0}")]
+    Vault(#[from] passmesh_crdt::Error),
+    /// The stored keyring cannot be parsed.
+    #[error("the sealed keyring is damaged")]
+    Keyring,
+    /// A PIN operation failed.
+    #[error(transparent)]
+    Pin(#[from] pin::Error),
+    /// The actor has stopped (daemon shutting down).
+    #[error("the vault is shut down")]
+    Stopped,
+    /// The PIN changed between verifying it and replacing it.
+    #[error("the PIN was changed concurrently; try again")]
+    PinChanged,
+    /// A persisted write failed; the change was not acknowledged.
+    #[error("could not persist the change: {0}")]
+    Persist(Arc<Error>),
+    /// The PIN state cannot be encoded.
+    #[error("the PIN state cannot be encoded")]
+    PinState,
+    /// This device has no entry in its own vault's device table.
+    #[error("this device is not in the device table")]
+    NotAMember,
+    /// The directory already holds another vault than the one asked for.
+    #[error("this state directory already holds another vault")]
+    OtherVault,
+    /// The actor's thread cannot be started.
+    #[error("cannot start the vault thread: {0}")]
+    Thread(std::io::Error),
+    /// Joining another vault would drop this device's passkeys.
+    #[error("this device already holds {0} passkeys: joining another vault would replace them")]
+    NotEmpty(u64),
+    /// Joining another vault would cut this device off its paired devices.
+    #[error("this device is already paired with {0} other devices")]
+    AlreadyPaired(u64),
+}
+
+/// A device-table entry with the addresses this device knows for it (handed to a joining device).
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The entry.
+    pub device: Device,
+    /// Multiaddrs to dial it at (without `/p2p/`), as far as this device knows.
+    pub addrs: Vec<String>,
+}
+
+/// Snapshot of the vault for `status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The vault id (hex).
+    pub vault_id: String,
+    /// Passkeys in the vault.
+    pub passkeys: u64,
+    /// Whether a PIN is set.
+    pub pin_set: bool,
+    /// PIN attempts left.
+    pub pin_attempts_left: u32,
+    /// Remaining lockout, in ms.
+    pub pin_locked_for_ms: Option<u64>,
+    /// This device's id in the device table (its peer id).
+    pub device_id: String,
+    /// The other devices of the vault.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// What `status` shows about one paired device.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// Its device id (peer id).
+    pub device_id: String,
+    /// Its name from the device table.
+    pub name: String,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// Its address on the current (or last) connection.
+    pub address: Option<String>,
+    /// When a sync message from it was last applied (ms since the Unix epoch).
+    pub last_sync_ms: Option<u64>,
+    /// Changes of this replica it is not known to hold yet.
+    pub pending_changes: u64,
+    /// Sync bytes sent to it since the daemon started.
+    pub bytes_sent: u64,
+    /// Sync bytes received from it since the daemon started.
+    pub bytes_received: u64,
+}
+
+/// What the vault actor asks the network task to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Send a sync message to a paired peer. Only generated from state that is on disk.
+    Send {
+        /// The peer.
+        peer: PeerId,
+        /// The crdt sync message.
+        bytes: Vec<u8>,
+    },
+    /// The vault's id and its paired set (the device table minus this device) are now these. The id changes
+    /// only when the device joins another vault.
+    Paired {
+        /// The vault's id, which frames its sync messages on the wire.
+        vault: VaultId,
+        /// The paired peers.
+        peers: HashSet<PeerId>,
+    },
+    /// The peer sent a message that is not a sync message of this vault: drop its connection.
+    Drop(PeerId),
+}
+
+/// What the network task tells the vault actor about a peer.
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// A paired peer connected: the exchange starts from the persisted sync state.
+    Connected {
+        /// The peer.
+        peer: PeerId,
+        /// Its address.
+        addr: String,
+    },
+    /// The peer's last connection closed.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A sync message arrived from a paired peer.
+    Message {
+        /// The sender.
+        peer: PeerId,
+        /// The message, not yet parsed.
+        bytes: Vec<u8>,
+    },
+    /// A message to the peer was lost: start the exchange over from the persisted state.
+    Reset {
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+/// What a new device needs to join the vault (handed over by pairing). `Debug` leaves the keyring out.
+pub struct JoinInfo {
+    /// The vault's id.
+    pub vault_id: VaultId,
+    /// The encoded keyring (secret).
+    pub keyring: Zeroizing<Vec<u8>>,
+    /// The inviting device's entry in the device table.
+    pub device: Device,
+}
+
+impl std::fmt::Debug for JoinInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinInfo")
+            .field("vault_id", &self.vault_id)
+            .field("keyring", &format_args!(".."))
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+/// Outcome of starting a PIN check.
+#[derive(Debug)]
+pub enum PinCheck {
+    /// No PIN is set: nothing to verify against (no attempt was counted).
+    NotSet,
+    /// The attempt was counted; verify against this hash and report with [`Handle::pin_finish`].
+    Verify(PinHash),
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+enum Command {
+    SetPolicy {
+        policy: Policy,
+        reply: Reply<()>,
+    },
+    AnyExcluded {
+        rp_id: String,
+        ids: Vec<Vec<u8>>,
+        reply: Reply<bool>,
+    },
+    Insert {
+        passkey: Box<NewPasskey>,
+        reply: Reply<Result<(), Error>>,
+    },
+    FindForGet {
+        rp_id: String,
+        allow: Vec<Vec<u8>>,
+        reply: Reply<Option<Credential>>,
+    },
+    List {
+        rp_id: Option<String>,
+        offset: u64,
+        limit: usize,
+        reply: Reply<(Vec<PasskeyInfo>, u64)>,
+    },
+    Delete {
+        credential_id: Vec<u8>,
+        reply: Reply<Result<bool, Error>>,
+    },
+    Rename {
+        credential_id: Vec<u8>,
+        label: String,
+        reply: Reply<Result<bool, Error>>,
+    },
+    Status {
+        reply: Reply<Status>,
+    },
+    PinBegin {
+        reply: Reply<Result<PinCheck, Error>>,
+    },
+    Peer(PeerEvent),
+    AddDevice {
+        device: Box<Device>,
+        addrs: Vec<String>,
+        reply: Reply<Result<(), Error>>,
+    },
+    JoinInfo {
+        reply: Reply<Result<JoinInfo, Error>>,
+    },
+    Members {
+        reply: Reply<Vec<Member>>,
+    },
+    Adopt {
+        vault_id: VaultId,
+        keyring: Zeroizing<Vec<u8>>,
+        members: Vec<Member>,
+        me: Box<Device>,
+        check_only: bool,
+        reply: Reply<Result<(), Error>>,
+    },
+    PinFinish {
+        ok: bool,
+        reply: Reply<Result<(), Error>>,
+    },
+    SetPin {
+        hash: PinHash,
+        previous: Option<PinHash>,
+        reply: Reply<Result<(), Error>>,
+    },
+}
+
+/// A cloneable handle to a vault actor. The actor stops when every handle is dropped.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The running actor: a handle plus the thread to join on shutdown.
+#[derive(Debug)]
+pub struct Running {
+    /// Talk to the vault through this.
+    pub handle: Handle,
+    /// The actor's thread; it ends once every handle is dropped, after a final flush.
+    pub thread: JoinHandle<()>,
+    /// This device's libp2p identity (unsealed from `device.sealed`, or the one given to [`open_seeded`]).
+    pub identity: Identity,
+    /// The vault's id at start.
+    pub vault_id: VaultId,
+    /// What the actor wants sent; the network task drains it (drop it when networking is off).
+    pub outbound: mpsc::Receiver<Outbound>,
+    /// The paired set at start.
+    pub paired: HashSet<PeerId>,
+    /// Peer addresses learnt when devices were added (pairing), to dial at start.
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// What opening the vault found out about its keystore, for the log and `status`.
+#[derive(Debug, Clone)]
+pub struct KeystoreReport {
+    /// The backend that sealed (and unsealed) the keyring.
+    pub backend: Backend,
+    /// Set when the secrets are less protected than they could be, or than configured.
+    pub warning: Option<String>,
+    /// The TPM's manufacturer and firmware, with the TPM backend.
+    pub tpm: Option<tpm::Info>,
+    /// With the TPM backend: the sha256 PCRs that bind the seal (empty when none).
+    pub pcrs: Option<Vec<u8>>,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Whether any of `ids` is a credential of `rp_id` in this vault.
+    pub async fn any_excluded(&self, rp_id: String, ids: Vec<Vec<u8>>) -> Result<bool, Error> {
+        self.ask(|reply| Command::AnyExcluded { rp_id, ids, reply })
+            .await
+    }
+
+    /// Stores a new passkey; returns once it is on disk.
+    pub async fn insert(&self, passkey: NewPasskey) -> Result<(), Error> {
+        self.ask(|reply| Command::Insert {
+            passkey: Box::new(passkey),
+            reply,
+        })
+        .await?
+    }
+
+    /// The credential to sign with: one of `allow` for `rp_id`, or with `allow` empty the newest of `rp_id`.
+    pub async fn find_for_get(
+        &self,
+        rp_id: String,
+        allow: Vec<Vec<u8>>,
+    ) -> Result<Option<Credential>, Error> {
+        self.ask(|reply| Command::FindForGet {
+            rp_id,
+            allow,
+            reply,
+        })
+        .await
+    }
+
+    /// One page of the passkeys, optionally of one rpId, oldest first, with the total number of matches.
+    pub async fn list(
+        &self,
+        rp_id: Option<String>,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<PasskeyInfo>, u64), Error> {
+        self.ask(|reply| Command::List {
+            rp_id,
+            offset,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes a passkey by credential id; `false` if there was none. Returns once it is on disk.
+    pub async fn delete(&self, credential_id: Vec<u8>) -> Result<bool, Error> {
+        self.ask(|reply| Command::Delete {
+            credential_id,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sets a passkey's label; `false` if there was no such passkey. Returns once it is on disk.
+    pub async fn rename(&self, credential_id: Vec<u8>, label: String) -> Result<bool, Error> {
+        self.ask(|reply| Command::Rename {
+            credential_id,
+            label,
+            reply,
+        })
+        .await?
+    }
+
+    /// Tells the actor about a peer. Cancel-safe.
+    pub async fn peer_event(&self, event: PeerEvent) -> Result<(), Error> {
+        self.tx
+            .send(Command::Peer(event))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Like [`Handle::peer_event`] but never waits: `false` if the inbox is full or the actor stopped.
+    pub fn try_peer_event(&self, event: PeerEvent) -> bool {
+        self.tx.try_send(Command::Peer(event)).is_ok()
+    }
+
+    /// Adds (or replaces) a device in the device table and remembers its addresses; returns once on disk.
+    pub async fn add_device(&self, device: Device, addrs: Vec<String>) -> Result<(), Error> {
+        self.ask(|reply| Command::AddDevice {
+            device: Box::new(device),
+            addrs,
+            reply,
+        })
+        .await?
+    }
+
+    /// Every device-table entry with the addresses known for it.
+    pub async fn members(&self) -> Result<Vec<Member>, Error> {
+        self.ask(|reply| Command::Members { reply }).await
+    }
+
+    /// Replaces this device's empty, unpaired vault with a replica of `vault_id` (its encoded `keyring`,
+    /// sealed here), listing `members` and `me`; with `check_only` it only says whether that would be allowed.
+    pub async fn adopt(
+        &self,
+        vault_id: VaultId,
+        keyring: Zeroizing<Vec<u8>>,
+        members: Vec<Member>,
+        me: Device,
+        check_only: bool,
+    ) -> Result<(), Error> {
+        self.ask(|reply| Command::Adopt {
+            vault_id,
+            keyring,
+            members,
+            me: Box::new(me),
+            check_only,
+            reply,
+        })
+        .await?
+    }
+
+    /// Applies a new PIN policy (config reload) from the next attempt on.
+    pub async fn set_policy(&self, policy: Policy) -> Result<(), Error> {
+        self.ask(|reply| Command::SetPolicy { policy, reply }).await
+    }
+
+    /// The vault id, keyring and this device's entry, for a joining device.
+    pub async fn join_info(&self) -> Result<JoinInfo, Error> {
+        self.ask(|reply| Command::JoinInfo { reply }).await?
+    }
+
+    /// Vault and PIN status.
+    pub async fn status(&self) -> Result<Status, Error> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Starts a PIN check: refuses while locked, else counts the attempt (durably) and hands out the hash.
+    pub async fn pin_begin(&self) -> Result<PinCheck, Error> {
+        self.ask(|reply| Command::PinBegin { reply }).await?
+    }
+
+    /// Finishes a PIN check started with [`Handle::pin_begin`].
+    pub async fn pin_finish(&self, ok: bool) -> Result<(), Error> {
+        self.ask(|reply| Command::PinFinish { ok, reply }).await?
+    }
+
+    /// Sets a new PIN hash and clears the attempt counter, provided the current hash is still `previous`
+    /// (the one the caller verified, or none): two concurrent changes cannot both win.
+    pub async fn set_pin(&self, hash: PinHash, previous: Option<PinHash>) -> Result<(), Error> {
+        self.ask(|reply| Command::SetPin {
+            hash,
+            previous,
+            reply,
+        })
+        .await?
+    }
+}

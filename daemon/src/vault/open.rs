@@ -1,0 +1,186 @@
+//! Opening a vault directory: the keystore unseals (or seals, for a new vault) the keyring before sled opens
+//! the store, the document is loaded, this device's identity unsealed, and the actor started.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use passmesh_crdt::{Epoch, Keyring, Vault, VaultId, VaultKey};
+use passmesh_transport::Identity;
+use tokio::sync::mpsc;
+
+use super::actor::{Actor, Peers};
+use super::replication::Replication;
+use super::{Error, Handle, INBOX, KeystoreReport, OUTBOX, Running};
+use crate::custody::keystore::{self, tpm};
+use crate::custody::{self, Custody};
+use crate::layout::{self, DB};
+use crate::pin::{PinState, Policy};
+use crate::store::{self, Meta, Store};
+
+/// Opens (or creates on first use) the vault stored in `dir` and starts its actor. The keystore (`custody`) is only
+/// used here: it unseals or seals the keyring and is closed before this returns.
+pub fn open(
+    dir: &Path,
+    custody: &Custody,
+    policy: Policy,
+) -> Result<(Running, KeystoreReport), Error> {
+    open_seeded(dir, custody, policy, None, None)
+}
+
+/// Like [`open`], but a vault created here (the directory has none) is a replica of the vault `seed` names
+/// (its id and encoded keyring) instead of a new one: how a device joins a vault. With `identity`, the vault
+/// is this device's under that identity (system mode: the machine's, shared by every user's vault) instead of
+/// one of its own sealed in `dir`.
+pub fn open_seeded(
+    dir: &Path,
+    custody: &Custody,
+    policy: Policy,
+    seed: Option<(VaultId, &[u8])>,
+    identity: Option<Identity>,
+) -> Result<(Running, KeystoreReport), Error> {
+    layout::private_dir(dir)
+        .map_err(|e| store::Error::Damaged(format!("cannot create {}: {e}", dir.display())))?;
+    custody::migrate::remove_leftovers(dir);
+    let tpm = custody.tpm();
+    let db = dir.join(DB);
+    // Everything that can refuse (no TPM, another backend, changed PCRs) happens before sled opens the store,
+    // because opening it writes to its files: a refused start leaves the disk as it was.
+    let sealed = store::read_keyring(&db)?;
+    let mut opened = match (&sealed, db.exists()) {
+        (Some(blob), _) => Some(custody.open_for(Some(blob))?),
+        (None, false) => Some(custody.open_for(None)?),
+        // A store of the older layout, or one whose creation was interrupted: decided once it is open.
+        (None, true) => None,
+    };
+    let unsealed = match (&sealed, opened.as_mut()) {
+        (Some(blob), Some(o)) => Some(o.keystore.unseal(blob)?),
+        _ => None,
+    };
+    let mut store = Store::open(&db)?;
+    let document = store.document()?;
+    let (sealed, unsealed) = match (sealed, unsealed) {
+        (Some(s), u) => (Some(s), u),
+        (None, _) => match store.get(Meta::LegacyKeyring)? {
+            Some(legacy) => {
+                let mut o = custody.open_for(Some(&legacy))?;
+                let u = o.keystore.unseal(&legacy)?;
+                opened = Some(o);
+                (Some(legacy), Some(u))
+            }
+            None => (None, None),
+        },
+    };
+    let mut opened = match opened {
+        Some(o) => o,
+        None => custody.open_for(None)?,
+    };
+    let ks = &mut opened.keystore;
+    let (vault, blob_pcrs) = match (unsealed, document) {
+        (Some(secret), Some(doc)) => {
+            let keyring = Keyring::decode(&secret).map_err(|_| Error::Keyring)?;
+            let vault = Vault::load(&doc, keyring)?;
+            for (id, problem) in vault.problems() {
+                tracing::warn!(record = %id, %problem, "a vault record cannot be read and is left out");
+            }
+            (vault, sealed.as_deref().and_then(tpm::bound_pcrs))
+        }
+        // No document yet: a new vault, or a creation interrupted after the keyring was written (nothing was
+        // ever encrypted under that keyring, so a new one replaces it).
+        (_, None) => {
+            let (id, keyring) = match seed {
+                Some((id, ring)) => (id, Keyring::decode(ring).map_err(|_| Error::Keyring)?),
+                None => (
+                    VaultId::random(),
+                    Keyring::new(Epoch(0), VaultKey::generate()),
+                ),
+            };
+            let sealed = ks.seal(&keyring.encode())?;
+            let mut vault = Vault::create(id, keyring)?;
+            let full = vault.save();
+            let pin_state = serde_json::to_vec(&PinState::default()).map_err(|_| Error::Keyring)?;
+            store::write_keyring(&db, &sealed)?;
+            store.replace(&full, &[(Meta::Pin, &pin_state)])?;
+            tracing::info!(vault = %vault.id(), keystore = ks.name(), "created a new vault");
+            (vault, tpm::bound_pcrs(&sealed))
+        }
+        (None, Some(_)) => {
+            return Err(store::Error::Damaged("document without a keyring".into()).into());
+        }
+    };
+    let identity = match identity {
+        Some(given) => given,
+        None => custody::sealed_identity(&db, &mut opened.keystore).map_err(|e| match e {
+            custody::Error::Keystore(k) => Error::Keystore(k),
+            custody::Error::Store(s) => Error::Store(s),
+            _ => Error::Keyring,
+        })?,
+    };
+    let mut warning = opened.warning.take();
+    if let Some(bound) = &blob_pcrs
+        && *bound != tpm.pcrs
+        && warning.is_none()
+    {
+        warning = Some(format!(
+            "the seal is bound to PCR(s) [{}] but the config asks for [{}]: run `passmesh keystore reseal` \
+             (passmeshd stopped) to apply the config",
+            keystore::list_pcrs(bound),
+            keystore::list_pcrs(&tpm.pcrs)
+        ));
+    }
+    let report = KeystoreReport {
+        backend: opened.keystore.backend(),
+        warning,
+        tpm: opened.keystore.tpm_info().cloned(),
+        pcrs: blob_pcrs,
+    };
+    // Closes the TPM connection and flushes its handles: nothing after startup touches the TPM.
+    drop(opened);
+    let pin = match store.get(Meta::Pin)? {
+        Some(b) => serde_json::from_slice(&b)
+            .map_err(|e| store::Error::Damaged(format!("PIN state: {e}")))?,
+        None => PinState::default(),
+    };
+    let (out, outbound) = mpsc::channel(OUTBOX);
+    let me = identity.peer_id();
+    let replication = Replication::start(me, &vault, &Peers(&store));
+    let mut actor = Actor {
+        vault,
+        keys: HashMap::new(),
+        store,
+        pin,
+        policy,
+        dirty: false,
+        full_save_needed: false,
+        me,
+        out,
+        replication,
+        x25519: passmesh_transport::pairing::PairKey::derive(&identity).public(),
+        db: db.clone(),
+        custody: custody.clone(),
+    };
+    actor.start_up()?;
+    let paired = actor.replication.paired(&actor.vault);
+    let addrs = actor.stored_addrs()?;
+    let vault_id = actor.vault.id();
+    let (tx, rx) = mpsc::channel(INBOX);
+    let name = format!(
+        "vault-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+    );
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || actor.run(rx))
+        .map_err(Error::Thread)?;
+    Ok((
+        Running {
+            handle: Handle { tx },
+            thread,
+            identity,
+            vault_id,
+            outbound,
+            paired,
+            addrs,
+        },
+        report,
+    ))
+}
