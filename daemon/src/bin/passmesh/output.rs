@@ -1,0 +1,171 @@
+//! What the commands print: the status, passkey lists and details, times, and JSON.
+
+use std::path::Path;
+
+use passmesh_ipc::{PasskeyInfo, StatusInfo};
+
+use crate::Failure;
+
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
+    let s = serde_json::to_string(v).map_err(|e| Failure::Local(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+pub(crate) fn print_status(s: &StatusInfo, socket: &Path) {
+    println!(
+        "passmeshd {} serving uid {} at {}",
+        s.version,
+        s.uid,
+        socket.display()
+    );
+    println!("vault      {}", s.vault_id);
+    println!("passkeys   {}", s.passkeys);
+    match &s.keystore_warning {
+        Some(w) => println!("keystore   {} (WARNING: {w})", s.keystore),
+        None => println!("keystore   {}", s.keystore),
+    }
+    if let Some(t) = &s.tpm {
+        println!("TPM        {} firmware {}", t.manufacturer, t.firmware);
+        if t.pcrs.is_empty() {
+            println!("PCRs       seal not bound to PCRs");
+        } else {
+            let list: Vec<String> = t.pcrs.iter().map(u8::to_string).collect();
+            println!("PCRs       seal bound to sha256 PCR(s) {}", list.join(", "));
+        }
+    }
+    let pin = match (s.pin_set, s.pin_locked_for_ms) {
+        (false, _) => "not set (user verification unavailable; `passmesh pin set`)".to_owned(),
+        (true, Some(ms)) => format!("set, LOCKED for {} s", ms.div_ceil(1000)),
+        (true, None) => format!("set, {} attempt(s) left", s.pin_attempts_left),
+    };
+    println!("PIN        {pin}");
+    if let Some(d) = &s.device_id {
+        println!("device     {d}");
+    }
+    if let Some(why) = &s.network_off {
+        println!("network    {why}");
+    }
+    for a in &s.listen_addrs {
+        println!("listening  {a}");
+    }
+    for p in &s.peers {
+        let state = if p.connected {
+            "connected"
+        } else {
+            "not connected"
+        };
+        println!("peer       {} ({}): {state}", p.name, p.device_id);
+        if let Some(a) = &p.address {
+            println!("  address  {a}");
+        }
+        let last = p
+            .last_sync_ms
+            .map(format_time)
+            .unwrap_or_else(|| "never".to_owned());
+        println!("  synced   {last}");
+        println!("  pending  {} change(s)", p.pending_changes);
+    }
+}
+
+pub(crate) fn print_list(list: &[PasskeyInfo]) {
+    if list.is_empty() {
+        println!("no passkeys");
+        return;
+    }
+    let rows: Vec<[String; 4]> = list
+        .iter()
+        .map(|p| {
+            [
+                p.credential_id.to_base64(),
+                p.rp_id.clone(),
+                user_label(p),
+                format_time(p.created_at_ms),
+            ]
+        })
+        .collect();
+    let header = ["ID", "RELYING PARTY", "USER", "CREATED"].map(str::to_owned);
+    let mut widths = [0usize; 4];
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        println!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+    }
+    println!("{} passkey(s)", list.len());
+}
+
+fn user_label(p: &PasskeyInfo) -> String {
+    let mut s = p.user_name.clone();
+    if !p.user_display_name.is_empty() && p.user_display_name != p.user_name {
+        s.push_str(&format!(" ({})", p.user_display_name));
+    }
+    if let Some(l) = &p.label {
+        s.push_str(&format!(" [{l}]"));
+    }
+    s
+}
+
+pub(crate) fn print_one(p: &PasskeyInfo) {
+    println!("id             {}", p.credential_id.to_base64());
+    println!("relying party  {}", p.rp_id);
+    println!("user           {}", p.user_name);
+    println!("display name   {}", p.user_display_name);
+    println!("user handle    {}", p.user_handle.to_base64());
+    if let Some(l) = &p.label {
+        println!("label          {l}");
+    }
+    println!("created        {}", format_time(p.created_at_ms));
+    println!(
+        "backed up      {}",
+        if p.backed_up {
+            "yes (another paired device holds it)"
+        } else {
+            "no (only on this device)"
+        }
+    );
+}
+
+/// UTC `YYYY-MM-DD HH:MM:SS` from ms since the epoch (civil-from-days, no time-zone database needed).
+pub(crate) fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+
+    #[test]
+    fn formats_utc_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_time(1_795_305_845_000), "2026-11-22 00:04:05 UTC");
+    }
+}
