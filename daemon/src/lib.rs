@@ -35,9 +35,6 @@ pub mod store;
 pub mod sync;
 pub mod vault;
 
-// Old paths, kept while the binaries move to the new ones.
-pub use custody::{keystore, migrate};
-
 /// Milliseconds since the Unix epoch, from the system clock (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use passmesh_daemon::keystore::{Choice, TpmOptions};
+use passmesh_daemon::custody::keystore::{Choice, TpmOptions};
 use passmesh_daemon::pairing;
 use passmesh_ipc::StatusInfo;
 use tempfile::TempDir;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use passmesh_daemon::config::{Config, Flags};
-use passmesh_daemon::keystore::Choice;
+use passmesh_daemon::custody::keystore::Choice;
 use passmesh_daemon::notify::Notifier;
 use passmesh_daemon::service::Reload;
 use tokio_util::sync::CancellationToken;

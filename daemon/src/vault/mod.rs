@@ -40,9 +40,6 @@ use crate::custody::keystore::{self, Backend, tpm};
 use crate::pin::{self, PinHash, Policy};
 use crate::store;
 
-// Old path, kept while the binaries move to the new one.
-pub use crate::layout::user_dir;
-
 /// Queue depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
 /// Queue depth from the actor to the network task; sync is ping-pong (at most one message in flight per peer),

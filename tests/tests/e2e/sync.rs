@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use passmesh_daemon::keystore::{Choice, TpmOptions};
+use passmesh_daemon::custody::keystore::{Choice, TpmOptions};
 use passmesh_daemon::pairing;
 use passmesh_ipc::Client;
 use passmesh_tests::authdata::{AuthData, flag};

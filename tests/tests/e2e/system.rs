@@ -250,7 +250,7 @@ async fn every_uid_gets_its_own_vault_through_one_socket() {
 
     // Vault directories are private to the daemon's user.
     for uid in [ALICE, BOB, CAROL] {
-        let dir = passmesh_daemon::vault::user_dir(d.state_dir(), uid);
+        let dir = passmesh_daemon::layout::user_dir(d.state_dir(), uid);
         let mode = std::fs::metadata(&dir)
             .expect("vault dir")
             .permissions()
@@ -415,8 +415,8 @@ async fn each_user_pairs_and_syncs_through_the_one_host_and_only_with_their_own_
     laptop_b.daemon.stop().await.expect("stop bob's laptop");
     let identity = passmesh_daemon::pairing::device_identity(
         laptop_b.daemon.state_dir(),
-        passmesh_daemon::keystore::Choice::Software,
-        &passmesh_daemon::keystore::TpmOptions::default(),
+        passmesh_daemon::custody::keystore::Choice::Software,
+        &passmesh_daemon::custody::keystore::TpmOptions::default(),
     )
     .await
     .expect("bob's laptop identity");

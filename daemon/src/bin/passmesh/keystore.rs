@@ -68,8 +68,8 @@ pub(crate) fn keystore(
     command: &KeystoreCommand,
     json: bool,
 ) -> Result<(), Failure> {
-    use passmesh_daemon::keystore::{Backend as Kind, list_pcrs};
-    use passmesh_daemon::migrate::{Target, reseal};
+    use passmesh_daemon::custody::keystore::{Backend as Kind, list_pcrs};
+    use passmesh_daemon::custody::migrate::{Target, reseal};
     let config = passmesh_daemon::config::Config::resolve(&passmesh_daemon::config::Flags {
         config: location.config.clone(),
         state_dir: location.state_dir.clone(),
@@ -101,7 +101,7 @@ pub(crate) fn keystore(
         return keystore_system(&config, &target, json);
     }
     let uid = rustix::process::geteuid().as_raw();
-    let dir = passmesh_daemon::vault::user_dir(&config.state_dir, uid);
+    let dir = passmesh_daemon::layout::user_dir(&config.state_dir, uid);
     let out = reseal(&dir, &config.tpm, &target).map_err(|e| Failure::Local(e.to_string()))?;
     if json {
         let v = serde_json::json!({
@@ -138,10 +138,10 @@ pub(crate) fn keystore(
 /// atomically; after a failure the ones done stay done and running the command again finishes the rest.
 fn keystore_system(
     config: &passmesh_daemon::config::Config,
-    target: &passmesh_daemon::migrate::Target,
+    target: &passmesh_daemon::custody::migrate::Target,
     json: bool,
 ) -> Result<(), Failure> {
-    use passmesh_daemon::migrate::{lock_machine, reseal, reseal_machine};
+    use passmesh_daemon::custody::migrate::{lock_machine, reseal, reseal_machine};
     let local = |e: &dyn std::fmt::Display| Failure::Local(e.to_string());
     let machine = config.state_dir.join("machine");
     if !machine.exists() {
@@ -175,7 +175,7 @@ fn keystore_system(
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for uid in uids {
-        let dir = passmesh_daemon::vault::user_dir(&config.state_dir, uid);
+        let dir = passmesh_daemon::layout::user_dir(&config.state_dir, uid);
         match reseal(&dir, &config.tpm, target) {
             Ok(out) => done.push((Some(uid), out)),
             Err(e) => failed.push((Some(uid), e.to_string())),
@@ -235,7 +235,7 @@ fn parse_pcrs(list: &str) -> Result<Vec<u8>, Failure> {
             p.trim()
                 .parse::<u8>()
                 .ok()
-                .filter(|p| *p <= passmesh_daemon::keystore::tpm::MAX_PCR)
+                .filter(|p| *p <= passmesh_daemon::custody::keystore::tpm::MAX_PCR)
                 .ok_or_else(|| {
                     Failure::Local(format!(
                         "--pcrs: {p:?} is not a PCR number 0..=23 (use e.g. 7,14 or none)"
