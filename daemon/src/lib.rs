@@ -25,14 +25,13 @@ pub mod config;
 pub mod custody;
 pub mod ids;
 pub mod layout;
+pub mod net;
 pub mod notify;
 pub mod origin;
-pub mod pair;
 pub mod pairing;
 pub mod pin;
 pub mod service;
 pub mod store;
-pub mod sync;
 pub mod vault;
 
 /// Milliseconds since the Unix epoch, from the system clock (0 if the clock is before 1970).

@@ -1,5 +1,5 @@
 //! Joining a device to a vault, with the daemons stopped: the internal API that tests use to set up paired
-//! daemons without the network. Pairing by code between running daemons is [`crate::pair`]; both end in the
+//! daemons without the network. Pairing by code between running daemons is [`crate::net::pairing`]; both end in the
 //! same state (device entries with their x25519 keys, the vault keyring sealed by each device's keystore).
 //!
 //! The inviter exports an [`Invitation`] (vault id, keyring, its device entry and addresses); the joiner

@@ -23,8 +23,8 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+use super::router::Carried;
 use crate::custody::wrap::{unwrap_keyring, wrap_keyring};
-use crate::sync::Carried;
 use crate::vault::{self, Member};
 
 /// Failed attempts (wrong secret, altered code) after which an invitation is dead.

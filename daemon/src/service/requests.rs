@@ -1,0 +1,185 @@
+//! The request dispatch, and the requests that are not WebAuthn: list, delete, rename, status and pairing.
+
+use passmesh_ipc::{
+    ErrorBody, ErrorName, MAX_LIST_PAGE, RequestBody, ResponseBody, StatusInfo,
+    message::{PeerInfo, TpmStatus},
+};
+
+use super::{Session, e, internal, pair_error};
+
+impl Session<'_> {
+    pub(super) async fn handle(&self, request: RequestBody) -> Result<ResponseBody, ErrorBody> {
+        match request {
+            RequestBody::Create {
+                origin,
+                options,
+                pin,
+            } => self.create(&origin, &options, pin.as_ref()).await,
+            RequestBody::Get {
+                origin,
+                options,
+                pin,
+            } => self.get(&origin, &options, pin.as_ref()).await,
+            RequestBody::List {
+                rp_id,
+                offset,
+                limit,
+            } => {
+                let limit = limit.unwrap_or(MAX_LIST_PAGE).min(MAX_LIST_PAGE) as usize;
+                let (passkeys, total) = self
+                    .vault
+                    .list(rp_id, offset, limit)
+                    .await
+                    .map_err(internal)?;
+                Ok(ResponseBody::List { passkeys, total })
+            }
+            RequestBody::Delete { credential_id } => {
+                let deleted = self.vault.delete(credential_id.0).await.map_err(internal)?;
+                Ok(ResponseBody::Delete { deleted })
+            }
+            RequestBody::Rename {
+                credential_id,
+                label,
+            } => {
+                if label.is_empty()
+                    || label.len() > passmesh_ipc::message::MAX_LABEL
+                    || label.chars().any(char::is_control)
+                {
+                    return Err(e(
+                        ErrorName::ConstraintError,
+                        format!(
+                            "a label is 1 to {} bytes without control characters",
+                            passmesh_ipc::message::MAX_LABEL
+                        ),
+                    ));
+                }
+                let renamed = self
+                    .vault
+                    .rename(credential_id.0, label)
+                    .await
+                    .map_err(internal)?;
+                Ok(ResponseBody::Rename { renamed })
+            }
+            RequestBody::Status => self.status().await,
+            RequestBody::PairInvite {
+                expires_secs,
+                confirm,
+                name,
+            } => {
+                let secs = expires_secs.unwrap_or(passmesh_ipc::message::DEFAULT_PAIR_EXPIRY_SECS);
+                if secs == 0 || secs > passmesh_ipc::message::MAX_PAIR_EXPIRY_SECS {
+                    return Err(e(
+                        ErrorName::ConstraintError,
+                        format!(
+                            "an invitation lasts 1 to {} seconds",
+                            passmesh_ipc::message::MAX_PAIR_EXPIRY_SECS
+                        ),
+                    ));
+                }
+                let (uri, expires_at_ms) = self
+                    .pairing()?
+                    .invite(
+                        self.uid,
+                        self.vault,
+                        std::time::Duration::from_secs(secs),
+                        confirm,
+                        name,
+                    )
+                    .await
+                    .map_err(pair_error)?;
+                Ok(ResponseBody::PairInvite {
+                    uri: uri.to_string(),
+                    expires_at_ms,
+                })
+            }
+            RequestBody::PairJoin { uri, name } => {
+                let name = name.unwrap_or_else(crate::vault::host_name);
+                self.pairing()?
+                    .join(self.uid, self.vault, &uri, name)
+                    .await
+                    .map_err(pair_error)?;
+                Ok(ResponseBody::PairJoin {})
+            }
+            RequestBody::PairProgress { since } => {
+                let (events, next, finished) = self.pairing()?.progress(self.uid, since).await;
+                Ok(ResponseBody::PairProgress {
+                    events,
+                    next,
+                    finished,
+                })
+            }
+            RequestBody::PairConfirm { accept } => {
+                self.pairing()?
+                    .confirm(self.uid, accept)
+                    .await
+                    .map_err(pair_error)?;
+                Ok(ResponseBody::PairConfirm {})
+            }
+            RequestBody::SetPin { pin, current_pin } => {
+                self.set_pin(&pin, current_pin.as_ref()).await
+            }
+        }
+    }
+
+    fn pairing(&self) -> Result<&crate::net::pairing::Pairing, ErrorBody> {
+        self.service.pairing.as_ref().ok_or_else(|| {
+            e(
+                ErrorName::NotSupportedError,
+                match self.service.network_off {
+                    Some(why) => format!("{why}: pairing needs networking"),
+                    None => {
+                        "networking is off ([network] enabled = false): pairing needs it".to_owned()
+                    }
+                },
+            )
+        })
+    }
+
+    async fn status(&self) -> Result<ResponseBody, ErrorBody> {
+        let s = self.vault.status().await.map_err(internal)?;
+        let listen_addrs = match &self.service.network {
+            Some(n) => n
+                .listen_addrs()
+                .await
+                .map(|l| l.iter().map(|a| a.to_string()).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let peers = s
+            .peers
+            .into_iter()
+            .map(|p| PeerInfo {
+                device_id: p.device_id,
+                name: p.name,
+                connected: p.connected,
+                address: p.address,
+                last_sync_ms: p.last_sync_ms,
+                pending_changes: p.pending_changes,
+                bytes_sent: p.bytes_sent,
+                bytes_received: p.bytes_received,
+            })
+            .collect();
+        Ok(ResponseBody::Status {
+            status: StatusInfo {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                uid: self.uid,
+                vault_id: s.vault_id,
+                passkeys: s.passkeys,
+                keystore: self.keystore.backend.name().to_owned(),
+                keystore_warning: self.keystore.warning.clone(),
+                pin_set: s.pin_set,
+                pin_attempts_left: s.pin_attempts_left,
+                pin_locked_for_ms: s.pin_locked_for_ms,
+                tpm: self.keystore.tpm.as_ref().map(|t| TpmStatus {
+                    manufacturer: t.manufacturer.clone(),
+                    firmware: t.firmware.clone(),
+                    pcrs: self.keystore.pcrs.clone().unwrap_or_default(),
+                }),
+                device_id: Some(s.device_id),
+                listen_addrs,
+                peers,
+                network_off: self.service.network_off.map(str::to_owned),
+            },
+        })
+    }
+}
