@@ -5,19 +5,23 @@
 //! keystore that protects the vault keys, and replicates the vault to paired devices over the
 //! [`passmesh_transport`] host. It does not implement the CRDT, the wire protocol or the libp2p stack.
 //!
-//! Module map:
-//! - [`config`]: the TOML config file, command-line overrides and XDG defaults.
-//! - [`keystore`]: seals and unseals the device's secrets (TPM through tss-esapi, or software).
-//! - [`migrate`]: moves a vault to another keystore or re-seals it, through a fresh database.
-//! - [`store`]: sled storage of one user's vault document, sealed keyring and PIN state.
-//! - [`pin`]: argon2id PIN hashing and the attempt counter with lockout.
-//! - [`origin`]: origin and rpId validation (public suffix list).
-//! - [`authenticator`]: authenticator data, attestation objects, client data and ES256 signatures.
-//! - [`vault`]: the actor owning one user's vault, store, PIN state and per-peer sync states.
-//! - [`sync`]: the network tasks between the transport host and the vault actor.
-//! - [`pairing`]: join material export/import with the daemon stopped (the internal API pairing builds on).
-//! - [`pair`]: pairing by code between running daemons (invitation, `XXpsk3` handshake, key wrapping).
-//! - [`service`]: the socket request handler and the daemon's run loop.
+//! Module map, from the socket down (a module uses only those below it; no cycles):
+//! - [`service`]: the socket request handler (caller uid → that user's vault), the WebAuthn steps and the run
+//!   loop (start-up, reload, shutdown), one path for user and system mode over one user registry.
+//! - [`net`]: the transport host's router (vault-framed sync messages to and from the vault actors) and
+//!   pairing by code (inviter and joiner).
+//! - [`vault`]: the actor owning one user's vault: document, store, PIN state, device table, and its
+//!   sans-IO [`vault::replication`] with the paired devices.
+//! - [`authenticator`]: authenticator data, attestation objects, client data and ES256 signatures;
+//!   [`origin`]: origin and rpId validation (public suffix list).
+//! - [`pin`]: argon2id PIN hashing and the attempt counter with lockout (a pure state machine).
+//! - [`config`]: the TOML config file, command-line overrides and XDG defaults; [`notify`]: sd_notify.
+//! - [`custody`]: the keys: keystore (TPM or software), sealing, re-sealing and migrating, the device and machine
+//!   identities, wrapping the keyring to a joining device.
+//! - [`store`]: sled storage of one vault (document chunks, typed metadata with explicit durability, sealed
+//!   files); [`layout`]: where everything lives under the state directory; [`ids`]: the one conversion
+//!   between device ids and peer ids.
+//! - `pairing` (feature `test-utils`): joining devices with the daemons stopped, for the end-to-end tests.
 
 pub mod authenticator;
 mod cbor;
@@ -28,6 +32,7 @@ pub mod layout;
 pub mod net;
 pub mod notify;
 pub mod origin;
+#[cfg(feature = "test-utils")]
 pub mod pairing;
 pub mod pin;
 pub mod service;

@@ -1,0 +1,213 @@
+//! The joiner: runs the handshake with the inviting device named by a code, unwraps the vault keyring the
+//! inviter grants, replaces this device's empty vault with a replica of the granted one, and acknowledges.
+
+use passmesh_crdt::{Device, DeviceId, VaultId};
+use passmesh_ipc::message::PairEvent;
+use passmesh_transport::Multiaddr;
+use passmesh_transport::pairing::{self, Invitation, JoinHandshake, Request, Response};
+use zeroize::Zeroizing;
+
+use super::{ACK_TEXT, Ack, Error, Grant, Inner, Pairing, PairingId, Phase, now_secs, shareable};
+use crate::custody::wrap::unwrap_keyring;
+use crate::ids;
+use crate::vault::{self, Member};
+
+impl Pairing {
+    /// Starts joining `vault` (of user `uid`) to the vault of `uri` under `name`; follow with
+    /// [`Pairing::progress`].
+    pub async fn join(
+        &self,
+        uid: u32,
+        vault: &vault::Handle,
+        uri: &str,
+        name: String,
+    ) -> Result<(), Error> {
+        let me = &self.inner;
+        let invitation = Invitation::parse(uri)?;
+        if invitation.expires_at <= now_secs() {
+            return Err(Error::Expired);
+        }
+        if invitation.inviter == me.identity.peer_id() {
+            return Err(Error::OwnCode);
+        }
+        if me
+            .carried
+            .held_elsewhere(uid, &VaultId::from_bytes(invitation.vault))
+        {
+            return Err(Error::HeldByAnotherUser);
+        }
+        if name.is_empty() || name.len() > pairing::MAX_NAME_LEN {
+            return Err(Error::Invalid(format!(
+                "the device name must be 1 to {} bytes",
+                pairing::MAX_NAME_LEN
+            )));
+        }
+        let info = vault.join_info().await?;
+        if info.vault_id.as_bytes() == &invitation.vault {
+            return Err(Error::SameVault);
+        }
+        vault
+            .adopt(
+                info.vault_id,
+                Zeroizing::new(Vec::new()),
+                Vec::new(),
+                info.device,
+                true,
+            )
+            .await?;
+        let id = {
+            let mut st = me.state.lock().await;
+            if st.busy() {
+                return Err(Error::Busy);
+            }
+            st.begin(uid, Phase::Joining, &me.changed)
+        };
+        let inner = me.clone();
+        let vault = vault.clone();
+        tokio::spawn(async move {
+            let inviter = invitation.inviter;
+            let result = inner.run_join(id, &vault, invitation, name).await;
+            let _ = inner.transport.end_join(inviter).await;
+            let mut st = inner.state.lock().await;
+            if matches!(st.phase, Phase::Joining(current) if current == id) {
+                st.phase = Phase::Idle;
+            }
+            match result {
+                Ok((device_id, name)) => {
+                    tracing::info!(inviter = %device_id, "joined the vault");
+                    st.push_for(id, PairEvent::Done { device_id, name }, &inner.changed);
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "joining failed");
+                    st.push_for(id, PairEvent::Failed { reason }, &inner.changed);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// The joiner's steps; the inviter's device id and name on success, the reason otherwise.
+    async fn run_join(
+        &self,
+        id: PairingId,
+        vault: &vault::Handle,
+        invitation: Invitation,
+        name: String,
+    ) -> Result<(String, String), String> {
+        let inviter = invitation.inviter;
+        let addrs = invitation.addrs.clone();
+        let (hs, m1) = JoinHandshake::start(&invitation, &self.identity, &self.key)
+            .map_err(|e| e.to_string())?;
+        let Response::Handshake(m2) = self.request(inviter, &addrs, Request::Hello(m1)).await?
+        else {
+            return Err("the inviting device sent an unexpected answer".into());
+        };
+        self.push_for(
+            id,
+            PairEvent::PeerConnected {
+                peer: inviter.to_string(),
+            },
+        )
+        .await;
+        let (mut session, m3) = hs
+            .finish(&m2, &self.identity, &self.key, &name)
+            .map_err(|e| e.to_string())?;
+        self.push_for(
+            id,
+            PairEvent::Sas {
+                sas: session.sas().to_owned(),
+            },
+        )
+        .await;
+        let Response::Sealed(sealed) = self.request(inviter, &addrs, Request::Finish(m3)).await?
+        else {
+            return Err("the inviting device sent an unexpected answer".into());
+        };
+        let plain = session.open(&sealed).map_err(|_| {
+            "the inviting device did not prove it knows the code (wrong or altered code)".to_owned()
+        })?;
+        let grant: Grant = serde_json::from_slice(&plain)
+            .map_err(|_| "the inviting device sent a malformed vault grant".to_owned())?;
+        drop(plain);
+        let vault_bytes: [u8; 16] = grant
+            .vault
+            .0
+            .as_slice()
+            .try_into()
+            .map_err(|_| "malformed vault id".to_owned())?;
+        if vault_bytes != invitation.vault {
+            return Err("the inviting device granted another vault than the code names".into());
+        }
+        let vault_id = VaultId::from_bytes(vault_bytes);
+        let me = self.identity.peer_id();
+        let keyring = unwrap_keyring(&grant.wrapped.0, &self.key, &vault_id, &me)
+            .ok_or("the vault keys do not unwrap with this device's key")?;
+        let mut members = Vec::new();
+        let mut inviter_name = String::new();
+        for m in grant.members.into_iter().take(1024) {
+            let x25519: [u8; 32] = m
+                .x25519
+                .0
+                .as_slice()
+                .try_into()
+                .map_err(|_| "malformed device entry".to_owned())?;
+            if m.id == inviter.to_string() {
+                inviter_name.clone_from(&m.name);
+            }
+            members.push(Member {
+                device: Device {
+                    id: DeviceId::new(m.id),
+                    name: m.name,
+                    x25519_public: x25519,
+                    added_by: m.added_by.map(DeviceId::new),
+                    added_at_ms: m.added_at_ms,
+                },
+                addrs: m
+                    .addrs
+                    .into_iter()
+                    .filter(|a| a.len() <= 256)
+                    .take(16)
+                    .collect(),
+            });
+        }
+        let device = Device {
+            id: ids::device_id(&me),
+            name: name.clone(),
+            x25519_public: self.key.public(),
+            added_by: Some(ids::device_id(&inviter)),
+            added_at_ms: crate::now_ms(),
+        };
+        let dial: Vec<Multiaddr> = members
+            .iter()
+            .filter(|m| m.device.id.as_str() != me.to_string())
+            .flat_map(|m| {
+                let peer = m.device.id.to_string();
+                m.addrs
+                    .iter()
+                    .filter_map(move |a| format!("{a}/p2p/{peer}").parse().ok())
+            })
+            .collect();
+        vault
+            .adopt(vault_id, keyring, members, device, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        for addr in dial {
+            // Remembered for redialling once the device table (sent to the transport) lists the peer.
+            let _ = self.transport.dial(addr).await;
+        }
+        let own = shareable(self.transport.listen_addrs().await.unwrap_or_default());
+        let ack = Ack {
+            text: ACK_TEXT.into(),
+            addrs: own.iter().map(|a| a.to_string()).collect(),
+        };
+        let ack = session
+            .seal(&serde_json::to_vec(&ack).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        match self.request(inviter, &addrs, Request::Ack(ack)).await? {
+            Response::Done => Ok((inviter.to_string(), inviter_name)),
+            _ => Err("the inviting device sent an unexpected answer".into()),
+        }
+    }
+}
