@@ -73,11 +73,12 @@ impl Device {
         let stdin_text = stdin.to_owned();
         let mut pipe = child.stdin.take().context("no stdin")?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        // The CLI prints a few JSON lines; a reader that falls behind holds the CLI back, which is harmless.
+        let (tx, rx) = mpsc::channel(64);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                if tx.blocking_send(line).is_err() {
                     break;
                 }
             }
@@ -101,7 +102,7 @@ impl Device {
 /// A running `passmesh --json pair`.
 #[derive(Debug)]
 pub struct Invite {
-    lines: mpsc::UnboundedReceiver<String>,
+    lines: mpsc::Receiver<String>,
     seen: Vec<Value>,
     done: Option<tokio::sync::oneshot::Receiver<std::io::Result<std::process::Output>>>,
 }
