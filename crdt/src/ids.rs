@@ -72,6 +72,44 @@ hex_id!(
     "vault id"
 );
 
+/// A WebAuthn credential id: opaque bytes the authenticator chose (1 to 1023 of them). Not secret: relying
+/// parties store it and browsers send it in the clear.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CredentialId(Vec<u8>);
+
+impl CredentialId {
+    /// The bytes of the id.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for CredentialId {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+}
+
+impl AsRef<[u8]> for CredentialId {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for CredentialId {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CredentialId(")?;
+        write_hex(f, &self.0)?;
+        f.write_str(")")
+    }
+}
+
 /// The id of a device of the vault (a libp2p peer id string in the daemon; opaque here).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(String);

@@ -13,7 +13,7 @@
 //!
 //! Modules:
 //! - [`keys`] — [`VaultKey`], [`Epoch`], [`Keyring`].
-//! - [`ids`] — [`RecordId`], [`VaultId`], [`DeviceId`].
+//! - [`ids`] — [`RecordId`], [`VaultId`], [`DeviceId`], [`CredentialId`].
 //! - [`record`] — [`NewPasskey`], [`Passkey`], [`Device`].
 //! - [`vault`] — [`Vault`], [`SyncState`].
 //! - [`error`] — [`Error`].
@@ -29,7 +29,7 @@ pub mod record;
 pub mod vault;
 
 pub use error::Error;
-pub use ids::{DeviceId, RecordId, VaultId};
+pub use ids::{CredentialId, DeviceId, RecordId, VaultId};
 pub use keys::{Epoch, Keyring, VaultKey};
 pub use record::{Device, NewPasskey, Passkey};
 pub use vault::{SyncState, Vault};

@@ -15,6 +15,7 @@
 //! - [`authenticator`]: authenticator data, attestation objects, client data and ES256 signatures;
 //!   [`origin`]: origin and rpId validation (public suffix list).
 //! - [`pin`]: argon2id PIN hashing and the attempt counter with lockout (a pure state machine).
+//! - [`names`]: a passkey's label and a device's name, parsed where they enter.
 //! - [`config`]: the TOML config file, command-line overrides and XDG defaults; [`notify`]: sd_notify.
 //! - [`custody`]: the keys: keystore (TPM or software), sealing, re-sealing and migrating, the device and machine
 //!   identities, wrapping the keyring to a joining device.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod custody;
 pub mod ids;
 pub mod layout;
+pub mod names;
 pub mod net;
 pub mod notify;
 pub mod origin;

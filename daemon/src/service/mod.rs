@@ -136,7 +136,7 @@ pub(crate) fn internal(err: vault::Error) -> ErrorBody {
 pub(crate) fn pair_error(err: crate::net::pairing::Error) -> ErrorBody {
     use crate::net::pairing::Error as P;
     let name = match &err {
-        P::Code(_) | P::Expired | P::Invalid(_) => ErrorName::DataError,
+        P::Code(_) | P::Expired => ErrorName::DataError,
         P::Network(_) => ErrorName::NotSupportedError,
         _ => ErrorName::InvalidStateError,
     };

@@ -6,6 +6,7 @@ use passmesh_ipc::{
 };
 
 use super::{Session, e, internal, pair_error};
+use crate::names::{DeviceName, Label};
 
 impl Session<'_> {
     pub(super) async fn handle(&self, request: RequestBody) -> Result<ResponseBody, ErrorBody> {
@@ -34,28 +35,22 @@ impl Session<'_> {
                 Ok(ResponseBody::List { passkeys, total })
             }
             RequestBody::Delete { credential_id } => {
-                let deleted = self.vault.delete(credential_id.0).await.map_err(internal)?;
+                let deleted = self
+                    .vault
+                    .delete(credential_id.0.into())
+                    .await
+                    .map_err(internal)?;
                 Ok(ResponseBody::Delete { deleted })
             }
             RequestBody::Rename {
                 credential_id,
                 label,
             } => {
-                if label.is_empty()
-                    || label.len() > passmesh_ipc::message::MAX_LABEL
-                    || label.chars().any(char::is_control)
-                {
-                    return Err(e(
-                        ErrorName::ConstraintError,
-                        format!(
-                            "a label is 1 to {} bytes without control characters",
-                            passmesh_ipc::message::MAX_LABEL
-                        ),
-                    ));
-                }
+                let label = Label::try_from(label)
+                    .map_err(|bad| e(ErrorName::ConstraintError, bad.to_string()))?;
                 let renamed = self
                     .vault
-                    .rename(credential_id.0, label)
+                    .rename(credential_id.0.into(), label)
                     .await
                     .map_err(internal)?;
                 Ok(ResponseBody::Rename { renamed })
@@ -76,6 +71,10 @@ impl Session<'_> {
                         ),
                     ));
                 }
+                let name = name
+                    .map(DeviceName::try_from)
+                    .transpose()
+                    .map_err(|bad| e(ErrorName::DataError, bad.to_string()))?;
                 let (uri, expires_at_ms) = self
                     .pairing()?
                     .invite(
@@ -93,7 +92,8 @@ impl Session<'_> {
                 })
             }
             RequestBody::PairJoin { uri, name } => {
-                let name = name.unwrap_or_else(crate::vault::host_name);
+                let name = DeviceName::try_from(name.unwrap_or_else(crate::vault::host_name))
+                    .map_err(|bad| e(ErrorName::DataError, bad.to_string()))?;
                 self.pairing()?
                     .join(self.uid, self.vault, &uri, name)
                     .await

@@ -3,8 +3,9 @@
 
 use std::sync::atomic::Ordering;
 
+use passmesh_crdt::CredentialId;
 use passmesh_ipc::{
-    ErrorBody, ErrorName, Pin, PublicKeyCredentialCreationOptionsJson,
+    CredentialDescriptor, ErrorBody, ErrorName, Pin, PublicKeyCredentialCreationOptionsJson,
     PublicKeyCredentialRequestOptionsJson, ResponseBody,
 };
 
@@ -13,6 +14,15 @@ use crate::authenticator::{self, UserVerification};
 use crate::origin;
 use crate::pin::{self, PinHash};
 use crate::vault::{self, PinCheck};
+
+/// The ids of the `public-key` credentials among `descriptors` (other types are for other authenticators).
+fn public_key_ids(descriptors: &[CredentialDescriptor]) -> Vec<CredentialId> {
+    descriptors
+        .iter()
+        .filter(|d| d.type_ == "public-key")
+        .map(|d| CredentialId::from(d.id.0.clone()))
+        .collect()
+}
 
 impl Session<'_> {
     pub(super) async fn create(
@@ -23,12 +33,7 @@ impl Session<'_> {
     ) -> Result<ResponseBody, ErrorBody> {
         let checked = origin::check(origin, options.rp.id.as_deref()).map_err(security)?;
         authenticator::check_creation(options)?;
-        let excluded: Vec<Vec<u8>> = options
-            .exclude_credentials
-            .iter()
-            .filter(|d| d.type_ == "public-key")
-            .map(|d| d.id.0.clone())
-            .collect();
+        let excluded = public_key_ids(&options.exclude_credentials);
         if !excluded.is_empty()
             && self
                 .vault
@@ -67,12 +72,7 @@ impl Session<'_> {
         if options.challenge.as_bytes().is_empty() {
             return Err(e(ErrorName::TypeError, "challenge must not be empty"));
         }
-        let allow: Vec<Vec<u8>> = options
-            .allow_credentials
-            .iter()
-            .filter(|d| d.type_ == "public-key")
-            .map(|d| d.id.0.clone())
-            .collect();
+        let allow = public_key_ids(&options.allow_credentials);
         if !options.allow_credentials.is_empty() && allow.is_empty() {
             return Err(e(
                 ErrorName::NotAllowedError,

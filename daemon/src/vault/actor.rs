@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use p256::ecdsa::SigningKey;
-use passmesh_crdt::{SyncState, Vault};
+use passmesh_crdt::{CredentialId, SyncState, Vault};
 use passmesh_transport::PeerId;
 use tokio::sync::mpsc;
 
@@ -26,7 +26,7 @@ pub(super) struct Actor {
     pub(super) vault: Vault,
     /// Parsed signing keys by credential id: building a `SigningKey` derives its public key, a scalar
     /// multiplication as costly as the signature itself, so it is done once per credential, not per `get`.
-    pub(super) keys: HashMap<Vec<u8>, Arc<SigningKey>>,
+    pub(super) keys: HashMap<CredentialId, Arc<SigningKey>>,
     pub(super) store: Store,
     pub(super) pin: PinState,
     pub(super) policy: Policy,

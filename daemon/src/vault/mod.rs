@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use passmesh_crdt::{Device, NewPasskey, VaultId};
+use passmesh_crdt::{CredentialId, Device, NewPasskey, VaultId};
 use passmesh_ipc::PasskeyInfo;
 use passmesh_transport::{Identity, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -37,6 +37,7 @@ pub use open::{open, open_seeded};
 
 use crate::authenticator::Credential;
 use crate::custody::keystore::{self, Backend, tpm};
+use crate::names::Label;
 use crate::pin::{self, PinHash, Policy};
 use crate::store;
 
@@ -232,7 +233,7 @@ enum Command {
     },
     AnyExcluded {
         rp_id: String,
-        ids: Vec<Vec<u8>>,
+        ids: Vec<CredentialId>,
         reply: Reply<bool>,
     },
     Insert {
@@ -241,7 +242,7 @@ enum Command {
     },
     FindForGet {
         rp_id: String,
-        allow: Vec<Vec<u8>>,
+        allow: Vec<CredentialId>,
         reply: Reply<Option<Credential>>,
     },
     List {
@@ -251,12 +252,12 @@ enum Command {
         reply: Reply<(Vec<PasskeyInfo>, u64)>,
     },
     Delete {
-        credential_id: Vec<u8>,
+        credential_id: CredentialId,
         reply: Reply<Result<bool, Error>>,
     },
     Rename {
-        credential_id: Vec<u8>,
-        label: String,
+        credential_id: CredentialId,
+        label: Label,
         reply: Reply<Result<bool, Error>>,
     },
     Status {
@@ -342,7 +343,7 @@ impl Handle {
     }
 
     /// Whether any of `ids` is a credential of `rp_id` in this vault.
-    pub async fn any_excluded(&self, rp_id: String, ids: Vec<Vec<u8>>) -> Result<bool, Error> {
+    pub async fn any_excluded(&self, rp_id: String, ids: Vec<CredentialId>) -> Result<bool, Error> {
         self.ask(|reply| Command::AnyExcluded { rp_id, ids, reply })
             .await
     }
@@ -360,7 +361,7 @@ impl Handle {
     pub async fn find_for_get(
         &self,
         rp_id: String,
-        allow: Vec<Vec<u8>>,
+        allow: Vec<CredentialId>,
     ) -> Result<Option<Credential>, Error> {
         self.ask(|reply| Command::FindForGet {
             rp_id,
@@ -387,7 +388,7 @@ impl Handle {
     }
 
     /// Deletes a passkey by credential id; `false` if there was none. Returns once it is on disk.
-    pub async fn delete(&self, credential_id: Vec<u8>) -> Result<bool, Error> {
+    pub async fn delete(&self, credential_id: CredentialId) -> Result<bool, Error> {
         self.ask(|reply| Command::Delete {
             credential_id,
             reply,
@@ -396,7 +397,7 @@ impl Handle {
     }
 
     /// Sets a passkey's label; `false` if there was no such passkey. Returns once it is on disk.
-    pub async fn rename(&self, credential_id: Vec<u8>, label: String) -> Result<bool, Error> {
+    pub async fn rename(&self, credential_id: CredentialId, label: Label) -> Result<bool, Error> {
         self.ask(|reply| Command::Rename {
             credential_id,
             label,

@@ -4,19 +4,20 @@
 use std::sync::Arc;
 
 use p256::ecdsa::SigningKey;
-use passmesh_crdt::{NewPasskey, Passkey, RecordId};
+use passmesh_crdt::{CredentialId, NewPasskey, Passkey, RecordId};
 use passmesh_ipc::{Base64Url, PasskeyInfo};
 
 use super::Error;
 use super::actor::Actor;
 use crate::authenticator::Credential;
+use crate::names::Label;
 
 impl Actor {
     /// Whether any of `ids` is a credential of `rp_id` in this vault.
-    pub(super) fn any_excluded(&self, rp_id: &str, ids: &[Vec<u8>]) -> bool {
+    pub(super) fn any_excluded(&self, rp_id: &str, ids: &[CredentialId]) -> bool {
         ids.iter().any(|id| {
             self.vault
-                .find_by_credential_id(id)
+                .find_by_credential_id(id.as_bytes())
                 .is_some_and(|p| p.rp_id == rp_id)
         })
     }
@@ -34,7 +35,7 @@ impl Actor {
         let result = replaced
             .iter()
             .try_for_each(|(id, credential_id)| {
-                self.keys.remove(credential_id);
+                self.keys.remove(credential_id.as_slice());
                 self.vault.remove(id).map(|_| ())
             })
             .and_then(|()| self.vault.insert(passkey, now).map(|_| ()))
@@ -45,7 +46,11 @@ impl Actor {
     }
 
     /// The credential to sign with: one of `allow` for `rp_id`, or with `allow` empty the newest of `rp_id`.
-    pub(super) fn find_for_get(&mut self, rp_id: &str, allow: &[Vec<u8>]) -> Option<Credential> {
+    pub(super) fn find_for_get(
+        &mut self,
+        rp_id: &str,
+        allow: &[CredentialId],
+    ) -> Option<Credential> {
         let found = if allow.is_empty() {
             self.vault
                 .find_by_rp(rp_id)
@@ -53,15 +58,15 @@ impl Actor {
         } else {
             allow
                 .iter()
-                .filter_map(|id| self.vault.find_by_credential_id(id))
+                .filter_map(|id| self.vault.find_by_credential_id(id.as_bytes()))
                 .find(|p| p.rp_id == rp_id)
         }?;
-        let key = match self.keys.get(&found.credential_id) {
+        let key = match self.keys.get(found.credential_id.as_slice()) {
             Some(k) => Arc::clone(k),
             None => {
                 let k = Arc::new(SigningKey::from_slice(&found.private_key).ok()?);
                 self.keys
-                    .insert(found.credential_id.clone(), Arc::clone(&k));
+                    .insert(found.credential_id.clone().into(), Arc::clone(&k));
                 k
             }
         };
@@ -97,11 +102,11 @@ impl Actor {
         (page, total)
     }
 
-    pub(super) fn delete(&mut self, credential_id: &[u8]) -> Result<bool, Error> {
-        let result = match self.vault.find_by_credential_id(credential_id) {
+    pub(super) fn delete(&mut self, credential_id: &CredentialId) -> Result<bool, Error> {
+        let result = match self.vault.find_by_credential_id(credential_id.as_bytes()) {
             Some(p) => {
                 let id = p.record_id;
-                self.keys.remove(credential_id);
+                self.keys.remove(credential_id.as_bytes());
                 self.vault.remove(&id).map_err(Error::from)
             }
             None => Ok(false),
@@ -111,12 +116,16 @@ impl Actor {
         result
     }
 
-    pub(super) fn rename(&mut self, credential_id: &[u8], label: &str) -> Result<bool, Error> {
-        let result = match self.vault.find_by_credential_id(credential_id) {
+    pub(super) fn rename(
+        &mut self,
+        credential_id: &CredentialId,
+        label: &Label,
+    ) -> Result<bool, Error> {
+        let result = match self.vault.find_by_credential_id(credential_id.as_bytes()) {
             Some(p) => {
                 let id = p.record_id;
                 self.vault
-                    .rename(&id, label, crate::now_ms())
+                    .rename(&id, label.as_str(), crate::now_ms())
                     .map(|()| true)
                     .map_err(Error::from)
             }

@@ -20,6 +20,7 @@ use super::{
     PairingId, Phase, WireMember, shareable,
 };
 use crate::custody::wrap::wrap_keyring;
+use crate::names::DeviceName;
 use crate::{ids, vault};
 
 /// An open (or spent, not yet expired) invitation.
@@ -86,22 +87,17 @@ impl Pairing {
         vault: &vault::Handle,
         expires: Duration,
         confirm: bool,
-        name: Option<String>,
+        name: Option<DeviceName>,
     ) -> Result<(Zeroizing<String>, u64), Error> {
         let me = &self.inner;
         if me.state.lock().await.busy() {
             return Err(Error::Busy);
         }
-        if let Some(n) = &name
-            && (n.is_empty() || n.len() > pairing::MAX_NAME_LEN)
-        {
-            return Err(Error::Invalid(format!(
-                "the device name must be 1 to {} bytes",
-                pairing::MAX_NAME_LEN
-            )));
-        }
         let mut info = vault.join_info().await?;
-        if let Some(n) = name.filter(|n| *n != info.device.name) {
+        if let Some(n) = name
+            .map(DeviceName::into_string)
+            .filter(|n| *n != info.device.name)
+        {
             // The name is this device's entry in the replicated table: every device shows the same one.
             info.device.name = n;
             vault.add_device(info.device.clone(), Vec::new()).await?;

@@ -4,12 +4,13 @@
 use passmesh_crdt::{Device, DeviceId, VaultId};
 use passmesh_ipc::message::PairEvent;
 use passmesh_transport::Multiaddr;
-use passmesh_transport::pairing::{self, Invitation, JoinHandshake, Request, Response};
+use passmesh_transport::pairing::{Invitation, JoinHandshake, Request, Response};
 use zeroize::Zeroizing;
 
 use super::{ACK_TEXT, Ack, Error, Grant, Inner, Pairing, PairingId, Phase, now_secs, shareable};
 use crate::custody::wrap::unwrap_keyring;
 use crate::ids;
+use crate::names::DeviceName;
 use crate::vault::{self, Member};
 
 impl Pairing {
@@ -20,7 +21,7 @@ impl Pairing {
         uid: u32,
         vault: &vault::Handle,
         uri: &str,
-        name: String,
+        name: DeviceName,
     ) -> Result<(), Error> {
         let me = &self.inner;
         let invitation = Invitation::parse(uri)?;
@@ -35,12 +36,6 @@ impl Pairing {
             .held_elsewhere(uid, &VaultId::from_bytes(invitation.vault))
         {
             return Err(Error::HeldByAnotherUser);
-        }
-        if name.is_empty() || name.len() > pairing::MAX_NAME_LEN {
-            return Err(Error::Invalid(format!(
-                "the device name must be 1 to {} bytes",
-                pairing::MAX_NAME_LEN
-            )));
         }
         let info = vault.join_info().await?;
         if info.vault_id.as_bytes() == &invitation.vault {
@@ -66,7 +61,9 @@ impl Pairing {
         let vault = vault.clone();
         tokio::spawn(async move {
             let inviter = invitation.inviter;
-            let result = inner.run_join(id, &vault, invitation, name).await;
+            let result = inner
+                .run_join(id, &vault, invitation, name.into_string())
+                .await;
             let _ = inner.transport.end_join(inviter).await;
             let mut st = inner.state.lock().await;
             if matches!(st.phase, Phase::Joining(current) if current == id) {

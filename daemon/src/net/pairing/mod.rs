@@ -68,9 +68,6 @@ pub enum Error {
     /// The code was made by this device.
     #[error("this code was made by this device: scan it on the device that should join")]
     OwnCode,
-    /// A bad argument.
-    #[error("{0}")]
-    Invalid(String),
     /// The network is off or stopped.
     #[error("networking is off or stopped: {0}")]
     Network(String),
