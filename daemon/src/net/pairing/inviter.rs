@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::{
-    ACK_TEXT, Ack, CONFIRM_WAIT, Error, Grant, HANDSHAKE_STALE, Inner, MAX_ATTEMPTS, Pairing,
-    PairingId, Phase, WireMember, shareable,
+    ACK_TEXT, Ack, CONFIRM_WAIT, Error, Failure, Grant, HANDSHAKE_STALE, Inner, MAX_ATTEMPTS,
+    Pairing, PairingId, Phase, WireMember, shareable,
 };
 use crate::custody::wrap::wrap_keyring;
 use crate::names::DeviceName;
@@ -351,9 +351,9 @@ impl Inner {
         &self,
         vault: &vault::Handle,
         session: &mut Session,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, Failure> {
         let joiner = session.peer().clone();
-        let info = vault.join_info().await.map_err(|e| e.to_string())?;
+        let info = vault.join_info().await?;
         let own: Vec<String> = shareable(self.transport.listen_addrs().await.unwrap_or_default())
             .iter()
             .map(|a| a.to_string())
@@ -361,8 +361,7 @@ impl Inner {
         let me = self.identity.peer_id().to_string();
         let members = vault
             .members()
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .map(|m| WireMember {
                 addrs: if m.device.id.as_str() == me {
@@ -383,18 +382,16 @@ impl Inner {
             &info.vault_id,
             &joiner.peer,
         )
-        .ok_or("the joining device's key is unusable")?;
+        .ok_or(Failure::JoinerKey)?;
         let grant = Grant {
             vault: Base64Url(info.vault_id.as_bytes().to_vec()),
             wrapped: Base64Url(wrapped),
             members,
         };
-        let plain = Zeroizing::new(serde_json::to_vec(&grant).map_err(|e| e.to_string())?);
-        session.seal(&plain).map_err(|e| {
-            format!(
-                "the device table is too large for one pairing message ({} bytes): {e}",
-                plain.len()
-            )
+        let plain = Zeroizing::new(serde_json::to_vec(&grant)?);
+        session.seal(&plain).map_err(|source| Failure::TooLarge {
+            size: plain.len(),
+            source,
         })
     }
 

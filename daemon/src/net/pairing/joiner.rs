@@ -7,7 +7,9 @@ use passmesh_transport::Multiaddr;
 use passmesh_transport::pairing::{Invitation, JoinHandshake, Request, Response};
 use zeroize::Zeroizing;
 
-use super::{ACK_TEXT, Ack, Error, Grant, Inner, Pairing, PairingId, Phase, now_secs, shareable};
+use super::{
+    ACK_TEXT, Ack, Error, Failure, Grant, Inner, Pairing, PairingId, Phase, now_secs, shareable,
+};
 use crate::custody::wrap::unwrap_keyring;
 use crate::ids;
 use crate::names::DeviceName;
@@ -74,7 +76,8 @@ impl Pairing {
                     tracing::info!(inviter = %device_id, "joined the vault");
                     st.push_for(id, PairEvent::Done { device_id, name }, &inner.changed);
                 }
-                Err(reason) => {
+                Err(failure) => {
+                    let reason = failure.to_string();
                     tracing::warn!(%reason, "joining failed");
                     st.push_for(id, PairEvent::Failed { reason }, &inner.changed);
                 }
@@ -92,14 +95,13 @@ impl Inner {
         vault: &vault::Handle,
         invitation: Invitation,
         name: String,
-    ) -> Result<(String, String), String> {
+    ) -> Result<(String, String), Failure> {
         let inviter = invitation.inviter;
         let addrs = invitation.addrs.clone();
-        let (hs, m1) = JoinHandshake::start(&invitation, &self.identity, &self.key)
-            .map_err(|e| e.to_string())?;
+        let (hs, m1) = JoinHandshake::start(&invitation, &self.identity, &self.key)?;
         let Response::Handshake(m2) = self.request(inviter, &addrs, Request::Hello(m1)).await?
         else {
-            return Err("the inviting device sent an unexpected answer".into());
+            return Err(Failure::UnexpectedAnswer);
         };
         self.push_for(
             id,
@@ -108,9 +110,7 @@ impl Inner {
             },
         )
         .await;
-        let (mut session, m3) = hs
-            .finish(&m2, &self.identity, &self.key, &name)
-            .map_err(|e| e.to_string())?;
+        let (mut session, m3) = hs.finish(&m2, &self.identity, &self.key, &name)?;
         self.push_for(
             id,
             PairEvent::Sas {
@@ -120,27 +120,24 @@ impl Inner {
         .await;
         let Response::Sealed(sealed) = self.request(inviter, &addrs, Request::Finish(m3)).await?
         else {
-            return Err("the inviting device sent an unexpected answer".into());
+            return Err(Failure::UnexpectedAnswer);
         };
-        let plain = session.open(&sealed).map_err(|_| {
-            "the inviting device did not prove it knows the code (wrong or altered code)".to_owned()
-        })?;
-        let grant: Grant = serde_json::from_slice(&plain)
-            .map_err(|_| "the inviting device sent a malformed vault grant".to_owned())?;
+        let plain = session.open(&sealed).map_err(|_| Failure::NotProven)?;
+        let grant: Grant = serde_json::from_slice(&plain).map_err(|_| Failure::MalformedGrant)?;
         drop(plain);
         let vault_bytes: [u8; 16] = grant
             .vault
             .0
             .as_slice()
             .try_into()
-            .map_err(|_| "malformed vault id".to_owned())?;
+            .map_err(|_| Failure::MalformedVaultId)?;
         if vault_bytes != invitation.vault {
-            return Err("the inviting device granted another vault than the code names".into());
+            return Err(Failure::OtherVault);
         }
         let vault_id = VaultId::from_bytes(vault_bytes);
         let me = self.identity.peer_id();
-        let keyring = unwrap_keyring(&grant.wrapped.0, &self.key, &vault_id, &me)
-            .ok_or("the vault keys do not unwrap with this device's key")?;
+        let keyring =
+            unwrap_keyring(&grant.wrapped.0, &self.key, &vault_id, &me).ok_or(Failure::Unwrap)?;
         let mut members = Vec::new();
         let mut inviter_name = String::new();
         for m in grant.members.into_iter().take(1024) {
@@ -149,7 +146,7 @@ impl Inner {
                 .0
                 .as_slice()
                 .try_into()
-                .map_err(|_| "malformed device entry".to_owned())?;
+                .map_err(|_| Failure::MalformedDevice)?;
             if m.id == inviter.to_string() {
                 inviter_name.clone_from(&m.name);
             }
@@ -188,8 +185,7 @@ impl Inner {
             .collect();
         vault
             .adopt(vault_id, keyring, members, device, false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         for addr in dial {
             // Remembered for redialling once the device table (sent to the transport) lists the peer.
             let _ = self.transport.dial(addr).await;
@@ -199,12 +195,10 @@ impl Inner {
             text: ACK_TEXT.into(),
             addrs: own.iter().map(|a| a.to_string()).collect(),
         };
-        let ack = session
-            .seal(&serde_json::to_vec(&ack).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        let ack = session.seal(&serde_json::to_vec(&ack)?)?;
         match self.request(inviter, &addrs, Request::Ack(ack)).await? {
             Response::Done => Ok((inviter.to_string(), inviter_name)),
-            _ => Err("the inviting device sent an unexpected answer".into()),
+            _ => Err(Failure::UnexpectedAnswer),
         }
     }
 }

@@ -76,6 +76,70 @@ pub enum Error {
     NothingToConfirm,
 }
 
+/// Why a pairing failed once under way; its text is the reason the person sees in the progress.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The handshake or the Noise session failed.
+    #[error(transparent)]
+    Handshake(#[from] pairing::Error),
+    /// The request could not be sent, or got no answer.
+    #[error("{}", transport_reason(.0))]
+    Transport(transport::Error),
+    /// The inviting device refused.
+    #[error("the inviting device refused: {0}")]
+    Refused(Refusal),
+    /// The answer does not decode.
+    #[error("the inviting device sent a malformed answer")]
+    MalformedAnswer,
+    /// The answer is not the one this step expects.
+    #[error("the inviting device sent an unexpected answer")]
+    UnexpectedAnswer,
+    /// The grant does not open with the session: the inviter does not know the code.
+    #[error("the inviting device did not prove it knows the code (wrong or altered code)")]
+    NotProven,
+    /// The grant does not decode.
+    #[error("the inviting device sent a malformed vault grant")]
+    MalformedGrant,
+    /// The granted vault id is not 16 bytes.
+    #[error("malformed vault id")]
+    MalformedVaultId,
+    /// The grant is for another vault than the code names.
+    #[error("the inviting device granted another vault than the code names")]
+    OtherVault,
+    /// The wrapped keyring does not open with this device's key.
+    #[error("the vault keys do not unwrap with this device's key")]
+    Unwrap,
+    /// A device entry of the grant is malformed.
+    #[error("malformed device entry")]
+    MalformedDevice,
+    /// The joining device's x25519 key cannot be wrapped to.
+    #[error("the joining device's key is unusable")]
+    JoinerKey,
+    /// The grant does not fit one pairing message.
+    #[error("the device table is too large for one pairing message ({size} bytes): {source}")]
+    TooLarge {
+        /// The grant's size.
+        size: usize,
+        /// The session's refusal.
+        source: pairing::Error,
+    },
+    /// A message could not be encoded.
+    #[error("cannot encode a pairing message: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The vault refused.
+    #[error(transparent)]
+    Vault(#[from] vault::Error),
+}
+
+/// A transport failure as the person reads it: the pairing protocol's own reason as it is.
+fn transport_reason(e: &transport::Error) -> String {
+    match e {
+        transport::Error::Pairing(why) => why.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The pairing service of one daemon. Cloneable.
 #[derive(Clone, Debug)]
 pub struct Pairing {
@@ -341,19 +405,16 @@ impl Inner {
         inviter: PeerId,
         addrs: &[Multiaddr],
         request: Request,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, Failure> {
         let bytes = self
             .transport
             .pair_request(inviter, addrs.to_vec(), request.encode())
             .await
-            .map_err(|e| match e {
-                transport::Error::Pairing(why) => why,
-                other => other.to_string(),
-            })?;
+            .map_err(Failure::Transport)?;
         match Response::decode(&bytes) {
-            Ok(Response::Refused(r)) => Err(format!("the inviting device refused: {r}")),
+            Ok(Response::Refused(r)) => Err(Failure::Refused(r)),
             Ok(r) => Ok(r),
-            Err(_) => Err("the inviting device sent a malformed answer".into()),
+            Err(_) => Err(Failure::MalformedAnswer),
         }
     }
 }
