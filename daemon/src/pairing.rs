@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use passmesh_crdt::{Device, DeviceId, VaultId};
+use passmesh_crdt::{Device, VaultId};
 use passmesh_transport::Identity;
 use zeroize::Zeroizing;
 
@@ -104,7 +104,7 @@ pub async fn join(
         v.add_device(invitation.inviter.clone(), invitation.addrs.clone())
             .await?;
         let me = Device {
-            id: DeviceId::new(identity.peer_id().to_string()),
+            id: crate::ids::device_id(&identity.peer_id()),
             name: name.to_owned(),
             added_by: Some(invitation.inviter.id.clone()),
             ..info.device

@@ -190,22 +190,11 @@ impl Actor {
             Command::JoinInfo { reply } => {
                 let _ = reply.send(self.join_info());
             }
-            Command::Adopt {
-                vault_id,
-                keyring,
-                members,
-                me,
-                check_only,
-                reply,
-            } => {
-                let result = self.may_adopt().and_then(|()| match check_only {
-                    true => Ok(()),
-                    false => self.adopt(vault_id, &keyring, members, *me),
-                });
-                let _ = reply.send(result);
+            Command::Adopt { adoption, reply } => {
+                let _ = reply.send(self.adopt(*adoption));
             }
+            // Counters and lockouts already running are kept; the new limits apply from the next attempt.
             Command::SetPolicy { policy, reply } => {
-                // Counters and lockouts already running are kept; the new limits apply from the next attempt.
                 self.policy = policy;
                 let _ = reply.send(());
             }

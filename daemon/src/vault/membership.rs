@@ -2,12 +2,11 @@
 //! addresses learnt for them), what a joining device is handed, and adopting another vault when this device
 //! joins one.
 
-use passmesh_crdt::{Device, Keyring, Vault, VaultId};
+use passmesh_crdt::{Device, Keyring, Vault};
 use passmesh_transport::Multiaddr;
-use zeroize::Zeroizing;
 
 use super::actor::Actor;
-use super::{Error, JoinInfo, Member};
+use super::{Adoption, Error, JoinInfo, Member};
 use crate::ids;
 use crate::store::{self, Durability, Meta};
 
@@ -120,7 +119,7 @@ impl Actor {
     }
 
     /// Joining another vault is allowed only while this one is empty and unpaired.
-    pub(super) fn may_adopt(&self) -> Result<(), Error> {
+    fn may_adopt(&self) -> Result<(), Error> {
         if !self.vault.is_empty() {
             return Err(Error::NotEmpty(self.vault.len() as u64));
         }
@@ -135,14 +134,19 @@ impl Actor {
     /// keystore, with the members' entries and addresses and this device's entry. The passkeys arrive by sync.
     /// The sealed keyring is written first, then the document; a crash in between leaves a keyring that does
     /// not open the old document, and the daemon refuses to start until the state directory is cleared.
-    pub(super) fn adopt(
-        &mut self,
-        vault_id: VaultId,
-        keyring: &Zeroizing<Vec<u8>>,
-        members: Vec<Member>,
-        me: Device,
-    ) -> Result<(), Error> {
-        let ring = Keyring::decode(keyring).map_err(|_| Error::Keyring)?;
+    pub(super) fn adopt(&mut self, adoption: Adoption) -> Result<(), Error> {
+        self.may_adopt()?;
+        let Adoption {
+            vault_id,
+            keyring,
+            members,
+            me,
+            check_only,
+        } = adoption;
+        if check_only {
+            return Ok(());
+        }
+        let ring = Keyring::decode(&keyring).map_err(|_| Error::Keyring)?;
         let mut vault = Vault::create(vault_id, ring)?;
         let my_id = ids::device_id(&self.me);
         for m in &members {
@@ -153,7 +157,7 @@ impl Actor {
         vault.add_device(me)?;
         let full = vault.save();
         let current = store::read_keyring(&self.db)?;
-        let sealed = self.custody.seal_like(current.as_deref(), keyring)?;
+        let sealed = self.custody.seal_like(current.as_deref(), &keyring)?;
         store::write_keyring(&self.db, &sealed)?;
         self.store.replace(&full, &[])?;
         for m in &members {

@@ -226,6 +226,16 @@ pub enum PinCheck {
 
 type Reply<T> = oneshot::Sender<T>;
 
+/// This device's empty vault is to become a replica of another (joining it): that vault's id and encoded
+/// keyring, its members, and this device's entry; with `check_only`, only whether that is allowed.
+struct Adoption {
+    vault_id: VaultId,
+    keyring: Zeroizing<Vec<u8>>,
+    members: Vec<Member>,
+    me: Device,
+    check_only: bool,
+}
+
 enum Command {
     SetPolicy {
         policy: Policy,
@@ -279,11 +289,7 @@ enum Command {
         reply: Reply<Vec<Member>>,
     },
     Adopt {
-        vault_id: VaultId,
-        keyring: Zeroizing<Vec<u8>>,
-        members: Vec<Member>,
-        me: Box<Device>,
-        check_only: bool,
+        adoption: Box<Adoption>,
         reply: Reply<Result<(), Error>>,
     },
     PinFinish {
@@ -444,15 +450,14 @@ impl Handle {
         me: Device,
         check_only: bool,
     ) -> Result<(), Error> {
-        self.ask(|reply| Command::Adopt {
+        let adoption = Box::new(Adoption {
             vault_id,
             keyring,
             members,
-            me: Box::new(me),
+            me,
             check_only,
-            reply,
-        })
-        .await?
+        });
+        self.ask(|reply| Command::Adopt { adoption, reply }).await?
     }
 
     /// Applies a new PIN policy (config reload) from the next attempt on.

@@ -175,12 +175,12 @@ impl Inner {
         };
         let dial: Vec<Multiaddr> = members
             .iter()
-            .filter(|m| m.device.id.as_str() != me.to_string())
-            .flat_map(|m| {
-                let peer = m.device.id.to_string();
-                m.addrs
+            .filter_map(|m| Some((ids::peer_id(&m.device.id)?, &m.addrs)))
+            .filter(|(peer, _)| *peer != me)
+            .flat_map(|(peer, addrs)| {
+                addrs
                     .iter()
-                    .filter_map(move |a| format!("{a}/p2p/{peer}").parse().ok())
+                    .filter_map(move |a| a.parse::<Multiaddr>().ok()?.with_p2p(peer).ok())
             })
             .collect();
         vault
