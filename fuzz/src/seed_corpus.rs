@@ -70,5 +70,9 @@ fn main() {
     ];
     let invitation = Invitation::new(inviter, addrs, [9; 16], 1_900_000_000);
     write("pair_uri", "invitation", invitation.uri().as_bytes());
+    let mut ring = Keyring::new(Epoch(0), VaultKey::from_bytes([1; 32]));
+    ring.insert(Epoch(1), VaultKey::from_bytes([2; 32]));
+    ring.set_current(Epoch(1)).expect("epoch 1 has a key");
+    write("keyring", "two-epochs", &ring.encode());
     println!("seeds written under fuzz/corpus/");
 }
