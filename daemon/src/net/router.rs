@@ -66,11 +66,24 @@ pub struct Network {
 pub struct Carried(Arc<Router>);
 
 impl Carried {
-    /// Carries one more vault (system mode: a user's vault opened after start): admits its paired set and
-    /// dials the addresses it knows. Routing to it starts at once. Not cancel-safe: dropped before it returns,
-    /// the vault may be routed to but nothing it produces is sent.
-    pub async fn attach(&self, a: Attach) {
-        self.0.attach(a).await;
+    /// Carries one more vault (system mode: a user's vault opened after start): routing to it starts at once,
+    /// so it counts for [`Carried::held_elsewhere`] from here on. Then [`Carried::start`] it.
+    pub fn route(&self, a: Attach) -> Routed {
+        Routed(self.0.take_on(a))
+    }
+
+    /// Starts sending for a vault [`Carried::route`] took on: admits its paired set, greets the peers already
+    /// connected and dials the addresses it knows.
+    pub async fn start(&self, routed: Routed) {
+        let Routed(control) = routed;
+        let slot = match &control {
+            Control::Outbound { slot, .. } => *slot,
+            Control::Cycle(_) => return,
+        };
+        if self.0.control.send(control).await.is_err() {
+            // The supervisor has stopped: the daemon is shutting down.
+            self.0.lock().by_slot.remove(&slot);
+        }
     }
 
     /// Whether a vault other than `slot`'s has the id `vault` (two local vaults may never share one: the id
@@ -83,6 +96,10 @@ impl Carried {
             .any(|(s, v)| *s != slot && v.vault == *vault)
     }
 }
+
+/// A vault the router routes to, whose outbound task is still to be started ([`Carried::start`]).
+#[derive(Debug)]
+pub struct Routed(Control);
 
 /// What the supervisor is asked to run.
 enum Control {
@@ -242,7 +259,10 @@ impl Router {
                             for (peer, addr) in greet {
                                 // This task does not read the vault's outbox yet, but the actor has room for
                                 // its first messages.
-                                let _ = handle.peer_event(PeerEvent::Connected { peer, addr }).await;
+                                let event = PeerEvent::Connected { peer, addr };
+                                if r.cancel.run_until_cancelled(handle.peer_event(event)).await.is_none() {
+                                    return;
+                                }
                             }
                             drop(handle);
                             for addr in dial {
@@ -275,7 +295,7 @@ impl Router {
         pair_tx: mpsc::Sender<PairRequest>,
     ) {
         while let Some(Some(event)) = self.cancel.run_until_cancelled(events.recv()).await {
-            let Some((targets, event)) = self.route(event, &pair_tx) else {
+            let Some((targets, event)) = self.route(event, &pair_tx).await else {
                 continue;
             };
             let Some((last, rest)) = targets.split_last() else {
@@ -296,7 +316,7 @@ impl Router {
     }
 
     /// The vaults a transport event is for, and what they are told; `None` if it goes to no vault.
-    fn route(
+    async fn route(
         &self,
         event: Event,
         pair_tx: &mpsc::Sender<PairRequest>,
@@ -319,7 +339,8 @@ impl Router {
                 let Some(vault) = wire::vault_of(&bytes) else {
                     // Not even a frame: a broken or hostile peer.
                     tracing::warn!(%peer, "a sync message was refused: no vault id; dropping its connection");
-                    self.cycle_later(peer);
+                    // The supervisor drains its queue at once; waiting here is short.
+                    let _ = self.control.send(Control::Cycle(peer)).await;
                     return None;
                 };
                 let target = self
@@ -421,13 +442,6 @@ impl Router {
         }
     }
 
-    /// Has the supervisor cycle `peer` through the gate, without waiting here.
-    fn cycle_later(&self, peer: PeerId) {
-        if self.control.try_send(Control::Cycle(peer)).is_err() {
-            tracing::warn!(%peer, "too much to do: a peer's connection is not dropped now");
-        }
-    }
-
     /// Sets the gate to the union of the paired sets (without `without`).
     async fn apply_gate(&self, without: Option<PeerId>) -> Result<(), transport::Error> {
         let _turn = self.gate.lock().await;
@@ -488,40 +502,32 @@ impl Router {
         Ok(())
     }
 
-    /// Carries one more vault: routes to it at once, and has the supervisor start its outbound task (which first
-    /// admits its peers at the gate).
-    async fn attach(&self, a: Attach) {
+    /// Routes to one more vault at once; returns its outbound task for the supervisor to start.
+    fn take_on(&self, a: Attach) -> Control {
         // Peers another vault already keeps connected: the transport will not announce them again.
-        let greet: Vec<(PeerId, String)> = {
-            let mut slots = self.lock();
-            let before = slots.union();
-            let greet = a
-                .paired
-                .iter()
-                .filter(|p| before.contains(p))
-                .filter_map(|p| slots.connected.get(p).map(|addr| (*p, addr.clone())))
-                .collect();
-            slots.by_slot.insert(
-                a.slot,
-                Slot {
-                    vault: a.vault_id,
-                    peers: a.paired,
-                    handle: a.handle.clone(),
-                },
-            );
-            greet
-        };
-        let control = Control::Outbound {
+        let mut slots = self.lock();
+        let before = slots.union();
+        let greet = a
+            .paired
+            .iter()
+            .filter(|p| before.contains(p))
+            .filter_map(|p| slots.connected.get(p).map(|addr| (*p, addr.clone())))
+            .collect();
+        slots.by_slot.insert(
+            a.slot,
+            Slot {
+                vault: a.vault_id,
+                peers: a.paired,
+                handle: a.handle.clone(),
+            },
+        );
+        Control::Outbound {
             slot: a.slot,
             vault: a.vault_id,
             rx: a.outbound,
             greet,
             handle: a.handle,
             dial: a.addrs,
-        };
-        if self.control.send(control).await.is_err() {
-            // The supervisor has stopped: the daemon is shutting down.
-            self.lock().by_slot.remove(&a.slot);
         }
     }
 }

@@ -46,12 +46,16 @@ pub async fn run(
         (open_user(&config)?, None)
     };
     let users = Arc::new(users);
+    // The root of the daemon's own task tree. `shutdown` (the signal) stops the socket; this one is cancelled
+    // only once the socket has answered every request it read, so those still find the network and the
+    // vaults as they were.
+    let root = CancellationToken::new();
     let (network, pairing) = if config.network.enabled {
         let mut network = router::start(
             &config.network,
             users.identity(),
             users.take_pending(),
-            shutdown.child_token(),
+            root.child_token(),
         )
         .await?;
         users.go_live(network.carried());
@@ -99,12 +103,12 @@ pub async fn run(
         Arc::clone(&service),
         config.clone(),
         reloads,
-        shutdown.clone(),
+        root.child_token(),
     ));
     ready(&config);
-    passmesh_ipc::serve(listener, Arc::clone(&service), ipc_config, shutdown.clone()).await;
-    // `serve` returns once the token is cancelled; the reloader watches it too.
-    shutdown.cancel();
+    passmesh_ipc::serve(listener, Arc::clone(&service), ipc_config, shutdown).await;
+    // The socket has drained: now the rest of the tree stops.
+    root.cancel();
     if reloader.await.is_err() {
         tracing::error!("the reload task panicked");
     }
@@ -223,7 +227,7 @@ impl Service {
                 "the PIN policy changed"
             );
         }
-        if new.max_vaults != old.max_vaults && new.mode == Mode::System {
+        if new.max_vaults != old.max_vaults && self.users.is_system() {
             self.users.set_max(new.max_vaults);
             tracing::info!(max = new.max_vaults, "max_vaults changed");
         }

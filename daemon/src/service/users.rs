@@ -17,7 +17,7 @@ use passmesh_transport::Identity;
 use super::{Error, e};
 use crate::config::Config;
 use crate::custody::Custody;
-use crate::net::router::{Attach, Carried};
+use crate::net::router::{Attach, Carried, Routed};
 use crate::pin::Policy;
 use crate::vault;
 
@@ -56,8 +56,8 @@ struct Registry {
     network: Network,
 }
 
-/// A vault just recorded, and where to attach it if the network already runs.
-type Kept = (Arc<UserVault>, Option<(Carried, Attach)>);
+/// A vault just recorded, and, if the network already runs, the outbound task it still needs started.
+type Kept = (Arc<UserVault>, Option<(Carried, Routed)>);
 
 /// How a vault reaches the network.
 #[derive(Debug)]
@@ -146,6 +146,11 @@ impl Users {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether this is system mode's registry (one vault per local uid).
+    pub fn is_system(&self) -> bool {
+        self.only.is_none()
+    }
+
     /// The identity the vaults are this device's under.
     pub fn identity(&self) -> &Identity {
         &self.identity
@@ -185,16 +190,17 @@ impl Users {
             keystore,
         });
         let mut st = self.state();
-        st.threads.push(running.thread);
-        st.open.insert(uid, Arc::clone(&opened));
+        // Routed before anyone can see the vault: another user's pairing checks the routes for its id.
         let live = match &mut st.network {
             Network::Off => None,
             Network::Pending(list) => {
                 list.push(attach);
                 None
             }
-            Network::Live(carried) => Some((carried.clone(), attach)),
+            Network::Live(carried) => Some((carried.clone(), carried.route(attach))),
         };
+        st.threads.push(running.thread);
+        st.open.insert(uid, Arc::clone(&opened));
         (opened, live)
     }
 
@@ -266,8 +272,8 @@ impl Users {
                 "cannot open your vault (the daemon's log says why)",
             )
         })?;
-        if let Some((carried, attach)) = live {
-            carried.attach(attach).await;
+        if let Some((carried, routed)) = live {
+            carried.start(routed).await;
         }
         Ok(vault)
     }

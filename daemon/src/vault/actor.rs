@@ -135,16 +135,20 @@ impl Actor {
                     Err(_) => break,
                 }
             }
+            let wrote = self.dirty;
             let failure = self.persist().err().map(|e| {
                 tracing::error!(error = %e, "persisting the vault failed");
                 Arc::new(e)
             });
             deferred.answer(failure.as_ref());
+            let now = crate::now_ms();
             if failure.is_some() {
                 // The document went back to what is on disk: every exchange starts over from there.
-                self.replication.persist_failed(&Peers(&self.store));
+                self.replication.persist_failed(now, &Peers(&self.store));
+            } else if wrote {
+                self.replication.persisted();
             }
-            let due = self.replication.push(&mut self.vault);
+            let due = self.replication.push(&mut self.vault, now);
             self.act(due);
         }
         if let Err(e) = self.store.flush() {

@@ -6,7 +6,10 @@
 //! after a restart), whether the peer is connected, and whether a message is due. The order of a round is:
 //! a peer's message is applied ([`Replication::receive`]), the actor persists the document, and only then
 //! [`Replication::push`] generates the replies: no heads are announced that a crash could still lose. A failed
-//! persist takes every exchange back to its persisted state ([`Replication::persist_failed`]).
+//! persist takes every exchange back to its persisted state ([`Replication::persist_failed`]) and pauses sync:
+//! for 1 s after the first failure, doubling up to a minute while writes keep failing (a full or read-only
+//! disk), so a peer's changes are not applied, lost and asked for again in a tight loop. A successful write
+//! ends the pause; the exchanges resume with the first [`Replication::push`] after it.
 //!
 //! It also derives the BS ("backed up") flag: a record counts as held by another device once that device's
 //! announced heads include the change that created it. Only devices in the table count: one removed from the
@@ -56,6 +59,22 @@ pub struct Received {
     pub actions: Vec<Action>,
 }
 
+/// The first pause of sync after a failed write, in ms.
+const FIRST_HOLD_MS: u64 = 1_000;
+/// The longest pause, in ms.
+const MAX_HOLD_MS: u64 = 60_000;
+
+/// The pause of sync after failed writes.
+#[derive(Debug, Default)]
+struct Hold {
+    /// No message is applied or sent before this (ms since the Unix epoch).
+    until_ms: u64,
+    /// The next pause, should the next write fail too (0: the last write succeeded).
+    next_ms: u64,
+    /// The pause has not been followed by a round of messages yet.
+    resume: bool,
+}
+
 /// One paired peer's replication state.
 #[derive(Debug)]
 struct Peer {
@@ -77,6 +96,7 @@ pub struct Replication {
     peers: HashMap<PeerId, Peer>,
     /// Records each device of the table is known to hold (the BS flag).
     held_by: HashMap<PeerId, HashSet<RecordId>>,
+    hold: Hold,
 }
 
 /// The device table of `vault` minus `me`, as peer ids.
@@ -107,6 +127,7 @@ impl Replication {
             me,
             peers: HashMap::new(),
             held_by,
+            hold: Hold::default(),
         }
     }
 
@@ -169,6 +190,11 @@ impl Replication {
         store: &mut impl PeerStore,
     ) -> Received {
         let mut out = Received::default();
+        if now_ms < self.hold.until_ms {
+            // The peer hears from us again when the pause ends.
+            tracing::debug!(%peer, "sync is paused after a failed write; a message was not applied");
+            return out;
+        }
         if !self.paired(vault).contains(&peer) {
             tracing::warn!(%peer, "dropped a sync message from a device outside the device table");
             return out;
@@ -223,17 +249,34 @@ impl Replication {
         }
     }
 
-    /// Persisting failed and the document went back to what is on disk: every exchange starts over from its
-    /// persisted state.
-    pub fn persist_failed(&mut self, store: &impl PeerStore) {
+    /// Persisting failed at `now_ms` and the document went back to what is on disk: every exchange starts over
+    /// from its persisted state, after a pause that grows while writes keep failing.
+    pub fn persist_failed(&mut self, now_ms: u64, store: &impl PeerStore) {
         for (peer, p) in self.peers.iter_mut() {
             p.state = store.sync_state(peer);
             p.wants_send = p.connected;
         }
+        let pause = self.hold.next_ms.max(FIRST_HOLD_MS);
+        self.hold = Hold {
+            until_ms: now_ms.saturating_add(pause),
+            next_ms: pause.saturating_mul(2).min(MAX_HOLD_MS),
+            resume: true,
+        };
     }
 
-    /// The messages due to connected peers. Call only when everything applied is on disk.
-    pub fn push(&mut self, vault: &mut Vault) -> Vec<Action> {
+    /// A write succeeded: the next failure pauses sync for the shortest time again.
+    pub fn persisted(&mut self) {
+        self.hold.next_ms = 0;
+    }
+
+    /// The messages due to connected peers at `now_ms`. Call only when everything applied is on disk.
+    pub fn push(&mut self, vault: &mut Vault, now_ms: u64) -> Vec<Action> {
+        if now_ms < self.hold.until_ms {
+            return Vec::new();
+        }
+        if std::mem::take(&mut self.hold.resume) {
+            self.local_change();
+        }
         let mut due = Vec::new();
         for (peer, p) in self.peers.iter_mut() {
             if !(p.connected && p.wants_send) {
@@ -320,13 +363,18 @@ mod tests {
         }
     }
 
-    /// One device: its replica, its replication and its store; `saved` is the document as last persisted.
+    /// The tests' clock at start (ms).
+    const NOW: u64 = 1_000_000;
+
+    /// One device: its replica, its replication and its store; `saved` is the document as last persisted;
+    /// `now` is its clock.
     struct Replica {
         id: PeerId,
         vault: Vault,
         replication: Replication,
         store: MemoryStore,
         saved: Vec<u8>,
+        now: u64,
     }
 
     fn device(id: &PeerId) -> Device {
@@ -362,6 +410,7 @@ mod tests {
                     vault,
                     store,
                     saved,
+                    now: NOW,
                 }
             })
             .collect()
@@ -384,7 +433,7 @@ mod tests {
         fn deliver(&mut self, from: PeerId, bytes: &[u8]) -> Received {
             let received =
                 self.replication
-                    .receive(&mut self.vault, from, bytes, 7, &mut self.store);
+                    .receive(&mut self.vault, from, bytes, self.now, &mut self.store);
             if received.changed {
                 self.saved = self.vault.save();
             }
@@ -393,7 +442,7 @@ mod tests {
 
         fn sends(&mut self) -> Vec<(PeerId, Vec<u8>)> {
             self.replication
-                .push(&mut self.vault)
+                .push(&mut self.vault, self.now)
                 .into_iter()
                 .filter_map(|a| match a {
                     Action::Send { peer, bytes } => Some((peer, bytes)),
@@ -502,16 +551,67 @@ mod tests {
         let received =
             b_side
                 .replication
-                .receive(&mut b_side.vault, a, &to_b[0].1, 7, &mut b_side.store);
+                .receive(&mut b_side.vault, a, &to_b[0].1, NOW, &mut b_side.store);
         assert!(received.changed);
         b_side.vault = Vault::load(&b_side.saved, keyring()).unwrap();
         assert!(b_side.vault.passkey(&record).is_none());
-        b_side.replication.persist_failed(&b_side.store);
+        b_side.replication.persist_failed(NOW, &b_side.store);
 
-        // B's next message starts from the persisted state, so A sends the change again and B gets it.
+        // Once the pause is over, B's next message starts from the persisted state, so A sends the change
+        // again and B gets it.
+        assert_eq!(settle(&mut r), 0, "sync waits out the pause");
+        r[1].now = NOW + FIRST_HOLD_MS;
         settle(&mut r);
         assert!(r[1].vault.passkey(&record).is_some());
         assert!(r[0].replication.held(&record));
+    }
+
+    #[test]
+    fn writes_that_keep_failing_pause_sync_longer_each_time_until_one_succeeds() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut r = replicas(&[a, b]);
+        connect(&mut r, 0, 1);
+        settle(&mut r);
+        r[0].vault.insert(passkey(1), 1).unwrap();
+        r[0].replication.local_change();
+        let to_b = r[0].sends();
+        let b_side = &mut r[1];
+        let heads = b_side.vault.heads();
+        let mut failed_at = NOW;
+        for pause in [1_000, 2_000, 4_000, 8_000] {
+            b_side.replication.persist_failed(failed_at, &b_side.store);
+            b_side.vault = Vault::load(&b_side.saved, keyring()).unwrap();
+            // During the pause nothing is sent and a peer's message is not applied.
+            assert!(
+                b_side
+                    .replication
+                    .push(&mut b_side.vault, failed_at + pause - 1)
+                    .is_empty()
+            );
+            let received = b_side.replication.receive(
+                &mut b_side.vault,
+                a,
+                &to_b[0].1,
+                failed_at + pause - 1,
+                &mut b_side.store,
+            );
+            assert!(!received.changed);
+            assert_eq!(b_side.vault.heads(), heads);
+            // At its end the exchange resumes with a message to the peer.
+            failed_at += pause;
+            assert_eq!(
+                b_side.replication.push(&mut b_side.vault, failed_at).len(),
+                1
+            );
+        }
+        // The pause stops growing at a minute, and a successful write makes it short again.
+        for _ in 0..10 {
+            b_side.replication.persist_failed(failed_at, &b_side.store);
+        }
+        assert_eq!(b_side.replication.hold.until_ms - failed_at, MAX_HOLD_MS);
+        b_side.replication.persisted();
+        b_side.replication.persist_failed(failed_at, &b_side.store);
+        assert_eq!(b_side.replication.hold.until_ms - failed_at, FIRST_HOLD_MS);
     }
 
     #[test]
