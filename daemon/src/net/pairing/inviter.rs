@@ -176,6 +176,16 @@ impl Inner {
         let _ = self.transport.close_invitation().await;
     }
 
+    /// Ends pairing `id` with `reason` after its handshake (its invitation, if still current, is spent); the
+    /// refusal the joining device gets.
+    fn fail(&self, st: &mut super::State, id: PairingId, reason: String) -> Response {
+        if let Some(inv) = st.invite_of(id) {
+            inv.step = Step::Spent;
+        }
+        st.push_for(id, PairEvent::Failed { reason }, &self.changed);
+        Response::Refused(Refusal::Failed)
+    }
+
     /// Counts a failed attempt on the open invitation; the refusal to send.
     fn failed_attempt(&self, st: &mut super::State, why: &str) -> Response {
         let Some(inv) = st.invite() else {
@@ -332,17 +342,8 @@ impl Inner {
             Err(e) => {
                 tracing::error!(error = %e, "cannot prepare the vault for the joining device");
                 let mut st = self.state.lock().await;
-                if let Some(inv) = st.invite_of(id) {
-                    inv.step = Step::Spent;
-                }
-                st.push_for(
-                    id,
-                    PairEvent::Failed {
-                        reason: format!("cannot prepare the vault for the joining device: {e}"),
-                    },
-                    &self.changed,
-                );
-                Response::Refused(Refusal::Failed)
+                let reason = format!("cannot prepare the vault for the joining device: {e}");
+                self.fail(&mut st, id, reason)
             }
         }
     }
@@ -415,14 +416,8 @@ impl Inner {
             .and_then(|plain| serde_json::from_slice(&plain).ok())
             .filter(|a: &Ack| a.text == ACK_TEXT);
         let Some(ack) = ack else {
-            st.push_for(
-                id,
-                PairEvent::Failed {
-                    reason: "the joining device sent an invalid acknowledgement".into(),
-                },
-                &self.changed,
-            );
-            return Response::Refused(Refusal::Failed);
+            let reason = "the joining device sent an invalid acknowledgement".to_owned();
+            return self.fail(&mut st, id, reason);
         };
         let hello = session.peer().clone();
         let device = Device {
@@ -454,16 +449,7 @@ impl Inner {
                 );
                 Response::Done
             }
-            Err(e) => {
-                st.push_for(
-                    id,
-                    PairEvent::Failed {
-                        reason: format!("cannot add the device: {e}"),
-                    },
-                    &self.changed,
-                );
-                Response::Refused(Refusal::Failed)
-            }
+            Err(e) => self.fail(&mut st, id, format!("cannot add the device: {e}")),
         }
     }
 }
