@@ -237,7 +237,9 @@ impl Actor {
     fn peer_event(&mut self, event: PeerEvent) {
         let store = Peers(&self.store);
         match event {
-            PeerEvent::Connected { peer, addr } => self.replication.connected(peer, addr, &store),
+            PeerEvent::Connected { peer, addr } => {
+                self.replication.connected(&self.vault, peer, addr, &store);
+            }
             PeerEvent::Disconnected { peer } => self.replication.disconnected(peer, &store),
             PeerEvent::Reset { peer } => self.replication.reset(peer, &store),
             PeerEvent::Message { peer, bytes } => {
@@ -331,6 +333,9 @@ impl Actor {
             Ok(vault) => {
                 self.vault = vault;
                 self.keys.clear();
+                // A device added in the failed batch is not in the table any more: the network must not admit
+                // it either.
+                self.send_paired();
             }
             // Keep the in-memory state; the next successful full save stores all of it.
             Err(e) => tracing::error!(error = %e, "cannot reload the vault after a failed write"),

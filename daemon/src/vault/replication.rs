@@ -154,7 +154,13 @@ impl Replication {
     }
 
     /// A paired peer connected at `addr`: the exchange starts from the persisted state with a first message.
-    pub fn connected(&mut self, peer: PeerId, addr: String, store: &impl PeerStore) {
+    /// A peer the device table does not list (the network's paired set can lag behind the table, e.g. after a
+    /// failed write rolled an added device back) gets nothing.
+    pub fn connected(&mut self, vault: &Vault, peer: PeerId, addr: String, store: &impl PeerStore) {
+        if !self.paired(vault).contains(&peer) {
+            tracing::warn!(%peer, "a device outside the device table connected; nothing is sent to it");
+            return;
+        }
         let state = store.sync_state(&peer);
         let p = self.entry(peer, store);
         p.state = state;
@@ -455,12 +461,11 @@ mod tests {
     /// Connects `a` and `b` (both sides see the connection).
     fn connect(r: &mut [Replica], a: usize, b: usize) {
         let (ida, idb) = (r[a].id, r[b].id);
-        let store = std::mem::take(&mut r[a].store);
-        r[a].replication.connected(idb, "addr".into(), &store);
-        r[a].store = store;
-        let store = std::mem::take(&mut r[b].store);
-        r[b].replication.connected(ida, "addr".into(), &store);
-        r[b].store = store;
+        for (me, other) in [(a, idb), (b, ida)] {
+            let side = &mut r[me];
+            side.replication
+                .connected(&side.vault, other, "addr".into(), &side.store);
+        }
     }
 
     /// Moves messages between the replicas until none is due; returns how many moved.
@@ -674,6 +679,27 @@ mod tests {
         assert!(!received.changed);
         assert!(received.actions.is_empty());
         assert_eq!(r[0].vault.heads(), heads);
+    }
+
+    #[test]
+    fn a_device_outside_the_table_that_connects_is_sent_nothing() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut r = replicas(&[a, b]);
+        r[0].vault.insert(passkey(1), 1).unwrap();
+        r[0].replication.local_change();
+        let stranger = PeerId::random();
+        let a_side = &mut r[0];
+        a_side
+            .replication
+            .connected(&a_side.vault, stranger, "addr".into(), &a_side.store);
+        assert!(a_side.sends().is_empty());
+        assert!(
+            !a_side
+                .replication
+                .status(&a_side.vault, &a_side.store)
+                .iter()
+                .any(|p| p.device_id == stranger.to_string())
+        );
     }
 
     #[test]
