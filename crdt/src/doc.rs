@@ -56,12 +56,41 @@ const OP_KEYCHECK: u64 = 5;
 
 const KEYCHECK_PLAINTEXT: &[u8] = b"passmesh vault key check v1";
 
-/// The vault's three maps, as created by the genesis change.
+const KEY_EXT: &str = "ext";
+const EXT_REMOVED: &str = "removed";
+const EXT_EPOCHS: &str = "epochs";
+const EXT_AUDIT: &str = "audit";
+const EXT_INBOXES: &str = "inboxes";
+// Op counters of the extension change, in the order `ext_change` writes them (the genesis used 1 to 5).
+const OP_EXT: u64 = 6;
+const OP_REMOVED: u64 = 7;
+const OP_EPOCHS: u64 = 8;
+const OP_AUDIT: u64 = 9;
+const OP_INBOXES: u64 = 10;
+/// In an epoch's map: its signed description.
+const EPOCH_INFO: &str = "info";
+/// In an epoch's map: the prefix of the key of a wrap to one device (`w/<device id>`).
+const WRAP_PREFIX: &str = "w/";
+
+/// The vault's three maps, as created by the genesis change, and the maps of the extension change.
 #[derive(Clone, Debug)]
 pub(crate) struct Shape {
     pub(crate) records: ObjId,
     pub(crate) devices: ObjId,
     pub(crate) keycheck: ObjId,
+    pub(crate) ext: Ext,
+}
+
+/// The maps the extension change adds under `ROOT.ext`: removals, key epochs, the audit log and (reserved)
+/// device inboxes.
+#[derive(Clone, Debug)]
+pub(crate) struct Ext {
+    pub(crate) removed: ObjId,
+    pub(crate) epochs: ObjId,
+    #[allow(dead_code)] // written by the extension change; read once the audit log exists
+    pub(crate) audit: ObjId,
+    #[allow(dead_code)] // written by the extension change; reserved for per-device inbox keys
+    pub(crate) inboxes: ObjId,
 }
 
 /// The actor of the genesis change: fixed per vault, distinct from the random actors of replicas.
@@ -78,7 +107,63 @@ fn genesis_shape(id: &VaultId) -> Shape {
         records: ObjId::Id(OP_RECORDS, actor.clone(), 0),
         devices: ObjId::Id(OP_DEVICES, actor.clone(), 0),
         keycheck: ObjId::Id(OP_KEYCHECK, actor, 0),
+        ext: ext_shape(id),
     }
+}
+
+/// The actor of the extension change: fixed per vault like the genesis actor.
+pub(crate) fn ext_actor(id: &VaultId) -> ActorId {
+    let mut bytes = Vec::with_capacity(7 + 16);
+    bytes.extend_from_slice(b"pm-ext1");
+    bytes.extend_from_slice(id.as_bytes());
+    ActorId::from(bytes)
+}
+
+fn ext_shape(id: &VaultId) -> Ext {
+    let actor = ext_actor(id);
+    Ext {
+        removed: ObjId::Id(OP_REMOVED, actor.clone(), 0),
+        epochs: ObjId::Id(OP_EPOCHS, actor.clone(), 0),
+        audit: ObjId::Id(OP_AUDIT, actor.clone(), 0),
+        inboxes: ObjId::Id(OP_INBOXES, actor, 0),
+    }
+}
+
+/// The extension change of vault `id`: `ROOT.ext` with its four empty maps, by the vault's extension actor,
+/// depending on the genesis only, at time 0, with no message. Like the genesis it depends on the vault id
+/// alone, so every replica that upgrades (or creates the vault) makes the byte-identical change, and the maps
+/// are the same objects everywhere. See docs/vault-format.md.
+pub(crate) fn ext_change(id: &VaultId) -> Result<Change, Error> {
+    let (mut doc, _) = genesis(id)?;
+    doc.set_actor(ext_actor(id));
+    let mut tx = doc.transaction();
+    let ext = tx.put_object(ROOT, KEY_EXT, ObjType::Map)?;
+    let removed = tx.put_object(&ext, EXT_REMOVED, ObjType::Map)?;
+    let epochs = tx.put_object(&ext, EXT_EPOCHS, ObjType::Map)?;
+    let audit = tx.put_object(&ext, EXT_AUDIT, ObjType::Map)?;
+    let inboxes = tx.put_object(&ext, EXT_INBOXES, ObjType::Map)?;
+    tx.commit_with(CommitOptions::default().with_time(0));
+    let shape = ext_shape(id);
+    if ext != ObjId::Id(OP_EXT, ext_actor(id), 0)
+        || removed != shape.removed
+        || epochs != shape.epochs
+        || audit != shape.audit
+        || inboxes != shape.inboxes
+    {
+        return Err(Error::Automerge("extension op ids moved".into()));
+    }
+    doc.get_last_local_change()
+        .ok_or_else(|| Error::Automerge("the extension change is missing".into()))
+}
+
+/// Applies the extension change to `doc` unless it has it. Returns whether it was applied.
+pub(crate) fn ensure_ext(doc: &mut Automerge, id: &VaultId) -> Result<bool, Error> {
+    let change = ext_change(id)?;
+    if doc.get_change_by_hash(&change.hash()).is_some() {
+        return Ok(false);
+    }
+    doc.apply_changes([change])?;
+    Ok(true)
 }
 
 /// A document holding only the deterministic genesis change of vault `id`. Its actor is still the genesis
@@ -151,7 +236,8 @@ pub(crate) fn read_shape(doc: &Automerge) -> Result<(VaultId, Shape), Error> {
     Ok((id, shape))
 }
 
-/// Whether the root holds exactly what the genesis wrote (no later write to the root, visible or conflicting).
+/// Whether the root holds exactly what the genesis and the extension change wrote (no other write to the root,
+/// visible or conflicting).
 pub(crate) fn root_is_pristine(doc: &Automerge, id: &VaultId) -> Result<bool, Error> {
     const ROOT_KEYS: [&str; 5] = [
         KEY_DEVICES,
@@ -160,13 +246,17 @@ pub(crate) fn root_is_pristine(doc: &Automerge, id: &VaultId) -> Result<bool, Er
         KEY_RECORDS,
         KEY_VAULT_ID,
     ];
-    if doc.length(ROOT) != ROOT_KEYS.len() {
+    if doc.length(ROOT) != ROOT_KEYS.len() + 1 {
         return Ok(false);
     }
-    let actor = genesis_actor(id);
-    for key in ROOT_KEYS {
+    let (genesis, ext) = (genesis_actor(id), ext_actor(id));
+    for (key, actor) in ROOT_KEYS
+        .iter()
+        .map(|k| (*k, &genesis))
+        .chain([(KEY_EXT, &ext)])
+    {
         let values = doc.get_all(ROOT, key)?;
-        if values.len() != 1 || op_actor(&values[0].1) != Some(&actor) {
+        if values.len() != 1 || op_actor(&values[0].1) != Some(actor) {
             return Ok(false);
         }
     }
@@ -225,6 +315,29 @@ pub(crate) fn write_missing_keychecks(
     })
     .map_err(|f| Error::from(f.error))?;
     Ok(true)
+}
+
+/// Whether `key` matches a key-check value of `epoch` in the document.
+pub(crate) fn keycheck_matches(
+    doc: &Automerge,
+    shape: &Shape,
+    vault: &VaultId,
+    epoch: Epoch,
+    key: &VaultKey,
+) -> bool {
+    let aad = crypto::aad(vault, Scope::KeyCheck, KEY_KEYCHECK, epoch);
+    doc.get_all(&shape.keycheck, epoch.to_string())
+        .unwrap_or_default()
+        .iter()
+        .any(|(value, _)| match value {
+            Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Bytes(b) => {
+                    crypto::open(key, &aad, b).is_some_and(|pt| pt.as_slice() == KEYCHECK_PLAINTEXT)
+                }
+                _ => false,
+            },
+            Value::Object(_) => false,
+        })
 }
 
 /// How strictly [`verify_keychecks`] judges conflicting key-check values.
@@ -287,10 +400,11 @@ pub(crate) fn verify_keychecks(
 // ---------------------------------------------------------------------------------------------------------
 // Records
 
-/// The sealed form of a record, ready to be written.
+/// The sealed fields of a record (or device), ready to be written. Every field is in v2 form (its epoch
+/// first); `drop_v1` deletes the v1 fields a whole rewrite replaces.
 pub(crate) struct SealedRecord {
-    epoch: Epoch,
     fields: Vec<(&'static str, Vec<u8>)>,
+    drop_v1: bool,
 }
 
 fn seal_field(
@@ -302,10 +416,18 @@ fn seal_field(
     plaintext: &[u8],
 ) -> Result<(&'static str, Vec<u8>), Error> {
     let aad = crypto::aad(vault, scope, name, epoch);
-    Ok((name, crypto::seal(key, &aad, plaintext)?))
+    let mut out = epoch.0.to_be_bytes().to_vec();
+    out.extend_from_slice(&crypto::seal(key, &aad, plaintext)?);
+    Ok((name, out))
 }
 
-/// Encrypts all fields of `p` (which must be valid) under `key` of `p.epoch`.
+/// Splits a v2 value into its epoch and sealed bytes.
+fn split_epoch(value: &[u8]) -> Option<(Epoch, &[u8])> {
+    let (epoch, sealed) = value.split_first_chunk::<4>()?;
+    Some((Epoch(u32::from_be_bytes(*epoch)), sealed))
+}
+
+/// Encrypts all fields of `p` (which must be valid) under `key` of `p.epoch`, in v2 form.
 pub(crate) fn seal_record(
     vault: &VaultId,
     key: &VaultKey,
@@ -315,13 +437,13 @@ pub(crate) fn seal_record(
     let e = p.epoch;
     let core = encode_core(p)?;
     let mut fields = vec![
-        seal_field(vault, scope, e, key, field::CORE, &core)?,
+        seal_field(vault, scope, e, key, field::CORE2, &core)?,
         seal_field(
             vault,
             scope,
             e,
             key,
-            field::UPDATED_AT,
+            field::UPDATED_AT2,
             &p.updated_at_ms.to_be_bytes(),
         )?,
     ];
@@ -331,11 +453,14 @@ pub(crate) fn seal_record(
             scope,
             e,
             key,
-            field::LABEL,
+            field::LABEL2,
             label.as_bytes(),
         )?);
     }
-    Ok(SealedRecord { epoch: e, fields })
+    Ok(SealedRecord {
+        fields,
+        drop_v1: true,
+    })
 }
 
 /// Version of the core plaintext encoding.
@@ -406,7 +531,7 @@ fn decode_core(pt: &[u8]) -> Option<Core> {
     })
 }
 
-/// Encrypts a new label and update time for record `id` of `epoch`.
+/// Encrypts a new label and update time for record `id` under `epoch` (the writer's current one).
 pub(crate) fn seal_rename(
     vault: &VaultId,
     key: &VaultKey,
@@ -417,18 +542,18 @@ pub(crate) fn seal_rename(
 ) -> Result<SealedRecord, Error> {
     let scope = Scope::Record(id);
     Ok(SealedRecord {
-        epoch,
         fields: vec![
-            seal_field(vault, scope, epoch, key, field::LABEL, label.as_bytes())?,
+            seal_field(vault, scope, epoch, key, field::LABEL2, label.as_bytes())?,
             seal_field(
                 vault,
                 scope,
                 epoch,
                 key,
-                field::UPDATED_AT,
+                field::UPDATED_AT2,
                 &now_ms.to_be_bytes(),
             )?,
         ],
+        drop_v1: false,
     })
 }
 
@@ -441,23 +566,25 @@ pub(crate) fn put_record(
     sealed: SealedRecord,
 ) -> Result<ObjId, automerge::AutomergeError> {
     let obj = tx.put_object(&shape.records, id.to_string(), ObjType::Map)?;
-    tx.put(
-        &obj,
-        field::EPOCH,
-        ScalarValue::Uint(u64::from(sealed.epoch.0)),
-    )?;
     for (name, value) in sealed.fields {
         tx.put(&obj, name, ScalarValue::Bytes(value))?;
     }
     Ok(obj)
 }
 
-/// Overwrites some fields of an existing record map.
+/// Overwrites fields of an existing record map; a whole rewrite also deletes the v1 fields it replaces.
 pub(crate) fn update_record(
     tx: &mut impl Transactable,
     obj: &ObjId,
     sealed: SealedRecord,
 ) -> Result<(), automerge::AutomergeError> {
+    if sealed.drop_v1 {
+        for name in field::RECORD_V1 {
+            if tx.get(obj, name)?.is_some() {
+                tx.delete(obj, name)?;
+            }
+        }
+    }
     for (name, value) in sealed.fields {
         tx.put(obj, name, ScalarValue::Bytes(value))?;
     }
@@ -484,6 +611,9 @@ pub(crate) struct RawRecord<'a> {
     core: Option<Cow<'a, [u8]>>,
     updated_at: Option<Cow<'a, [u8]>>,
     label: Option<Cow<'a, [u8]>>,
+    core2: Option<Cow<'a, [u8]>>,
+    updated_at2: Option<Cow<'a, [u8]>>,
+    label2: Option<Cow<'a, [u8]>>,
     /// The first shape error met while gathering.
     error: Option<Error>,
 }
@@ -508,6 +638,9 @@ impl<'a> RawRecord<'a> {
             field::CORE => &mut self.core,
             field::UPDATED_AT => &mut self.updated_at,
             field::LABEL => &mut self.label,
+            field::CORE2 => &mut self.core2,
+            field::UPDATED_AT2 => &mut self.updated_at2,
+            field::LABEL2 => &mut self.label2,
             // Fields a newer version may add.
             _ => return,
         };
@@ -631,6 +764,50 @@ pub(crate) fn read_all_records(
     out
 }
 
+type Raw<'r, 'a> = (&'static str, &'r Option<Cow<'a, [u8]>>);
+/// A field's epoch and plaintext.
+type Opened = (Epoch, Zeroizing<Vec<u8>>);
+/// A removal as stored: the removed device, the value's bytes, the change that wrote it.
+pub(crate) type RawRemoval = (DeviceId, Vec<u8>, Option<ChangeHash>);
+
+/// What opening the fields of one record or device entry needs.
+struct Fields<'a> {
+    vault: &'a VaultId,
+    keyring: &'a Keyring,
+    scope: Scope<'a>,
+    /// The v1 epoch field of the object, if it has one.
+    v1_epoch: Option<u64>,
+    /// The error for a field that does not authenticate.
+    fail: &'a dyn Fn(&'static str) -> Error,
+    malformed: &'a dyn Fn(&str) -> Error,
+}
+
+impl Fields<'_> {
+    /// Opens one field: its v2 value if there is one (under the epoch it names), else its v1 value (under the
+    /// object's v1 epoch). `None` if it has neither. Returns the epoch with the plaintext.
+    fn open(&self, v2: Raw<'_, '_>, v1: Raw<'_, '_>) -> Result<Option<Opened>, Error> {
+        let (name, epoch, sealed) = match (v2, v1) {
+            ((name, Some(value)), _) => {
+                let (epoch, sealed) = split_epoch(value)
+                    .ok_or_else(|| (self.malformed)(&format!("field {name} is too short")))?;
+                (name, epoch, sealed)
+            }
+            (_, (name, Some(value))) => {
+                let epoch = self.v1_epoch.ok_or_else(|| (self.malformed)("no epoch"))?;
+                let epoch = Epoch(
+                    u32::try_from(epoch).map_err(|_| (self.malformed)("epoch out of range"))?,
+                );
+                (name, epoch, value.as_ref())
+            }
+            _ => return Ok(None),
+        };
+        let key = self.keyring.key(epoch).ok_or(Error::UnknownEpoch(epoch))?;
+        let aad = crypto::aad(self.vault, self.scope, name, epoch);
+        let pt = crypto::open(key, &aad, sealed).ok_or_else(|| (self.fail)(name))?;
+        Ok(Some((epoch, pt)))
+    }
+}
+
 /// Decrypts and checks one gathered record.
 fn open_record(
     raw: &RawRecord<'_>,
@@ -642,28 +819,30 @@ fn open_record(
     if let Some(e) = &raw.error {
         return Err(e.clone());
     }
-    let epoch = raw.epoch.ok_or_else(|| malformed("no epoch"))?;
-    let epoch = Epoch(u32::try_from(epoch).map_err(|_| malformed("epoch out of range"))?);
-    let key = keyring.key(epoch).ok_or(Error::UnknownEpoch(epoch))?;
-    let open =
-        |name: &'static str, value: &Option<Cow<'_, [u8]>>| -> Result<Zeroizing<Vec<u8>>, Error> {
-            let value = value
-                .as_ref()
-                .ok_or_else(|| malformed(&format!("no field {name}")))?;
-            let aad = crypto::aad(vault, Scope::Record(id), name, epoch);
-            crypto::open(key, &aad, value).ok_or(Error::Decrypt {
-                record: *id,
-                field: name,
-            })
-        };
-    let core = open(field::CORE, &raw.core)?;
+    let fields = Fields {
+        vault,
+        keyring,
+        scope: Scope::Record(id),
+        v1_epoch: raw.epoch,
+        fail: &|field| Error::Decrypt { record: *id, field },
+        malformed: &malformed,
+    };
+    let (epoch, core) = fields
+        .open((field::CORE2, &raw.core2), (field::CORE, &raw.core))?
+        .ok_or_else(|| malformed("no field core"))?;
     let core = decode_core(&core).ok_or_else(|| malformed("core is not a valid encoding"))?;
-    let updated_at = open(field::UPDATED_AT, &raw.updated_at)?;
+    let (updated_epoch, updated_at) = fields
+        .open(
+            (field::UPDATED_AT2, &raw.updated_at2),
+            (field::UPDATED_AT, &raw.updated_at),
+        )?
+        .ok_or_else(|| malformed("no field updated_at"))?;
     let updated_at = <[u8; 8]>::try_from(updated_at.as_slice())
         .map_err(|_| malformed("updated_at is not a time"))?;
-    let label = match &raw.label {
-        Some(_) => {
-            let mut pt = open(field::LABEL, &raw.label)?;
+    let mut epochs = vec![epoch, updated_epoch];
+    let label = match fields.open((field::LABEL2, &raw.label2), (field::LABEL, &raw.label))? {
+        Some((label_epoch, mut pt)) => {
+            epochs.push(label_epoch);
             Some(
                 String::from_utf8(std::mem::take(&mut *pt))
                     .map_err(|_| malformed("label is not UTF-8"))?,
@@ -671,6 +850,11 @@ fn open_record(
         }
         None => None,
     };
+    // A record is due for re-encryption if any of its fields is not under the current epoch: report that one.
+    let epoch = epochs
+        .into_iter()
+        .find(|e| *e != keyring.current())
+        .unwrap_or(epoch);
     let p = Passkey {
         record_id: *id,
         epoch,
@@ -703,6 +887,35 @@ fn open_record(
 // ---------------------------------------------------------------------------------------------------------
 // Devices
 
+/// Seals the name and time of device `d` under the current epoch, in v2 form.
+pub(crate) fn seal_device(
+    vault: &VaultId,
+    keyring: &Keyring,
+    d: &Device,
+) -> Result<SealedRecord, Error> {
+    let epoch = keyring.current();
+    let key = keyring.current_key();
+    let scope = Scope::Device {
+        id: &d.id,
+        x25519_public: &d.x25519_public,
+        added_by: d.added_by.as_ref(),
+    };
+    Ok(SealedRecord {
+        fields: vec![
+            seal_field(vault, scope, epoch, key, field::NAME2, d.name.as_bytes())?,
+            seal_field(
+                vault,
+                scope,
+                epoch,
+                key,
+                field::ADDED_AT2,
+                &d.added_at_ms.to_be_bytes(),
+            )?,
+        ],
+        drop_v1: true,
+    })
+}
+
 /// Writes device `d` as a new map (replacing any previous entry), sealed under the current epoch. Returns the
 /// device's map object.
 pub(crate) fn put_device(
@@ -712,22 +925,7 @@ pub(crate) fn put_device(
     keyring: &Keyring,
     d: &Device,
 ) -> Result<ObjId, Error> {
-    let epoch = keyring.current();
-    let key = keyring.current_key();
-    let scope = Scope::Device {
-        id: &d.id,
-        x25519_public: &d.x25519_public,
-        added_by: d.added_by.as_ref(),
-    };
-    let name = seal_field(vault, scope, epoch, key, field::NAME, d.name.as_bytes())?;
-    let added_at = seal_field(
-        vault,
-        scope,
-        epoch,
-        key,
-        field::ADDED_AT,
-        &d.added_at_ms.to_be_bytes(),
-    )?;
+    let sealed = seal_device(vault, keyring, d)?;
     doc.transact::<_, _, automerge::AutomergeError>(|tx| {
         let obj = tx.put_object(&shape.devices, d.id.as_str(), ObjType::Map)?;
         tx.put(
@@ -738,14 +936,41 @@ pub(crate) fn put_device(
         if let Some(by) = &d.added_by {
             tx.put(&obj, field::ADDED_BY, ScalarValue::Str(by.as_str().into()))?;
         }
-        tx.put(&obj, field::EPOCH, ScalarValue::Uint(u64::from(epoch.0)))?;
-        for (name, value) in [name, added_at] {
+        if let Some(sig) = &d.signature {
+            tx.put(&obj, field::SIGNATURE, ScalarValue::Bytes(sig.to_vec()))?;
+        }
+        for (name, value) in sealed.fields {
             tx.put(&obj, name, ScalarValue::Bytes(value))?;
         }
         Ok(obj)
     })
     .map(|done| done.result)
     .map_err(|f| Error::from(f.error))
+}
+
+/// Rewrites the sealed fields of an existing device map (a rename, or a rotation to a new epoch).
+pub(crate) fn update_device(
+    tx: &mut impl Transactable,
+    obj: &ObjId,
+    sealed: SealedRecord,
+) -> Result<(), automerge::AutomergeError> {
+    if sealed.drop_v1 {
+        for name in field::DEVICE_V1 {
+            if tx.get(obj, name)?.is_some() {
+                tx.delete(obj, name)?;
+            }
+        }
+    }
+    for (name, value) in sealed.fields {
+        tx.put(obj, name, ScalarValue::Bytes(value))?;
+    }
+    Ok(())
+}
+
+/// A decrypted device entry with the epoch its name is sealed under.
+pub(crate) struct ReadDevice {
+    pub(crate) device: Device,
+    pub(crate) epoch: Epoch,
 }
 
 /// Decrypts the device entry `id`; `None` if there is none.
@@ -755,15 +980,15 @@ pub(crate) fn read_device(
     vault: &VaultId,
     keyring: &Keyring,
     id: &DeviceId,
-) -> Result<Option<Device>, Error> {
+) -> Result<Option<ReadDevice>, Error> {
     let malformed = |what: &str| Error::Malformed(format!("device {id}: {what}"));
     let obj = match doc.get(&shape.devices, id.as_str())? {
         None => return Ok(None),
         Some((Value::Object(ObjType::Map), obj)) => obj,
         Some(_) => return Err(malformed("not a map")),
     };
-    let (mut public, mut added_by, mut epoch, mut name, mut added_at) =
-        (None, None, None, None, None);
+    let (mut public, mut added_by, mut epoch, mut sig) = (None, None, None, None);
+    let (mut name, mut added_at, mut name2, mut added_at2) = (None, None, None, None);
     for item in doc.map_range(&obj, ..) {
         match (item.key.as_ref(), item.value) {
             (field::X25519_PUBLIC, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => public = Some(b),
@@ -771,12 +996,18 @@ pub(crate) fn read_device(
             (field::EPOCH, ValueRef::Scalar(ScalarValueRef::Uint(e))) => epoch = Some(e),
             (field::NAME, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => name = Some(b),
             (field::ADDED_AT, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => added_at = Some(b),
+            (field::NAME2, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => name2 = Some(b),
+            (field::ADDED_AT2, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => added_at2 = Some(b),
+            (field::SIGNATURE, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => sig = Some(b),
             (
                 field::X25519_PUBLIC
                 | field::ADDED_BY
                 | field::EPOCH
                 | field::NAME
-                | field::ADDED_AT,
+                | field::ADDED_AT
+                | field::NAME2
+                | field::ADDED_AT2
+                | field::SIGNATURE,
                 _,
             ) => {
                 return Err(malformed(&format!("field {} has the wrong type", item.key)));
@@ -787,28 +1018,36 @@ pub(crate) fn read_device(
     let public = public
         .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())
         .ok_or_else(|| malformed("no 32-byte x25519 public key"))?;
-    let epoch = epoch.ok_or_else(|| malformed("no epoch"))?;
-    let epoch = Epoch(u32::try_from(epoch).map_err(|_| malformed("epoch out of range"))?);
-    let key = keyring.key(epoch).ok_or(Error::UnknownEpoch(epoch))?;
-    let added_by = added_by.map(|s| DeviceId::new(s.into_owned()));
-    let scope = Scope::Device {
-        id,
-        x25519_public: &public,
-        added_by: added_by.as_ref(),
+    let signature = match sig {
+        None => None,
+        Some(b) => Some(
+            <[u8; 64]>::try_from(b.as_ref()).map_err(|_| malformed("signature is not 64 bytes"))?,
+        ),
     };
-    let open =
-        |name: &'static str, value: Option<Cow<'_, [u8]>>| -> Result<Zeroizing<Vec<u8>>, Error> {
-            let value = value.ok_or_else(|| malformed(&format!("no field {name}")))?;
-            let aad = crypto::aad(vault, scope, name, epoch);
-            crypto::open(key, &aad, &value).ok_or_else(|| Error::DeviceDecrypt {
-                device: id.clone(),
-                field: name,
-            })
-        };
-    let mut name_pt = open(field::NAME, name)?;
+    let added_by = added_by.map(|s| DeviceId::new(s.into_owned()));
+    let fields = Fields {
+        vault,
+        keyring,
+        scope: Scope::Device {
+            id,
+            x25519_public: &public,
+            added_by: added_by.as_ref(),
+        },
+        v1_epoch: epoch,
+        fail: &|field| Error::DeviceDecrypt {
+            device: id.clone(),
+            field,
+        },
+        malformed: &malformed,
+    };
+    let (name_epoch, mut name_pt) = fields
+        .open((field::NAME2, &name2), (field::NAME, &name))?
+        .ok_or_else(|| malformed("no field name"))?;
     let name = String::from_utf8(std::mem::take(&mut *name_pt))
         .map_err(|_| malformed("name is not UTF-8"))?;
-    let added_at = open(field::ADDED_AT, added_at)?;
+    let (added_epoch, added_at) = fields
+        .open((field::ADDED_AT2, &added_at2), (field::ADDED_AT, &added_at))?
+        .ok_or_else(|| malformed("no field added_at"))?;
     let added_at = <[u8; 8]>::try_from(added_at.as_slice())
         .map_err(|_| malformed("added_at is not a time"))?;
     let d = Device {
@@ -817,12 +1056,199 @@ pub(crate) fn read_device(
         x25519_public: public,
         added_by,
         added_at_ms: u64::from_be_bytes(added_at),
+        signature,
     };
     d.validate().map_err(|e| match e {
         Error::InvalidInput(what) => malformed(what),
         other => other,
     })?;
-    Ok(Some(d))
+    let epoch = [name_epoch, added_epoch]
+        .into_iter()
+        .find(|e| *e != keyring.current())
+        .unwrap_or(name_epoch);
+    Ok(Some(ReadDevice { device: d, epoch }))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Removals and epochs
+
+/// The change that wrote the op `op`, if known.
+pub(crate) fn change_of(doc: &Automerge, op: &ObjId) -> Option<ChangeHash> {
+    doc.hash_for_opid(op)
+}
+
+/// Every removal value: (removed device, its bytes, the change that wrote it). Concurrent removals of one
+/// device are all listed.
+pub(crate) fn read_removals(doc: &Automerge, ext: &Ext) -> Result<Vec<RawRemoval>, Error> {
+    let mut out = Vec::new();
+    let ids: Vec<String> = doc.keys(&ext.removed).collect();
+    for id in ids {
+        for (value, op) in doc.get_all(&ext.removed, id.as_str())? {
+            if let Value::Scalar(s) = &value
+                && let ScalarValue::Bytes(b) = s.as_ref()
+            {
+                out.push((DeviceId::new(id.clone()), b.clone(), change_of(doc, &op)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a removal of device `id`.
+pub(crate) fn put_removal(
+    tx: &mut impl Transactable,
+    ext: &Ext,
+    id: &DeviceId,
+    value: Vec<u8>,
+) -> Result<(), automerge::AutomergeError> {
+    tx.put(&ext.removed, id.as_str(), ScalarValue::Bytes(value))
+}
+
+/// One epoch of the extension's epochs map.
+pub(crate) struct RawEpoch {
+    pub(crate) epoch: Epoch,
+    pub(crate) obj: ObjId,
+    /// The signed description's bytes (`None` if missing or not bytes).
+    pub(crate) info: Option<Vec<u8>>,
+    /// The change that created the epoch's map.
+    pub(crate) change: Option<ChangeHash>,
+}
+
+/// Every epoch listed in the extension (epoch 0 of vaults made before rotation is not listed there).
+pub(crate) fn read_epochs(doc: &Automerge, ext: &Ext) -> Result<Vec<RawEpoch>, Error> {
+    let mut out = Vec::new();
+    for item in doc.map_range(&ext.epochs, ..) {
+        let Ok(epoch) = item.key.parse::<u32>() else {
+            continue;
+        };
+        if item.value != ValueRef::Object(ObjType::Map) {
+            continue;
+        }
+        let obj = item.id();
+        let info = match doc.get(&obj, EPOCH_INFO)? {
+            Some((Value::Scalar(s), _)) => match s.as_ref() {
+                ScalarValue::Bytes(b) => Some(b.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let change = change_of(doc, &obj);
+        out.push(RawEpoch {
+            epoch: Epoch(epoch),
+            obj,
+            info,
+            change,
+        });
+    }
+    Ok(out)
+}
+
+/// Every wrap to device `to` in the epoch map `obj` (concurrent wraps are all listed).
+pub(crate) fn read_wraps(
+    doc: &Automerge,
+    obj: &ObjId,
+    to: &DeviceId,
+) -> Result<Vec<Vec<u8>>, Error> {
+    let key = format!("{WRAP_PREFIX}{to}");
+    Ok(doc
+        .get_all(obj, key.as_str())?
+        .into_iter()
+        .filter_map(|(value, _)| match value {
+            Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Bytes(b) => Some(b.clone()),
+                _ => None,
+            },
+            Value::Object(_) => None,
+        })
+        .collect())
+}
+
+/// Writes a new epoch: its map with the signed description and one wrap per recipient.
+pub(crate) fn put_epoch(
+    tx: &mut impl Transactable,
+    ext: &Ext,
+    epoch: Epoch,
+    info: Vec<u8>,
+    wraps: Vec<(DeviceId, Vec<u8>)>,
+) -> Result<(), automerge::AutomergeError> {
+    let obj = tx.put_object(&ext.epochs, epoch.to_string(), ObjType::Map)?;
+    tx.put(&obj, EPOCH_INFO, ScalarValue::Bytes(info))?;
+    for (to, wrap) in wraps {
+        tx.put(&obj, format!("{WRAP_PREFIX}{to}"), ScalarValue::Bytes(wrap))?;
+    }
+    Ok(())
+}
+
+/// Writes the key check of `epoch` (deterministic, see `keycheck_value`).
+pub(crate) fn put_keycheck(
+    tx: &mut impl Transactable,
+    shape: &Shape,
+    vault: &VaultId,
+    epoch: Epoch,
+    key: &VaultKey,
+) -> Result<(), Error> {
+    let value = keycheck_value(vault, epoch, key)?;
+    tx.put(
+        &shape.keycheck,
+        epoch.to_string(),
+        ScalarValue::Bytes(value),
+    )?;
+    Ok(())
+}
+
+/// The changes that wrote device entry `id` (every conflicting value's).
+pub(crate) fn device_changes(doc: &Automerge, shape: &Shape, id: &DeviceId) -> Vec<ChangeHash> {
+    doc.get_all(&shape.devices, id.as_str())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, op)| change_of(doc, &op))
+        .collect()
+}
+
+/// A causal order on the document's changes, for judging removals: built on first use from every change's
+/// dependencies, then answering "is `a` `b` or an ancestor of it" by walking back from `b` (memoized per `b`).
+pub(crate) struct Causality<'a> {
+    doc: &'a Automerge,
+    deps: Option<HashMap<ChangeHash, Vec<ChangeHash>>>,
+    ancestors: HashMap<ChangeHash, std::collections::HashSet<ChangeHash>>,
+}
+
+impl<'a> Causality<'a> {
+    pub(crate) fn new(doc: &'a Automerge) -> Self {
+        Self {
+            doc,
+            deps: None,
+            ancestors: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn before(&mut self, a: &ChangeHash, b: &ChangeHash) -> bool {
+        if a == b {
+            return true;
+        }
+        let doc = self.doc;
+        let deps = self.deps.get_or_insert_with(|| {
+            doc.get_changes_meta(&[])
+                .into_iter()
+                .map(|m| (m.hash, m.deps.clone()))
+                .collect()
+        });
+        self.ancestors
+            .entry(*b)
+            .or_insert_with(|| {
+                let mut seen = std::collections::HashSet::new();
+                let mut stack = vec![*b];
+                while let Some(h) = stack.pop() {
+                    for d in deps.get(&h).map(Vec::as_slice).unwrap_or_default() {
+                        if seen.insert(*d) {
+                            stack.push(*d);
+                        }
+                    }
+                }
+                seen
+            })
+            .contains(a)
+    }
 }
 
 /// The hash of the genesis change of vault `id`.

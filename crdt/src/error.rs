@@ -40,6 +40,15 @@ pub enum Error {
     /// A peer sent changes that do not descend from this vault's genesis (another vault's document).
     #[error("changes from another vault")]
     ForeignVault,
+    /// The device table has no readable entry for this device.
+    #[error("no device {0} in the device table")]
+    UnknownDevice(DeviceId),
+    /// The operation needs this replica's device (see `Vault::load_as`), and none was given.
+    #[error("this replica has no device keys")]
+    NoLocalDevice,
+    /// The operation needs this device to be an active member, and it is not (removed, or not in the table).
+    #[error("this device is not an active member of the vault")]
+    NotAMember,
     /// Automerge refused an operation.
     #[error("automerge: {0}")]
     Automerge(String),

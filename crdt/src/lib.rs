@@ -9,12 +9,14 @@
 //! Sync is sans-IO: [`Vault::generate_sync_message`] and [`Vault::receive_sync_message`] move opaque bytes,
 //! the caller keeps one [`SyncState`] per peer and owns the transport. This crate does no I/O and knows nothing
 //! of sockets, pairing or the TPM; the only threads it starts are scoped ones that decrypt in parallel during
-//! [`Vault::load`] and finish before it returns. Key rotation (re-encryption) is not implemented yet.
+//! [`Vault::load`] and finish before it returns. Removing a device rotates the vault key: see [`members`] and
+//! [`Vault::remove_member`].
 //!
 //! Modules:
 //! - [`keys`] — [`VaultKey`], [`Epoch`], [`Keyring`].
 //! - [`ids`] — [`RecordId`], [`VaultId`], [`DeviceId`], [`CredentialId`].
 //! - [`record`] — [`NewPasskey`], [`Passkey`], [`Device`].
+//! - [`members`] — [`LocalDevice`], [`Member`], [`MemberState`]: signed membership, removals, epoch-key wraps.
 //! - [`vault`] — [`Vault`], [`SyncState`].
 //! - [`error`] — [`Error`].
 //! - private: `crypto` (field encryption), `doc` (document shape), `index` (the in-memory index).
@@ -25,11 +27,13 @@ pub mod error;
 pub mod ids;
 mod index;
 pub mod keys;
+pub mod members;
 pub mod record;
 pub mod vault;
 
 pub use error::Error;
 pub use ids::{CredentialId, DeviceId, RecordId, VaultId};
 pub use keys::{Epoch, Keyring, VaultKey};
+pub use members::{LocalDevice, Member, MemberState, device_id_of};
 pub use record::{Device, NewPasskey, Passkey};
-pub use vault::{SyncState, Vault};
+pub use vault::{Maintenance, SyncState, Vault};

@@ -21,6 +21,20 @@ pub(crate) mod field {
     pub(crate) const ADDED_BY: &str = "added_by";
     pub(crate) const NAME: &str = "name";
     pub(crate) const ADDED_AT: &str = "added_at";
+
+    /// Version 2 fields: each value carries its own epoch (4 bytes, big-endian) before the sealed bytes, so a
+    /// record whose fields were written by different replicas under different epochs (a rename concurrent with
+    /// a key rotation) stays readable. A v2 field is preferred over its v1 counterpart.
+    pub(crate) const CORE2: &str = "c";
+    pub(crate) const UPDATED_AT2: &str = "u";
+    pub(crate) const LABEL2: &str = "l";
+    pub(crate) const NAME2: &str = "n";
+    pub(crate) const ADDED_AT2: &str = "a";
+    /// The signature of a device entry by the device that added it (clear).
+    pub(crate) const SIGNATURE: &str = "sig";
+    /// The v1 fields a rewrite in v2 form deletes.
+    pub(crate) const RECORD_V1: [&str; 4] = [EPOCH, CORE, UPDATED_AT, LABEL];
+    pub(crate) const DEVICE_V1: [&str; 3] = [EPOCH, NAME, ADDED_AT];
 }
 
 /// Longest credential id WebAuthn allows.
@@ -119,7 +133,8 @@ impl fmt::Debug for NewPasskey {
 pub struct Passkey {
     /// The record inside the vault.
     pub record_id: RecordId,
-    /// The key epoch the record is encrypted under.
+    /// The key epoch the record is encrypted under (when its fields are under different epochs, one that is
+    /// not the current epoch: the record is due for re-encryption).
     pub epoch: Epoch,
     /// The WebAuthn credential id.
     pub credential_id: Vec<u8>,
@@ -173,6 +188,9 @@ pub struct Device {
     pub added_by: Option<DeviceId>,
     /// When it was added (ms since the Unix epoch); encrypted in the document.
     pub added_at_ms: u64,
+    /// The ed25519 signature of the entry by the device that added it (by itself for the first device); `None`
+    /// for entries written before entries were signed.
+    pub signature: Option<[u8; 64]>,
 }
 
 /// Longest device id accepted (libp2p peer ids are about 52 characters).

@@ -1,6 +1,6 @@
 //! The vault: an automerge document of encrypted records, with an in-memory index of the decrypted ones.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use automerge::sync::{self, SyncDoc};
@@ -9,8 +9,13 @@ use automerge::{ActorId, Automerge, ChangeHash, ObjId, ReadDoc};
 
 use crate::doc::{self, Shape};
 use crate::index::Index;
+use crate::members::{
+    self, EntryFact, EpochInfo, LocalDevice, Member, MemberState, Removal, RemovalFact,
+};
 use crate::record;
-use crate::{Device, DeviceId, Error, Keyring, NewPasskey, Passkey, RecordId, VaultId};
+use crate::{
+    Device, DeviceId, Epoch, Error, Keyring, NewPasskey, Passkey, RecordId, VaultId, VaultKey,
+};
 
 /// One replica of a user's vault.
 ///
@@ -34,6 +39,42 @@ pub struct Vault {
     device_objs: HashMap<ObjId, DeviceId>,
     /// Whether the document root is still as the genesis wrote it (reported once when that changes).
     root_pristine: bool,
+    /// This device, once known: it signs removals and epochs and unwraps the epoch keys wrapped to it.
+    me: Option<LocalDevice>,
+    /// Every readable device entry, judged (see [`members::judge`]).
+    members: BTreeMap<DeviceId, Member>,
+    /// The epoch each readable device entry is due for re-encryption from (see [`Passkey::epoch`]).
+    device_epochs: BTreeMap<DeviceId, Epoch>,
+    /// The map objects of the listed epochs, to tell which remote ops touch them.
+    epoch_objs: HashSet<ObjId>,
+    /// The key epochs as judged from the document.
+    epochs: EpochState,
+}
+
+/// What the document says about key epochs.
+#[derive(Clone, Debug, Default)]
+struct EpochState {
+    /// The newest valid epoch with its generation (ordered by generation, then id): the one every replica
+    /// converges on.
+    current: Option<(u32, Epoch)>,
+    /// Whether the current epoch's key was given to no device that is now removed.
+    clean: bool,
+}
+
+/// What [`Vault::maintain`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// A new epoch was made (the current one had been given to a device that is now removed).
+    pub rotated: Option<Epoch>,
+    /// Records and device entries moved to the current epoch.
+    pub reencrypted: usize,
+}
+
+impl Maintenance {
+    /// Whether the document changed.
+    pub fn changed(&self) -> bool {
+        self.rotated.is_some() || self.reencrypted > 0
+    }
 }
 
 impl fmt::Debug for Vault {
@@ -59,6 +100,7 @@ impl Vault {
     pub fn create(id: VaultId, keyring: Keyring) -> Result<Vault, Error> {
         let (mut doc, shape) = doc::genesis(&id)?;
         let genesis = doc::genesis_hash(&id)?;
+        doc::ensure_ext(&mut doc, &id)?;
         doc.set_actor(ActorId::random());
         doc::write_missing_keychecks(&mut doc, &shape, &id, &keyring)?;
         Ok(Vault {
@@ -74,6 +116,11 @@ impl Vault {
             record_objs: HashMap::new(),
             device_objs: HashMap::new(),
             root_pristine: true,
+            me: None,
+            members: BTreeMap::new(),
+            device_epochs: BTreeMap::new(),
+            epoch_objs: HashSet::new(),
+            epochs: EpochState::default(),
         })
     }
 
@@ -85,14 +132,26 @@ impl Vault {
     /// are not a vault. Records that fail to decrypt do not fail the load: they are left out and listed by
     /// [`problems`](Self::problems).
     pub fn load(bytes: &[u8], keyring: Keyring) -> Result<Vault, Error> {
+        Self::load_as(bytes, keyring, None)
+    }
+
+    /// Like [`load`](Self::load), for device `me`: epoch keys wrapped to it are unwrapped from the document, and
+    /// it can sign removals and rotations. A document made before the extension change gets it (in memory: the
+    /// next [`save_incremental`](Self::save_incremental) returns it).
+    pub fn load_as(
+        bytes: &[u8],
+        keyring: Keyring,
+        me: Option<LocalDevice>,
+    ) -> Result<Vault, Error> {
         if bytes.is_empty() {
             return Err(Error::Malformed("empty vault".into()));
         }
-        let doc = doc::contained("vault document", || Automerge::load(bytes))?
+        let mut doc = doc::contained("vault document", || Automerge::load(bytes))?
             .map_err(|e| Error::Malformed(format!("not a vault document: {e}")))?;
         let (id, shape) = doc::read_shape(&doc)?;
         doc::verify_keychecks(&doc, &shape, &id, &keyring, doc::KeyCheck::AnyMatch)?;
         let saved_heads = doc.get_heads();
+        doc::ensure_ext(&mut doc, &id)?;
         let mut vault = Vault {
             doc,
             id,
@@ -106,10 +165,26 @@ impl Vault {
             record_objs: HashMap::new(),
             device_objs: HashMap::new(),
             root_pristine: true,
+            me,
+            members: BTreeMap::new(),
+            device_epochs: BTreeMap::new(),
+            epoch_objs: HashSet::new(),
+            epochs: EpochState::default(),
         };
         vault.root_pristine = doc::root_is_pristine(&vault.doc, &id)?;
         vault.rebuild();
         Ok(vault)
+    }
+
+    /// Makes `me` this replica's device (see [`load_as`](Self::load_as)), e.g. after [`create`](Self::create).
+    pub fn set_local(&mut self, me: LocalDevice) {
+        self.me = Some(me);
+        self.rebuild();
+    }
+
+    /// Whether the document holds changes that no `save`/`save_incremental` has returned yet.
+    pub fn has_unsaved_changes(&self) -> bool {
+        self.doc.get_heads() != self.saved_heads
     }
 
     /// The vault's id.
@@ -197,9 +272,9 @@ impl Vault {
                 .cloned()
                 .unwrap_or(Error::NotFound(*id)));
         };
-        let epoch = current.epoch;
-        // The record's fields share one epoch, so the new ones must be sealed under it too.
-        let key = self.keyring.key(epoch).ok_or(Error::UnknownEpoch(epoch))?;
+        // Every v2 field names its own epoch: the new ones go under the current epoch.
+        let epoch = self.keyring.current();
+        let key = self.keyring.current_key();
         let obj = doc::record_obj(&self.doc, &self.shape, id)?.ok_or(Error::NotFound(*id))?;
         let sealed = doc::seal_rename(&self.id, key, id, epoch, label, now_ms)?;
         self.doc
@@ -259,7 +334,10 @@ impl Vault {
         let obj = doc::put_device(&mut self.doc, &self.shape, &self.id, &self.keyring, &d)?;
         self.device_objs.insert(obj, d.id.clone());
         self.set_device_problem(&d.id, None);
+        self.device_epochs
+            .insert(d.id.clone(), self.keyring.current());
         self.devices.insert(d.id.clone(), d);
+        self.judge();
         Ok(())
     }
 
@@ -274,13 +352,268 @@ impl Vault {
             .map_err(|f| Error::from(f.error))?;
         self.device_objs.remove(&obj);
         self.devices.remove(id);
+        self.device_epochs.remove(id);
         self.set_device_problem(id, None);
+        self.judge();
         Ok(true)
     }
 
-    /// The readable devices, sorted by id.
+    /// The readable device entries, sorted by id, whatever their standing (see [`members`](Self::members)).
     pub fn devices(&self) -> Vec<Device> {
         self.devices.values().cloned().collect()
+    }
+
+    /// Every readable device entry with its standing, sorted by id.
+    pub fn members(&self) -> Vec<Member> {
+        self.members.values().cloned().collect()
+    }
+
+    /// The devices that belong to the vault now: valid entries of devices not removed, sorted by id. Only these
+    /// may connect, and only these get new epoch keys.
+    pub fn active_devices(&self) -> Vec<Device> {
+        self.members
+            .values()
+            .filter(|m| m.state == MemberState::Active)
+            .map(|m| m.device.clone())
+            .collect()
+    }
+
+    /// The standing of device `id`; `None` if it has no readable entry.
+    pub fn member_state(&self, id: &DeviceId) -> Option<&MemberState> {
+        self.members.get(id).map(|m| &m.state)
+    }
+
+    /// This replica's device, if set.
+    pub fn local_device(&self) -> Option<&DeviceId> {
+        self.me.as_ref().map(LocalDevice::id)
+    }
+
+    /// Removes device `id` from the vault: a removal signed by this device, then a new key epoch wrapped to every
+    /// remaining device only, with every readable record and device entry re-encrypted under it (see
+    /// [`rotate`](Self::rotate)). Returns the new epoch. `UnknownDevice` if the table has no readable entry for
+    /// it, `InvalidInput` for this device itself, `NoLocalDevice`/`NotAMember` if this replica may not remove.
+    /// A device already removed is removed again (a second removal changes nothing) and the key is not rotated:
+    /// `Ok(None)`.
+    pub fn remove_member(&mut self, id: &DeviceId, now_ms: u64) -> Result<Option<Epoch>, Error> {
+        let me = self.active_me()?;
+        if id == me.id() {
+            return Err(Error::InvalidInput("a device cannot remove itself"));
+        }
+        match self.members.get(id).map(|m| &m.state) {
+            None => return Err(Error::UnknownDevice(id.clone())),
+            Some(MemberState::Removed { .. }) => return Ok(None),
+            Some(_) => {}
+        }
+        let removal = Removal::sign(&self.id, id, me, now_ms).encode();
+        let ext = &self.shape.ext;
+        self.doc
+            .transact(|tx| doc::put_removal(tx, ext, id, removal))
+            .map_err(|f| Error::from(f.error))?;
+        self.judge();
+        self.rotate(now_ms).map(Some)
+    }
+
+    /// Renames device `id` (its name is sealed under the current epoch). `UnknownDevice` if it has no readable
+    /// entry.
+    pub fn rename_device(&mut self, id: &DeviceId, name: &str) -> Result<(), Error> {
+        let mut d = self
+            .devices
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::UnknownDevice(id.clone()))?;
+        d.name = name.to_owned();
+        d.validate()?;
+        let obj = self.device_obj(id)?;
+        let sealed = doc::seal_device(&self.id, &self.keyring, &d)?;
+        self.doc
+            .transact(|tx| doc::update_device(tx, &obj, sealed))
+            .map_err(|f| Error::from(f.error))?;
+        self.device_epochs
+            .insert(id.clone(), self.keyring.current());
+        self.devices.insert(id.clone(), d);
+        self.judge();
+        Ok(())
+    }
+
+    fn device_obj(&self, id: &DeviceId) -> Result<ObjId, Error> {
+        match self.doc.get(&self.shape.devices, id.as_str())? {
+            Some((automerge::Value::Object(automerge::ObjType::Map), obj)) => Ok(obj),
+            _ => Err(Error::UnknownDevice(id.clone())),
+        }
+    }
+
+    /// This device, if it is an active member.
+    fn active_me(&self) -> Result<&LocalDevice, Error> {
+        let me = self.me.as_ref().ok_or(Error::NoLocalDevice)?;
+        match self.members.get(me.id()).map(|m| &m.state) {
+            Some(MemberState::Active) => Ok(me),
+            _ => Err(Error::NotAMember),
+        }
+    }
+
+    /// Makes a new key epoch: a fresh random key, one generation past the current epoch, wrapped to each active
+    /// device's x25519 key (this one included) and to no other, described by a value this device signs; then
+    /// re-encrypts every readable record and device entry under it, all in one change. Records that do not
+    /// decrypt here (see [`problems`](Self::problems)) stay as they are.
+    pub fn rotate(&mut self, now_ms: u64) -> Result<Epoch, Error> {
+        let me = self.active_me()?;
+        let recipients = self.active_devices();
+        let listed: HashSet<u32> = doc::read_epochs(&self.doc, &self.shape.ext)?
+            .iter()
+            .map(|e| e.epoch.0)
+            .collect();
+        let epoch = loop {
+            let candidate = Epoch(rand::random());
+            if self.keyring.key(candidate).is_none() && !listed.contains(&candidate.0) {
+                break candidate;
+            }
+        };
+        let generation = self.epochs.current.map_or(0, |(g, _)| g) + 1;
+        let key = VaultKey::generate();
+        let mut wraps = Vec::with_capacity(recipients.len());
+        for d in &recipients {
+            // An entry from before devices had x25519 keys (all zeros) cannot be wrapped to: that device is
+            // left out of the recipients, and the next rotation after its entry is fixed includes it.
+            if let Some(w) = members::wrap(&self.id, epoch, &d.id, &d.x25519_public, &key) {
+                wraps.push((d.id.clone(), w));
+            }
+        }
+        let info = EpochInfo::sign(
+            &self.id,
+            epoch,
+            generation,
+            me,
+            now_ms,
+            wraps.iter().map(|(d, _)| d.clone()).collect(),
+        )
+        .encode();
+        let mut keyring = self.keyring.clone();
+        keyring.insert(epoch, key.clone());
+        keyring.set_current(epoch)?;
+        let records: Vec<RecordId> = self.index.iter().map(|p| p.record_id).collect();
+        let devices: Vec<DeviceId> = self.devices.keys().cloned().collect();
+        let ext = self.shape.ext.clone();
+        let shape = self.shape.clone();
+        let vault = self.id;
+        self.reencrypt(&keyring, &records, &devices, |tx| {
+            doc::put_epoch(tx, &ext, epoch, info, wraps)
+                .map_err(Error::from)
+                .and_then(|()| doc::put_keycheck(tx, &shape, &vault, epoch, &key))
+        })?;
+        self.keyring = keyring;
+        self.epoch_objs.clear();
+        self.rebuild();
+        Ok(epoch)
+    }
+
+    /// Re-encrypts `records` and `devices` under the current epoch of `keyring`, in one change that also does
+    /// `first`.
+    fn reencrypt(
+        &mut self,
+        keyring: &Keyring,
+        records: &[RecordId],
+        devices: &[DeviceId],
+        first: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let epoch = keyring.current();
+        let key = keyring.current_key();
+        let mut sealed_records = Vec::with_capacity(records.len());
+        for id in records {
+            let (Some(p), Some(obj)) = (
+                self.index.get(id),
+                doc::record_obj(&self.doc, &self.shape, id)?,
+            ) else {
+                continue;
+            };
+            let mut p = p.clone();
+            p.epoch = epoch;
+            sealed_records.push((obj, doc::seal_record(&self.id, key, &p)?));
+        }
+        let mut sealed_devices = Vec::with_capacity(devices.len());
+        for id in devices {
+            let Some(d) = self.devices.get(id) else {
+                continue;
+            };
+            sealed_devices.push((
+                self.device_obj(id)?,
+                doc::seal_device(&self.id, keyring, d)?,
+            ));
+        }
+        let mut tx = self.doc.transaction();
+        let written = first(&mut tx).and_then(|()| {
+            for (obj, sealed) in sealed_records {
+                doc::update_record(&mut tx, &obj, sealed)?;
+            }
+            for (obj, sealed) in sealed_devices {
+                doc::update_device(&mut tx, &obj, sealed)?;
+            }
+            Ok(())
+        });
+        match written {
+            Ok(()) => {
+                tx.commit();
+                Ok(())
+            }
+            Err(e) => {
+                tx.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the current epoch's key was given to a device that is now removed, so a new epoch is due.
+    pub fn needs_rotation(&self) -> bool {
+        !self.epochs.clean
+    }
+
+    /// Keeps the keys right after changes (local or from peers); call it after each batch. If the current epoch
+    /// was given to a removed device (a removal arrived, or removals were made concurrently), makes a new one;
+    /// else, if this replica holds the current epoch, moves records and device entries still under an older
+    /// epoch (written concurrently with a rotation) to it. Replicas that do this concurrently converge: the
+    /// newest epoch wins everywhere and whatever is left under another one is moved again. Does nothing unless
+    /// this device is an active member.
+    pub fn maintain(&mut self, now_ms: u64) -> Result<Maintenance, Error> {
+        if self.active_me().is_err() {
+            return Ok(Maintenance::default());
+        }
+        if self.needs_rotation() {
+            let epoch = self.rotate(now_ms)?;
+            return Ok(Maintenance {
+                rotated: Some(epoch),
+                reencrypted: 0,
+            });
+        }
+        let current = self.keyring.current();
+        if self.epochs.current.map(|(_, e)| e) != Some(current) {
+            return Ok(Maintenance::default());
+        }
+        let records: Vec<RecordId> = self
+            .index
+            .iter()
+            .filter(|p| p.epoch != current)
+            .map(|p| p.record_id)
+            .collect();
+        let devices: Vec<DeviceId> = self
+            .device_epochs
+            .iter()
+            .filter(|(_, e)| **e != current)
+            .map(|(d, _)| d.clone())
+            .collect();
+        if records.is_empty() && devices.is_empty() {
+            return Ok(Maintenance::default());
+        }
+        let keyring = self.keyring.clone();
+        self.reencrypt(&keyring, &records, &devices, |_| Ok(()))?;
+        for id in &records {
+            self.reindex_record(id);
+        }
+        for id in &devices {
+            self.reindex_device(id);
+        }
+        Ok(Maintenance {
+            rotated: None,
+            reencrypted: records.len() + devices.len(),
+        })
     }
 
     /// Device entries present but unreadable, sorted by id.
@@ -403,14 +736,24 @@ impl Vault {
             true
         } else {
             let touched = Touched::from_changes(&self.doc.get_changes(before), self);
-            if touched.records.len() > REBUILD_ABOVE.max(self.index.len() / 4) {
+            // New epoch keys make records readable that were not, and a new current epoch changes which are
+            // due for re-encryption: both need the whole index again (rare: rotations only).
+            let learned = touched.ext && self.learn_keys();
+            if learned || touched.records.len() > REBUILD_ABOVE.max(self.index.len() / 4) {
                 self.rebuild();
             } else {
-                for id in &touched.records {
-                    self.reindex_record(id);
-                }
                 for id in &touched.devices {
                     self.reindex_device(id);
+                }
+                if touched.ext || !touched.devices.is_empty() || touched.keycheck {
+                    let current = self.keyring.current();
+                    self.judge();
+                    if self.keyring.current() != current {
+                        self.rebuild();
+                    }
+                }
+                for id in &touched.records {
+                    self.reindex_record(id);
                 }
             }
             touched.keycheck
@@ -434,8 +777,18 @@ impl Vault {
         Ok(())
     }
 
-    /// Rebuilds the whole index from the document.
+    /// Rebuilds the whole index from the document: learns the epoch keys wrapped to this device, reads the
+    /// device table, judges the membership and the epochs, then reads every record.
     fn rebuild(&mut self) {
+        self.learn_keys();
+        self.rebuild_devices();
+        let before = self.keyring.current();
+        self.judge();
+        if self.keyring.current() != before {
+            // Which entries are due for re-encryption depends on the current epoch.
+            self.rebuild_devices();
+            self.judge();
+        }
         self.index.clear();
         self.record_objs.clear();
         for (id, obj, read) in
@@ -449,7 +802,11 @@ impl Vault {
                 Err(e) => self.index.set_problem(id, e),
             }
         }
+    }
+
+    fn rebuild_devices(&mut self) {
         self.devices.clear();
+        self.device_epochs.clear();
         self.device_problems.clear();
         self.device_objs.clear();
         let ids: Vec<DeviceId> = self
@@ -459,6 +816,148 @@ impl Vault {
             .collect();
         for id in &ids {
             self.reindex_device(id);
+        }
+    }
+
+    /// Unwraps the keys of listed epochs that this replica lacks and that are wrapped to this device. A key is
+    /// kept only if it matches its epoch's key check. Returns whether any key was learnt.
+    fn learn_keys(&mut self) -> bool {
+        let Ok(epochs) = doc::read_epochs(&self.doc, &self.shape.ext) else {
+            return false;
+        };
+        let mut learned = false;
+        for e in epochs {
+            self.epoch_objs.insert(e.obj.clone());
+            let Some(me) = &self.me else { continue };
+            if self.keyring.key(e.epoch).is_some() {
+                continue;
+            }
+            for wrapped in doc::read_wraps(&self.doc, &e.obj, me.id()).unwrap_or_default() {
+                if let Some(key) = members::unwrap(&self.id, e.epoch, me, &wrapped)
+                    && doc::keycheck_matches(&self.doc, &self.shape, &self.id, e.epoch, &key)
+                {
+                    self.keyring.insert(e.epoch, key);
+                    learned = true;
+                    break;
+                }
+            }
+        }
+        learned
+    }
+
+    /// Judges the membership (signatures, removals, causality) and the epochs, and sets the keyring's current
+    /// epoch to the newest valid one this replica holds.
+    fn judge(&mut self) {
+        let entries: Vec<EntryFact> = self
+            .devices
+            .values()
+            .map(|d| EntryFact {
+                device: d.clone(),
+                sig: d.signature,
+                changes: doc::device_changes(&self.doc, &self.shape, &d.id),
+            })
+            .collect();
+        let removals: Vec<RemovalFact> = doc::read_removals(&self.doc, &self.shape.ext)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(removed, bytes, change)| {
+                Some(RemovalFact {
+                    removed,
+                    removal: Removal::decode(&bytes)?,
+                    change,
+                })
+            })
+            .collect();
+        let mut causality = doc::Causality::new(&self.doc);
+        let states = members::judge(&self.id, &entries, &removals, &mut |a, b| {
+            causality.before(a, b)
+        });
+        self.members = entries
+            .into_iter()
+            .filter_map(|e| {
+                let state = states.get(&e.device.id)?.clone();
+                Some((
+                    e.device.id.clone(),
+                    Member {
+                        signed: e.sig.is_some(),
+                        device: e.device,
+                        state,
+                    },
+                ))
+            })
+            .collect();
+        let removed: HashMap<&DeviceId, Vec<ChangeHash>> = {
+            let mut m: HashMap<&DeviceId, Vec<ChangeHash>> = HashMap::new();
+            for r in &removals {
+                if matches!(
+                    self.members.get(&r.removed).map(|m| &m.state),
+                    Some(MemberState::Removed { .. })
+                ) && let Some(c) = r.change
+                {
+                    m.entry(&r.removed).or_default().push(c);
+                }
+            }
+            m
+        };
+        let any_removed = !removed.is_empty();
+        // Candidates: listed epochs whose description verifies and whose maker was a member when it made them
+        // (causally before every removal of the maker), and epochs with a key check that are not listed (from
+        // before rotation existed: generation 0, given to every device that ever paired).
+        let mut candidates: Vec<(u32, Epoch, bool)> = Vec::new();
+        let listed = doc::read_epochs(&self.doc, &self.shape.ext).unwrap_or_default();
+        let listed_ids: HashSet<Epoch> = listed.iter().map(|e| e.epoch).collect();
+        for e in &listed {
+            let Some(info) = e.info.as_deref().and_then(EpochInfo::decode) else {
+                continue;
+            };
+            if !info.verifies(&self.id, e.epoch) {
+                continue;
+            }
+            let maker_ok = match self.members.get(&info.by).map(|m| &m.state) {
+                Some(MemberState::Active) => true,
+                Some(MemberState::Removed { .. }) => e.change.is_some_and(|c| {
+                    removed
+                        .get(&info.by)
+                        .is_some_and(|rs| rs.iter().all(|r| causality.before(&c, r)))
+                }),
+                _ => false,
+            };
+            if !maker_ok {
+                continue;
+            }
+            let clean = info.recipients.iter().all(|r| {
+                !matches!(
+                    self.members.get(r).map(|m| &m.state),
+                    Some(MemberState::Removed { .. })
+                )
+            });
+            candidates.push((info.generation, e.epoch, clean));
+        }
+        for key in self.doc.keys(&self.shape.keycheck) {
+            if let Ok(epoch) = key.parse::<u32>().map(Epoch)
+                && !listed_ids.contains(&epoch)
+            {
+                candidates.push((0, epoch, !any_removed));
+            }
+        }
+        candidates.sort();
+        self.epochs = match candidates.last() {
+            Some(&(generation, epoch, clean)) => EpochState {
+                current: Some((generation, epoch)),
+                clean,
+            },
+            None => EpochState {
+                current: None,
+                clean: true,
+            },
+        };
+        if let Some(&(_, epoch, _)) = candidates
+            .iter()
+            .rev()
+            .find(|(_, e, _)| self.keyring.key(*e).is_some())
+        {
+            // Known, so this cannot fail.
+            let _ = self.keyring.set_current(epoch);
         }
     }
 
@@ -484,16 +983,19 @@ impl Vault {
             self.device_objs.insert(obj, id.clone());
         }
         match doc::read_device(&self.doc, &self.shape, &self.id, &self.keyring, id) {
-            Ok(Some(d)) => {
-                self.devices.insert(id.clone(), d);
+            Ok(Some(read)) => {
+                self.device_epochs.insert(id.clone(), read.epoch);
+                self.devices.insert(id.clone(), read.device);
                 self.set_device_problem(id, None);
             }
             Ok(None) => {
                 self.devices.remove(id);
+                self.device_epochs.remove(id);
                 self.set_device_problem(id, None);
             }
             Err(e) => {
                 self.devices.remove(id);
+                self.device_epochs.remove(id);
                 self.set_device_problem(id, Some(e));
             }
         }
@@ -521,6 +1023,8 @@ struct Touched {
     records: BTreeSet<RecordId>,
     devices: BTreeSet<DeviceId>,
     keycheck: bool,
+    /// Removals or epochs.
+    ext: bool,
 }
 
 impl Touched {
@@ -550,6 +1054,11 @@ impl Touched {
                     }
                 } else if obj == vault.shape.keycheck {
                     t.keycheck = true;
+                } else if obj == vault.shape.ext.removed
+                    || obj == vault.shape.ext.epochs
+                    || vault.epoch_objs.contains(&obj)
+                {
+                    t.ext = true;
                 } else if let Some(id) = vault.record_objs.get(&obj) {
                     t.records.insert(*id);
                 } else if let Some(id) = vault.device_objs.get(&obj) {
@@ -882,14 +1391,14 @@ mod tests {
             })
             .collect();
         let broken = ids[333];
-        let mut sealed = raw_field(&v, &broken, "core");
+        let mut sealed = raw_field(&v, &broken, "c");
         sealed[30] ^= 0x80;
-        put_raw(&mut v, &broken, "core", ScalarValue::Bytes(sealed));
+        put_raw(&mut v, &broken, "c", ScalarValue::Bytes(sealed));
         v.index.set_problem(
             broken,
             Error::Decrypt {
                 record: broken,
-                field: "core",
+                field: "c",
             },
         );
         let loaded = Vault::load(&v.save(), keyring()).unwrap();
@@ -1006,16 +1515,16 @@ mod tests {
         let b = v.insert(new_passkey(2, "example.com"), 11).unwrap();
         let mut peer = Vault::load(&v.save(), keyring()).unwrap();
 
-        let mut sealed = raw_field(&v, &a, "core");
+        let mut sealed = raw_field(&v, &a, "c");
         let last = sealed.len() - 1;
         sealed[last] ^= 0x01;
-        put_raw(&mut v, &a, "core", ScalarValue::Bytes(sealed));
+        put_raw(&mut v, &a, "c", ScalarValue::Bytes(sealed));
 
         let expected = [(
             a,
             Error::Decrypt {
                 record: a,
-                field: "core",
+                field: "c",
             },
         )];
         let loaded = Vault::load(&v.save(), keyring()).unwrap();
@@ -1051,45 +1560,49 @@ mod tests {
         let c = v.insert(new_passkey(3, "example.com"), 12).unwrap();
 
         // Between fields of one record.
-        let updated = raw_field(&v, &a, "updated_at");
-        put_raw(&mut v, &a, "label", ScalarValue::Bytes(updated));
+        let updated = raw_field(&v, &a, "u");
+        put_raw(&mut v, &a, "l", ScalarValue::Bytes(updated));
         assert_eq!(
             v.decrypt_record(&a),
             Err(Error::Decrypt {
                 record: a,
-                field: "label"
+                field: "l"
             })
         );
         // Between records.
-        let core_a = raw_field(&v, &a, "core");
-        put_raw(&mut v, &b, "core", ScalarValue::Bytes(core_a));
+        let core_a = raw_field(&v, &a, "c");
+        put_raw(&mut v, &b, "c", ScalarValue::Bytes(core_a));
         assert_eq!(
             v.decrypt_record(&b),
             Err(Error::Decrypt {
                 record: b,
-                field: "core"
+                field: "c"
             })
         );
         // To another epoch the keyring knows (same key even): the epoch is bound too.
+        // (Each v2 value names its epoch in its first four bytes.)
         v.keyring.insert(Epoch(1), VaultKey::from_bytes(KEY));
-        put_raw(&mut v, &c, "epoch", ScalarValue::Uint(1));
+        let mut moved = raw_field(&v, &c, "c");
+        moved[..4].copy_from_slice(&1u32.to_be_bytes());
+        put_raw(&mut v, &c, "c", ScalarValue::Bytes(moved.clone()));
         assert!(matches!(v.decrypt_record(&c), Err(Error::Decrypt { record, .. }) if record == c));
         // To an epoch it does not know.
-        put_raw(&mut v, &c, "epoch", ScalarValue::Uint(9));
+        moved[..4].copy_from_slice(&9u32.to_be_bytes());
+        put_raw(&mut v, &c, "c", ScalarValue::Bytes(moved));
         assert_eq!(v.decrypt_record(&c), Err(Error::UnknownEpoch(Epoch(9))));
         // Between vaults.
         let mut other = Vault::create(VaultId::random(), keyring()).unwrap();
         let d = other.insert(new_passkey(4, "example.com"), 13).unwrap();
         let obj = record_map(&other, &d);
         let mut tx = other.doc.transaction();
-        tx.put(&obj, "core", ScalarValue::Bytes(raw_field(&v, &c, "core")))
+        tx.put(&obj, "c", ScalarValue::Bytes(raw_field(&v, &a, "c")))
             .unwrap();
         tx.commit();
         assert_eq!(
             other.decrypt_record(&d),
             Err(Error::Decrypt {
                 record: d,
-                field: "core"
+                field: "c"
             })
         );
     }
@@ -1099,7 +1612,7 @@ mod tests {
         let mut v = Vault::create(VaultId::random(), keyring()).unwrap();
         let a = v.insert(new_passkey(1, "example.com"), 10).unwrap();
         let b = v.insert(new_passkey(2, "example.com"), 11).unwrap();
-        put_raw(&mut v, &a, "core", ScalarValue::Str("example.com".into()));
+        put_raw(&mut v, &a, "c", ScalarValue::Str("example.com".into()));
         put_raw(&mut v, &b, "epoch", ScalarValue::Str("0".into()));
         let loaded = Vault::load(&v.save(), keyring()).unwrap();
         assert_eq!(loaded.len(), 0);
@@ -1319,7 +1832,7 @@ mod tests {
         let mut b = Vault::create(id, keyring()).unwrap();
         sync_pair(&mut a, &mut b);
         // Break `quiet` in b's document behind the index's back: only a full re-read would notice.
-        put_raw(&mut b, &quiet, "core", ScalarValue::Bytes(vec![0; 60]));
+        put_raw(&mut b, &quiet, "c", ScalarValue::Bytes(vec![0; 60]));
         let busy = a.insert(new_passkey(2, "example.com"), 2).unwrap();
         sync_pair(&mut a, &mut b);
         assert!(b.passkey(&busy).is_some());
@@ -1330,9 +1843,7 @@ mod tests {
         assert!(b.problems().is_empty());
         // On a, the same sync carried the change to `quiet`, so a re-read it.
         assert!(a.passkey(&quiet).is_none());
-        assert!(
-            matches!(a.problems(), [(id, Error::Decrypt { field: "core", .. })] if *id == quiet)
-        );
+        assert!(matches!(a.problems(), [(id, Error::Decrypt { field: "c", .. })] if *id == quiet));
     }
 
     #[test]
@@ -1435,6 +1946,7 @@ mod tests {
             x25519_public: [9; 32],
             added_by: by.map(|b| DeviceId::new(b.into())),
             added_at_ms: 77,
+            signature: None,
         }
     }
 
@@ -1471,7 +1983,7 @@ mod tests {
         assert!(reloaded.devices().is_empty());
         assert!(matches!(
             reloaded.device_problems(),
-            [(id, Error::DeviceDecrypt { field: "name", .. })] if *id == b
+            [(id, Error::DeviceDecrypt { field: "n", .. })] if *id == b
         ));
     }
 

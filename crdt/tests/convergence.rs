@@ -182,6 +182,7 @@ impl World {
                     x25519_public: [device; 32],
                     added_by: (at > 0).then(|| DeviceId::new(format!("12D3KooW{at}"))),
                     added_at_ms: now,
+                    signature: None,
                 };
                 self.vaults[at].add_device(d).expect("add device");
             }

@@ -31,6 +31,7 @@ impl Actor {
                     x25519_public: self.x25519,
                     added_by: None,
                     added_at_ms: crate::now_ms(),
+                    signature: None,
                 })?;
                 self.dirty = true;
             }

@@ -390,6 +390,7 @@ mod tests {
             x25519_public: [1; 32],
             added_by: None,
             added_at_ms: 1,
+            signature: None,
         }
     }
 

@@ -375,6 +375,7 @@ impl Inner {
                 x25519: Base64Url(m.device.x25519_public.to_vec()),
                 added_by: m.device.added_by.map(|d| d.to_string()),
                 added_at_ms: m.device.added_at_ms,
+                signature: m.device.signature.map(|s| Base64Url(s.to_vec())),
             })
             .collect();
         let wrapped = wrap_keyring(
@@ -426,6 +427,7 @@ impl Inner {
             x25519_public: hello.x25519_public,
             added_by: Some(ids::device_id(&self.identity.peer_id())),
             added_at_ms: crate::now_ms(),
+            signature: None,
         };
         let addrs: Vec<String> = ack
             .addrs

@@ -157,6 +157,13 @@ impl Inner {
                     x25519_public: x25519,
                     added_by: m.added_by.map(DeviceId::new),
                     added_at_ms: m.added_at_ms,
+                    signature: match m.signature {
+                        None => None,
+                        Some(s) => Some(
+                            <[u8; 64]>::try_from(s.0.as_slice())
+                                .map_err(|_| Failure::MalformedDevice)?,
+                        ),
+                    },
                 },
                 addrs: m
                     .addrs
@@ -172,6 +179,7 @@ impl Inner {
             x25519_public: self.key.public(),
             added_by: Some(ids::device_id(&inviter)),
             added_at_ms: crate::now_ms(),
+            signature: None,
         };
         let dial: Vec<Multiaddr> = members
             .iter()

@@ -280,6 +280,9 @@ struct WireMember {
     added_by: Option<String>,
     added_at_ms: u64,
     addrs: Vec<String>,
+    /// The entry's signature by the device that added it, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<Base64Url>,
 }
 
 /// The addresses worth handing out: no unspecified or relayed ones, non-loopback first, loopback last.

@@ -1,0 +1,776 @@
+//! Who belongs to the vault, and the keys that prove it.
+//!
+//! - [`LocalDevice`]: this device's ed25519 signing key (its libp2p identity) and x25519 key (what epoch keys
+//!   are wrapped to). Both are secret; `Debug` shows the device id only.
+//! - Device ids are libp2p peer ids of ed25519 keys, so anyone can check a signature against the id itself
+//!   ([`device_id_of`]).
+//! - The signed values of the membership: device entries (signed by the device that added them), removals
+//!   (signed by the remover) and epochs (signed by the device that made them, naming every device the epoch
+//!   key was wrapped to). Each message starts with a domain string of its own and binds the vault id.
+//! - [`judge`]: which entries are valid and which devices are removed, given when each value was written
+//!   (its change) and a causal order on changes.
+//! - Epoch-key wraps: X25519 with a fresh ephemeral key, HKDF-SHA256, XChaCha20-Poly1305 bound to the vault, the
+//!   epoch and the recipient.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use automerge::ChangeHash;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hkdf::Hkdf;
+use rand::RngExt;
+use sha2::Sha256;
+use x25519_dalek::{PublicKey as XPublic, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::{Device, DeviceId, Epoch, VaultId, VaultKey};
+
+/// The multihash and protobuf prefix of a libp2p peer id of an ed25519 key: identity multihash (0x00) of 36
+/// bytes (0x24), holding the protobuf `PublicKey { Type = Ed25519 (0x08 0x01), Data = 32 bytes (0x12 0x20) }`.
+const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/// The device id (libp2p peer id, base58) of an ed25519 public key.
+pub fn device_id_of(ed25519_public: &[u8; 32]) -> DeviceId {
+    let mut bytes = Vec::with_capacity(38);
+    bytes.extend_from_slice(&PEER_ID_PREFIX);
+    bytes.extend_from_slice(ed25519_public);
+    DeviceId::new(bs58::encode(bytes).into_string())
+}
+
+/// The ed25519 key a device id names; `None` for ids that are not peer ids of an ed25519 key.
+pub(crate) fn verifying_key(id: &DeviceId) -> Option<VerifyingKey> {
+    if id.as_str().len() > 64 {
+        return None;
+    }
+    let bytes = bs58::decode(id.as_str()).into_vec().ok()?;
+    let key = bytes.strip_prefix(&PEER_ID_PREFIX[..])?;
+    VerifyingKey::from_bytes(&<[u8; 32]>::try_from(key).ok()?).ok()
+}
+
+/// This device, as far as the vault needs it: the key it signs membership changes with and the key epoch
+/// keys are wrapped to. `Debug` prints the device id only.
+pub struct LocalDevice {
+    id: DeviceId,
+    signing: SigningKey,
+    x25519: StaticSecret,
+}
+
+impl LocalDevice {
+    /// From the 32 secret bytes of the device's ed25519 identity and of its x25519 key.
+    pub fn new(ed25519_secret: &Zeroizing<[u8; 32]>, x25519_secret: &Zeroizing<[u8; 32]>) -> Self {
+        let signing = SigningKey::from_bytes(ed25519_secret);
+        let id = device_id_of(signing.verifying_key().as_bytes());
+        Self {
+            id,
+            signing,
+            x25519: StaticSecret::from(**x25519_secret),
+        }
+    }
+
+    /// The device id (its libp2p peer id).
+    pub fn id(&self) -> &DeviceId {
+        &self.id
+    }
+
+    /// The x25519 public key epoch keys are wrapped to.
+    pub fn x25519_public(&self) -> [u8; 32] {
+        XPublic::from(&self.x25519).to_bytes()
+    }
+
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+}
+
+impl fmt::Debug for LocalDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalDevice")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `sig` is `signer`'s signature of `message` (strict verification: no malleable encodings).
+pub(crate) fn verify(signer: &DeviceId, message: &[u8], sig: &[u8; 64]) -> bool {
+    verifying_key(signer).is_some_and(|k| {
+        k.verify_strict(message, &Signature::from_bytes(sig))
+            .is_ok()
+    })
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Every string here is validated far below 64 KiB.
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn message(domain: &[u8], vault: &VaultId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(domain);
+    out.push(0);
+    out.extend_from_slice(vault.as_bytes());
+    out
+}
+
+/// What the device that adds `d` signs.
+pub(crate) fn entry_message(vault: &VaultId, d: &Device) -> Vec<u8> {
+    let mut out = message(b"passmesh/v1/device-entry", vault);
+    push_str(&mut out, d.id.as_str());
+    out.extend_from_slice(&d.x25519_public);
+    push_str(&mut out, d.added_by.as_ref().map_or("", DeviceId::as_str));
+    out.extend_from_slice(&d.added_at_ms.to_be_bytes());
+    out
+}
+
+/// A signed removal of a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Removal {
+    pub(crate) by: DeviceId,
+    pub(crate) at_ms: u64,
+    pub(crate) sig: [u8; 64],
+}
+
+const REMOVAL_V1: u8 = 1;
+
+impl Removal {
+    pub(crate) fn message(
+        vault: &VaultId,
+        removed: &DeviceId,
+        by: &DeviceId,
+        at_ms: u64,
+    ) -> Vec<u8> {
+        let mut out = message(b"passmesh/v1/removal", vault);
+        push_str(&mut out, removed.as_str());
+        push_str(&mut out, by.as_str());
+        out.extend_from_slice(&at_ms.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn sign(vault: &VaultId, removed: &DeviceId, me: &LocalDevice, at_ms: u64) -> Self {
+        let sig = me.sign(&Self::message(vault, removed, me.id(), at_ms));
+        Removal {
+            by: me.id().clone(),
+            at_ms,
+            sig,
+        }
+    }
+
+    pub(crate) fn verifies(&self, vault: &VaultId, removed: &DeviceId) -> bool {
+        verify(
+            &self.by,
+            &Self::message(vault, removed, &self.by, self.at_ms),
+            &self.sig,
+        )
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![REMOVAL_V1];
+        push_str(&mut out, self.by.as_str());
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        out.extend_from_slice(&self.sig);
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader(bytes);
+        if r.u8()? != REMOVAL_V1 {
+            return None;
+        }
+        let by = DeviceId::new(r.string()?);
+        let at_ms = r.u64()?;
+        let sig = r.array::<64>()?;
+        r.end()?;
+        Some(Removal { by, at_ms, sig })
+    }
+}
+
+/// A signed key epoch: its generation (one more than the epoch it replaced), who made it and when, and every
+/// device its key was wrapped to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EpochInfo {
+    pub(crate) generation: u32,
+    pub(crate) by: DeviceId,
+    pub(crate) at_ms: u64,
+    pub(crate) recipients: BTreeSet<DeviceId>,
+    pub(crate) sig: [u8; 64],
+}
+
+const EPOCH_V1: u8 = 1;
+
+impl EpochInfo {
+    fn message(
+        vault: &VaultId,
+        epoch: Epoch,
+        generation: u32,
+        by: &DeviceId,
+        at_ms: u64,
+        recipients: &BTreeSet<DeviceId>,
+    ) -> Vec<u8> {
+        let mut out = message(b"passmesh/v1/epoch", vault);
+        out.extend_from_slice(&epoch.0.to_be_bytes());
+        out.extend_from_slice(&generation.to_be_bytes());
+        push_str(&mut out, by.as_str());
+        out.extend_from_slice(&at_ms.to_be_bytes());
+        let n = u16::try_from(recipients.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&n.to_be_bytes());
+        for r in recipients {
+            push_str(&mut out, r.as_str());
+        }
+        out
+    }
+
+    pub(crate) fn sign(
+        vault: &VaultId,
+        epoch: Epoch,
+        generation: u32,
+        me: &LocalDevice,
+        at_ms: u64,
+        recipients: BTreeSet<DeviceId>,
+    ) -> Self {
+        let sig = me.sign(&Self::message(
+            vault,
+            epoch,
+            generation,
+            me.id(),
+            at_ms,
+            &recipients,
+        ));
+        EpochInfo {
+            generation,
+            by: me.id().clone(),
+            at_ms,
+            recipients,
+            sig,
+        }
+    }
+
+    pub(crate) fn verifies(&self, vault: &VaultId, epoch: Epoch) -> bool {
+        verify(
+            &self.by,
+            &Self::message(
+                vault,
+                epoch,
+                self.generation,
+                &self.by,
+                self.at_ms,
+                &self.recipients,
+            ),
+            &self.sig,
+        )
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![EPOCH_V1];
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        push_str(&mut out, self.by.as_str());
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        let n = u16::try_from(self.recipients.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&n.to_be_bytes());
+        for r in &self.recipients {
+            push_str(&mut out, r.as_str());
+        }
+        out.extend_from_slice(&self.sig);
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader(bytes);
+        if r.u8()? != EPOCH_V1 {
+            return None;
+        }
+        let generation = r.u32()?;
+        let by = DeviceId::new(r.string()?);
+        let at_ms = r.u64()?;
+        let n = r.u16()?;
+        let mut recipients = BTreeSet::new();
+        for _ in 0..n {
+            recipients.insert(DeviceId::new(r.string()?));
+        }
+        let sig = r.array::<64>()?;
+        r.end()?;
+        Some(EpochInfo {
+            generation,
+            by,
+            at_ms,
+            recipients,
+            sig,
+        })
+    }
+}
+
+/// A bounds-checked reader of the encodings above.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.array::<1>().map(|[b]| b)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.array().map(u16::from_be_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_be_bytes)
+    }
+    fn string(&mut self) -> Option<String> {
+        let len = usize::from(self.u16()?);
+        let (s, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        String::from_utf8(s.to_vec()).ok()
+    }
+    fn end(&self) -> Option<()> {
+        self.0.is_empty().then_some(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Epoch-key wraps
+
+const WRAP_V1: u8 = 1;
+const WRAP_INFO: &[u8] = b"passmesh epoch key v1";
+
+fn wrap_ad(vault: &VaultId, epoch: Epoch, to: &DeviceId) -> Vec<u8> {
+    let mut out = message(b"passmesh/v1/epoch-wrap", vault);
+    out.extend_from_slice(&epoch.0.to_be_bytes());
+    push_str(&mut out, to.as_str());
+    out
+}
+
+fn wrap_cipher(shared: &[u8; 32], eph: &[u8; 32], to: &[u8; 32]) -> XChaCha20Poly1305 {
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(eph);
+    salt[32..].copy_from_slice(to);
+    let mut key = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(Some(&salt), shared)
+        .expand(WRAP_INFO, key.as_mut_slice())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    XChaCha20Poly1305::new((&*key).into())
+}
+
+/// Wraps the key of `epoch` to device `to`'s x25519 key: version ‖ ephemeral public key ‖ nonce ‖ ciphertext.
+/// `None` if `to_x25519` is a low-order point.
+pub(crate) fn wrap(
+    vault: &VaultId,
+    epoch: Epoch,
+    to: &DeviceId,
+    to_x25519: &[u8; 32],
+    key: &VaultKey,
+) -> Option<Vec<u8>> {
+    let eph_bytes = Zeroizing::new(rand::rng().random::<[u8; 32]>());
+    let eph = StaticSecret::from(*eph_bytes);
+    let eph_public = XPublic::from(&eph).to_bytes();
+    let shared = eph.diffie_hellman(&XPublic::from(*to_x25519));
+    if !shared.was_contributory() {
+        return None;
+    }
+    let nonce: [u8; 24] = rand::rng().random();
+    let ct = wrap_cipher(shared.as_bytes(), &eph_public, to_x25519)
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: key.as_bytes(),
+                aad: &wrap_ad(vault, epoch, to),
+            },
+        )
+        .ok()?;
+    let mut out = Vec::with_capacity(1 + 32 + 24 + ct.len());
+    out.push(WRAP_V1);
+    out.extend_from_slice(&eph_public);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    Some(out)
+}
+
+/// Unwraps a key of `epoch` wrapped to `me`; `None` if it does not authenticate.
+pub(crate) fn unwrap(
+    vault: &VaultId,
+    epoch: Epoch,
+    me: &LocalDevice,
+    wrapped: &[u8],
+) -> Option<VaultKey> {
+    let mut r = Reader(wrapped);
+    if r.u8()? != WRAP_V1 {
+        return None;
+    }
+    let eph = r.array::<32>()?;
+    let nonce = r.array::<24>()?;
+    let shared = me.x25519.diffie_hellman(&XPublic::from(eph));
+    if !shared.was_contributory() {
+        return None;
+    }
+    let pt = Zeroizing::new(
+        wrap_cipher(shared.as_bytes(), &eph, &me.x25519_public())
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: r.0,
+                    aad: &wrap_ad(vault, epoch, me.id()),
+                },
+            )
+            .ok()?,
+    );
+    let bytes = Zeroizing::new(<[u8; 32]>::try_from(pt.as_slice()).ok()?);
+    Some(VaultKey::from_bytes(*bytes))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Judging the membership
+
+/// Where a device stands in the vault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// A member: it may connect and receives new epoch keys.
+    Active,
+    /// Removed (the earliest valid removal is shown).
+    Removed {
+        /// The device that removed it.
+        by: DeviceId,
+        /// When (ms since the Unix epoch, the remover's clock).
+        at_ms: u64,
+    },
+    /// The entry does not verify, or it was added by a device that had been removed: it is ignored.
+    Invalid(&'static str),
+}
+
+/// A device-table entry and where the device stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The entry.
+    pub device: Device,
+    /// Whether the entry is signed (entries written before signatures existed are not).
+    pub signed: bool,
+    /// Its standing.
+    pub state: MemberState,
+}
+
+/// One device entry as found in the document.
+pub(crate) struct EntryFact {
+    pub(crate) device: Device,
+    pub(crate) sig: Option<[u8; 64]>,
+    /// The changes that wrote this entry (several when replicas wrote the same entry concurrently).
+    pub(crate) changes: Vec<ChangeHash>,
+}
+
+/// One removal as found in the document.
+pub(crate) struct RemovalFact {
+    pub(crate) removed: DeviceId,
+    pub(crate) removal: Removal,
+    pub(crate) change: Option<ChangeHash>,
+}
+
+/// Decides every entry's standing.
+///
+/// - An entry is valid if its signature verifies under the key of the device that added it (its own for the
+///   first device; unsigned entries from before signatures are taken as they are), the adder's entry is
+///   valid, and — if the adder was removed — the entry was written causally before every removal of the adder
+///   (an entry written concurrently with, or after, the removal is ignored).
+/// - A removal counts if it is signed by a device whose entry is valid and it was not written causally after a
+///   removal of that device. Removals made concurrently (say on two sides of a partition) all count.
+///
+/// `before(a, b)`: whether change `a` is `b` or one of its ancestors.
+pub(crate) fn judge(
+    vault: &VaultId,
+    entries: &[EntryFact],
+    removals: &[RemovalFact],
+    before: &mut dyn FnMut(&ChangeHash, &ChangeHash) -> bool,
+) -> BTreeMap<DeviceId, MemberState> {
+    let signature_ok: Vec<bool> = entries
+        .iter()
+        .map(|e| match &e.sig {
+            None => true,
+            Some(sig) => {
+                let signer = e.device.added_by.as_ref().unwrap_or(&e.device.id);
+                verify(signer, &entry_message(vault, &e.device), sig)
+            }
+        })
+        .collect();
+    let signed_removals: Vec<&RemovalFact> = removals
+        .iter()
+        .filter(|r| r.removal.verifies(vault, &r.removed))
+        .collect();
+    let mut counted: Vec<&RemovalFact> = signed_removals.clone();
+    let mut valid: BTreeMap<DeviceId, Result<(), &'static str>> = BTreeMap::new();
+    // Each round fixes the valid entries for the removals counted so far, then the removals for those entries;
+    // it settles within a few rounds (each round can only change what depends on the last one's changes).
+    for _ in 0..=entries.len() + 1 {
+        valid = valid_entries(entries, &signature_ok, &counted, before);
+        let next: Vec<&RemovalFact> = signed_removals
+            .iter()
+            .copied()
+            .filter(|r| {
+                valid.get(&r.removal.by).is_some_and(Result::is_ok) && !counted.iter().any(|own| {
+                    own.removed == r.removal.by
+                        && matches!((&own.change, &r.change), (Some(o), Some(c)) if before(o, c))
+                })
+            })
+            .collect();
+        let same = next.len() == counted.len()
+            && next.iter().zip(&counted).all(|(a, b)| std::ptr::eq(*a, *b));
+        counted = next;
+        if same {
+            break;
+        }
+    }
+    valid
+        .into_iter()
+        .map(|(id, v)| {
+            let state = match v {
+                Err(why) => MemberState::Invalid(why),
+                Ok(()) => counted
+                    .iter()
+                    .filter(|r| r.removed == id)
+                    .min_by_key(|r| (r.removal.at_ms, r.removal.by.clone()))
+                    .map_or(MemberState::Active, |r| MemberState::Removed {
+                        by: r.removal.by.clone(),
+                        at_ms: r.removal.at_ms,
+                    }),
+            };
+            (id, state)
+        })
+        .collect()
+}
+
+/// The entries valid given the counted removals, walking from the first device(s) along "added by".
+fn valid_entries(
+    entries: &[EntryFact],
+    signature_ok: &[bool],
+    removals: &[&RemovalFact],
+    before: &mut dyn FnMut(&ChangeHash, &ChangeHash) -> bool,
+) -> BTreeMap<DeviceId, Result<(), &'static str>> {
+    let mut out: BTreeMap<DeviceId, Result<(), &'static str>> = BTreeMap::new();
+    for (e, ok) in entries.iter().zip(signature_ok) {
+        if !ok {
+            out.insert(e.device.id.clone(), Err("its signature does not verify"));
+        }
+    }
+    loop {
+        let mut progress = false;
+        for (e, ok) in entries.iter().zip(signature_ok) {
+            if !ok || out.contains_key(&e.device.id) {
+                continue;
+            }
+            let Some(by) = &e.device.added_by else {
+                out.insert(e.device.id.clone(), Ok(()));
+                progress = true;
+                continue;
+            };
+            match out.get(by) {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    out.insert(
+                        e.device.id.clone(),
+                        Err("it was added by a device whose entry is not valid"),
+                    );
+                    progress = true;
+                    continue;
+                }
+                None => continue,
+            }
+            let after_removal = removals.iter().filter(|r| &r.removed == by).any(|r| {
+                !r.change
+                    .as_ref()
+                    .is_some_and(|rc| e.changes.iter().any(|ec| before(ec, rc)))
+            });
+            out.insert(
+                e.device.id.clone(),
+                if after_removal {
+                    Err("it was added by a device after that device's removal")
+                } else {
+                    Ok(())
+                },
+            );
+            progress = true;
+        }
+        if !progress {
+            break;
+        }
+    }
+    for e in entries {
+        out.entry(e.device.id.clone())
+            .or_insert(Err("it was added by a device that is not in the table"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(seed: u8) -> LocalDevice {
+        LocalDevice::new(
+            &Zeroizing::new([seed; 32]),
+            &Zeroizing::new([seed ^ 0x55; 32]),
+        )
+    }
+
+    #[test]
+    fn device_ids_are_peer_ids_of_their_keys() {
+        let d = device(1);
+        assert!(d.id().as_str().starts_with("12D3KooW"), "{}", d.id());
+        let key = verifying_key(d.id()).unwrap();
+        assert_eq!(device_id_of(key.as_bytes()), *d.id());
+        assert!(verifying_key(&DeviceId::new("not a peer id".into())).is_none());
+        assert!(
+            verifying_key(&DeviceId::new(
+                "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N".into()
+            ))
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn signed_values_round_trip_and_bind_their_fields() {
+        let vault = VaultId::from_bytes([1; 16]);
+        let me = device(1);
+        let other = device(2);
+        let r = Removal::sign(&vault, other.id(), &me, 77);
+        let back = Removal::decode(&r.encode()).unwrap();
+        assert_eq!(back, r);
+        assert!(back.verifies(&vault, other.id()));
+        assert!(!back.verifies(&vault, me.id()), "another device");
+        assert!(
+            !back.verifies(&VaultId::from_bytes([2; 16]), other.id()),
+            "another vault"
+        );
+        let mut later = back.clone();
+        later.at_ms += 1;
+        assert!(!later.verifies(&vault, other.id()));
+        let enc = r.encode();
+        assert!(Removal::decode(&enc[..enc.len() - 1]).is_none());
+        assert!(Removal::decode(&[enc.as_slice(), &[0]].concat()).is_none());
+
+        let recipients = BTreeSet::from([me.id().clone(), other.id().clone()]);
+        let e = EpochInfo::sign(&vault, Epoch(9), 3, &me, 5, recipients);
+        let back = EpochInfo::decode(&e.encode()).unwrap();
+        assert_eq!(back, e);
+        assert!(back.verifies(&vault, Epoch(9)));
+        assert!(!back.verifies(&vault, Epoch(8)));
+        let mut fewer = back.clone();
+        fewer.recipients.remove(other.id());
+        assert!(!fewer.verifies(&vault, Epoch(9)), "recipients are signed");
+    }
+
+    #[test]
+    fn wraps_open_only_for_their_recipient_epoch_and_vault() {
+        let vault = VaultId::from_bytes([1; 16]);
+        let (me, other) = (device(1), device(2));
+        let key = VaultKey::from_bytes([7; 32]);
+        let w = wrap(&vault, Epoch(3), me.id(), &me.x25519_public(), &key).unwrap();
+        assert_eq!(
+            unwrap(&vault, Epoch(3), &me, &w).unwrap().as_bytes(),
+            &[7; 32]
+        );
+        assert!(unwrap(&vault, Epoch(4), &me, &w).is_none());
+        assert!(unwrap(&VaultId::from_bytes([2; 16]), Epoch(3), &me, &w).is_none());
+        assert!(unwrap(&vault, Epoch(3), &other, &w).is_none());
+        assert!(unwrap(&vault, Epoch(3), &me, &w[..w.len() - 1]).is_none());
+        assert!(
+            wrap(&vault, Epoch(3), me.id(), &[0; 32], &key).is_none(),
+            "low order"
+        );
+    }
+
+    fn entry(vault: &VaultId, d: &LocalDevice, by: Option<&LocalDevice>, change: u8) -> EntryFact {
+        let device = Device {
+            id: d.id().clone(),
+            name: "d".into(),
+            x25519_public: d.x25519_public(),
+            added_by: by.map(|b| b.id().clone()),
+            added_at_ms: 1,
+            signature: None,
+        };
+        let sig = by.unwrap_or(d).sign(&entry_message(vault, &device));
+        EntryFact {
+            device,
+            sig: Some(sig),
+            changes: vec![ChangeHash([change; 32])],
+        }
+    }
+
+    fn removal(vault: &VaultId, who: &LocalDevice, by: &LocalDevice, change: u8) -> RemovalFact {
+        RemovalFact {
+            removed: who.id().clone(),
+            removal: Removal::sign(vault, who.id(), by, 2),
+            change: Some(ChangeHash([change; 32])),
+        }
+    }
+
+    /// Changes numbered by time, with `concurrent` pairs that are not ordered.
+    fn order(concurrent: &'static [(u8, u8)]) -> impl FnMut(&ChangeHash, &ChangeHash) -> bool {
+        move |a, b| {
+            let (a, b) = (a.0[0], b.0[0]);
+            a <= b && !concurrent.contains(&(a, b)) && !concurrent.contains(&(b, a))
+        }
+    }
+
+    #[test]
+    fn membership_follows_signatures_and_causality() {
+        let vault = VaultId::from_bytes([1; 16]);
+        let (a, b, c, x) = (device(1), device(2), device(3), device(4));
+        let entries = vec![
+            entry(&vault, &a, None, 1),
+            entry(&vault, &b, Some(&a), 2),
+            entry(&vault, &c, Some(&b), 3),
+        ];
+        let judged = judge(&vault, &entries, &[], &mut order(&[]));
+        assert!(judged.values().all(|s| *s == MemberState::Active));
+
+        // A forged entry (signed by X, claiming A added it) is invalid.
+        let mut forged = entry(&vault, &x, Some(&x), 4);
+        forged.device.added_by = Some(a.id().clone());
+        let with_forged: Vec<EntryFact> = entries
+            .iter()
+            .map(|e| EntryFact {
+                device: e.device.clone(),
+                sig: e.sig,
+                changes: e.changes.clone(),
+            })
+            .chain([forged])
+            .collect();
+        let judged = judge(&vault, &with_forged, &[], &mut order(&[]));
+        assert_eq!(
+            judged[x.id()],
+            MemberState::Invalid("its signature does not verify")
+        );
+
+        // A removes B (change 5); C, added by B before that, stays; X added by B after it is ignored.
+        let mut more: Vec<EntryFact> = entries;
+        more.push(entry(&vault, &x, Some(&b), 6));
+        let removals = [removal(&vault, &b, &a, 5)];
+        let judged = judge(&vault, &more, &removals, &mut order(&[]));
+        assert!(matches!(&judged[b.id()], MemberState::Removed { by, .. } if by == a.id()));
+        assert_eq!(judged[c.id()], MemberState::Active);
+        assert_eq!(
+            judged[x.id()],
+            MemberState::Invalid("it was added by a device after that device's removal")
+        );
+        // Added concurrently with the removal: ignored too.
+        let judged = judge(&vault, &more, &removals, &mut order(&[(5, 6)]));
+        assert!(matches!(judged[x.id()], MemberState::Invalid(_)));
+
+        // B and C remove each other concurrently (changes 7 and 8): both removals count.
+        let both = [removal(&vault, &c, &b, 7), removal(&vault, &b, &c, 8)];
+        let judged = judge(&vault, &more[..3], &both, &mut order(&[(7, 8)]));
+        assert!(matches!(judged[b.id()], MemberState::Removed { .. }));
+        assert!(matches!(judged[c.id()], MemberState::Removed { .. }));
+        // C's removal of B made after C learnt of its own removal does not count.
+        let judged = judge(&vault, &more[..3], &both, &mut order(&[]));
+        assert_eq!(judged[b.id()], MemberState::Active);
+        assert!(matches!(judged[c.id()], MemberState::Removed { .. }));
+        // A removal signed by someone else than it claims does not count.
+        let mut fake = removal(&vault, &a, &x, 9);
+        fake.removal.by = b.id().clone();
+        let judged = judge(&vault, &more[..3], &[fake], &mut order(&[]));
+        assert_eq!(judged[a.id()], MemberState::Active);
+    }
+}

@@ -1,0 +1,310 @@
+//! Removing devices: signed removals, key rotation and convergence, with replicas of real devices (their own
+//! ed25519 and x25519 keys) exchanging real sync messages.
+
+use passmesh_crdt::{
+    Device, DeviceId, Epoch, Error, Keyring, LocalDevice, MemberState, NewPasskey, SyncState,
+    Vault, VaultId, VaultKey,
+};
+use zeroize::Zeroizing;
+
+const KEY: [u8; 32] = [0x42; 32];
+
+fn keyring() -> Keyring {
+    Keyring::new(Epoch(0), VaultKey::from_bytes(KEY))
+}
+
+fn local(seed: u8) -> LocalDevice {
+    LocalDevice::new(
+        &Zeroizing::new([seed; 32]),
+        &Zeroizing::new([seed.wrapping_mul(7) ^ 0x5a; 32]),
+    )
+}
+
+fn entry(d: &LocalDevice, by: Option<&LocalDevice>, name: &str) -> Device {
+    Device {
+        id: d.id().clone(),
+        name: name.into(),
+        x25519_public: d.x25519_public(),
+        added_by: by.map(|b| b.id().clone()),
+        added_at_ms: 1,
+        signature: None,
+    }
+}
+
+fn passkey(n: u8) -> NewPasskey {
+    NewPasskey {
+        credential_id: vec![n; 16],
+        rp_id: format!("site{n}.example"),
+        user_handle: vec![n, 1],
+        user_name: format!("user{n}"),
+        user_display_name: format!("User {n}"),
+        private_key: Zeroizing::new(vec![0x80 | n; 32]),
+        created_at_ms: u64::from(n),
+    }
+}
+
+/// `n` replicas of one vault: device 0 made it and added the others; each replica knows its own device.
+fn world(n: u8) -> Vec<Vault> {
+    let id = VaultId::random();
+    let first = local(1);
+    let mut a = Vault::create(id, keyring()).expect("create");
+    a.add_device(entry(&first, None, "device 1")).expect("add");
+    for i in 2..=n {
+        a.add_device(entry(&local(i), Some(&first), &format!("device {i}")))
+            .expect("add");
+    }
+    a.set_local(first);
+    let bytes = a.save();
+    let mut out = vec![a];
+    for i in 2..=n {
+        out.push(Vault::load_as(&bytes, keyring(), Some(local(i))).expect("load"));
+    }
+    out
+}
+
+/// Syncs `a` and `b` until neither has anything to say.
+fn sync(a: &mut Vault, b: &mut Vault) {
+    let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+    for _ in 0..100 {
+        let m1 = a.generate_sync_message(&mut sa);
+        if let Some(m) = &m1 {
+            b.receive_sync_message(&mut sb, m).expect("receive");
+        }
+        let m2 = b.generate_sync_message(&mut sb);
+        if let Some(m) = &m2 {
+            a.receive_sync_message(&mut sa, m).expect("receive");
+        }
+        if m1.is_none() && m2.is_none() {
+            return;
+        }
+    }
+    panic!("sync did not settle");
+}
+
+/// Syncs and maintains (as the daemon does after each batch) until nothing changes any more.
+fn settle(vaults: &mut [&mut Vault]) {
+    for _ in 0..10 {
+        let mut changed = false;
+        for i in 0..vaults.len() {
+            for j in i + 1..vaults.len() {
+                let (left, right) = vaults.split_at_mut(j);
+                sync(left[i], right[0]);
+            }
+        }
+        for v in vaults.iter_mut() {
+            changed |= v.maintain(1_000).expect("maintain").changed();
+        }
+        if !changed {
+            return;
+        }
+    }
+    panic!("maintenance did not settle");
+}
+
+fn id(v: &Vault) -> DeviceId {
+    v.local_device().expect("a local device").clone()
+}
+
+fn removed(v: &Vault, who: &DeviceId) -> bool {
+    matches!(v.member_state(who), Some(MemberState::Removed { .. }))
+}
+
+#[test]
+fn a_removed_device_cannot_read_what_is_created_after_its_removal() {
+    let mut w = world(3);
+    let [a, b, c] = &mut w[..] else {
+        unreachable!()
+    };
+    let before = a.insert(passkey(1), 10).unwrap();
+    settle(&mut [a, b, c]);
+    assert!(c.passkey(&before).is_some());
+    let c_id = id(c);
+
+    let epoch = a.remove_member(&c_id, 20).unwrap().expect("a new epoch");
+    assert_ne!(epoch, Epoch(0));
+    assert_eq!(a.keyring().current(), epoch);
+    assert!(removed(a, &c_id));
+    assert!(a.passkeys().all(|p| p.epoch == epoch), "re-encrypted");
+    assert_eq!(a.active_devices().len(), 2);
+    // Removing it again changes nothing.
+    assert_eq!(a.remove_member(&c_id, 21).unwrap(), None);
+
+    let after = a.insert(passkey(2), 30).unwrap();
+    sync(a, b);
+    assert_eq!(
+        b.maintain(40).unwrap(),
+        Default::default(),
+        "B had nothing to do"
+    );
+    assert_eq!(b.keyring().current(), epoch, "B unwrapped the new key");
+    assert!(removed(b, &c_id));
+    assert!(b.passkey(&after).is_some() && b.passkey(&before).is_some());
+    assert!(b.problems().is_empty());
+
+    // C's whole state (its keyring and its device keys) against the vault as it is now: nothing created after the
+    // removal opens, and no key was wrapped to it.
+    let now = a.save();
+    let thief = Vault::load_as(&now, c.keyring().clone(), Some(local(3))).unwrap();
+    assert!(thief.passkey(&after).is_none());
+    assert_eq!(
+        thief.decrypt_record(&after),
+        Err(Error::UnknownEpoch(epoch))
+    );
+    assert!(thief.keyring().key(epoch).is_none());
+    assert!(
+        thief.is_empty(),
+        "even the old passkey moved to the new epoch"
+    );
+}
+
+#[test]
+fn a_removal_made_during_a_partition_reaches_everyone_when_it_heals() {
+    let mut w = world(3);
+    let [a, b, c] = &mut w[..] else {
+        unreachable!()
+    };
+    settle(&mut [a, b, c]);
+    let c_id = id(c);
+    // Partition: A removes C; B, not knowing, creates a passkey under the old epoch.
+    let epoch = a.remove_member(&c_id, 20).unwrap().unwrap();
+    let during = b.insert(passkey(5), 25).unwrap();
+    assert_eq!(b.passkey(&during).unwrap().epoch, Epoch(0));
+    settle(&mut [a, b]);
+    for v in [&*a, &*b] {
+        assert!(removed(v, &c_id));
+        assert_eq!(v.keyring().current(), epoch);
+        let p = v.passkey(&during).expect("the partition's passkey arrived");
+        assert_eq!(p.epoch, epoch, "and was moved to the new epoch");
+        assert!(v.problems().is_empty());
+    }
+    assert_eq!(a.heads(), b.heads());
+}
+
+#[test]
+fn concurrent_removals_on_both_sides_of_a_partition_both_take_effect() {
+    let mut w = world(4);
+    let [a, b, c, d] = &mut w[..] else {
+        unreachable!()
+    };
+    for n in 1..=20 {
+        a.insert(passkey(n), u64::from(n)).unwrap();
+    }
+    settle(&mut [a, b, c, d]);
+    let (c_id, d_id) = (id(c), id(d));
+    // Partition {A, C} | {B, D}: A removes C, B removes D, each rotating to an epoch the other removed device got.
+    let ea = a.remove_member(&c_id, 50).unwrap().unwrap();
+    let eb = b.remove_member(&d_id, 51).unwrap().unwrap();
+    assert_ne!(ea, eb);
+    let first = a.passkeys().next().unwrap().record_id;
+    a.rename(&first, "renamed during", 52).unwrap();
+    settle(&mut [a, b]);
+    for v in [&*a, &*b] {
+        assert!(removed(v, &c_id) && removed(v, &d_id));
+        assert_eq!(v.active_devices().len(), 2);
+        assert!(!v.needs_rotation());
+        assert_eq!(v.len(), 20);
+        assert!(v.problems().is_empty(), "{:?}", v.problems());
+    }
+    let current = a.keyring().current();
+    assert_eq!(b.keyring().current(), current, "one current epoch");
+    assert!(
+        current != ea && current != eb,
+        "a third epoch, given to neither"
+    );
+    assert!(a.passkeys().all(|p| p.epoch == current));
+    assert_eq!(a.heads(), b.heads());
+    // Neither removed device can open anything of the final vault.
+    let now = a.save();
+    for (removed_keys, seed) in [(c.keyring().clone(), 3), (d.keyring().clone(), 4)] {
+        let thief = Vault::load_as(&now, removed_keys, Some(local(seed))).unwrap();
+        assert!(thief.is_empty());
+        assert!(thief.keyring().key(current).is_none());
+    }
+}
+
+#[test]
+fn only_active_members_remove_and_not_themselves() {
+    let mut w = world(3);
+    let [a, b, c] = &mut w[..] else {
+        unreachable!()
+    };
+    settle(&mut [a, b, c]);
+    let (a_id, b_id, c_id) = (id(a), id(b), id(c));
+    assert!(matches!(
+        a.remove_member(&a_id, 1),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        a.remove_member(&DeviceId::new("12D3KooWnobody".into()), 1),
+        Err(Error::UnknownDevice(_))
+    ));
+    a.remove_member(&c_id, 2).unwrap();
+    // C learns of its removal (say a changed replica reaches it): it can no longer remove anyone, and a removal it
+    // signs anyway after learning of its own does not count.
+    sync(a, c);
+    assert_eq!(c.remove_member(&b_id, 3), Err(Error::NotAMember));
+    assert_eq!(c.maintain(4).unwrap(), Default::default());
+    // A replica without device keys cannot remove.
+    let mut anonymous = Vault::load(&a.save(), a.keyring().clone()).unwrap();
+    assert_eq!(anonymous.remove_member(&b_id, 5), Err(Error::NoLocalDevice));
+    settle(&mut [a, b]);
+    assert_eq!(b.member_state(&b_id), Some(&MemberState::Active));
+}
+
+#[test]
+fn renaming_a_device_reaches_the_others() {
+    let mut w = world(2);
+    let [a, b] = &mut w[..] else { unreachable!() };
+    let b_id = id(b);
+    a.rename_device(&b_id, "desk").unwrap();
+    settle(&mut [a, b]);
+    let names: Vec<String> = b
+        .members()
+        .into_iter()
+        .filter(|m| m.device.id == b_id)
+        .map(|m| m.device.name)
+        .collect();
+    assert_eq!(names, ["desk"]);
+    assert!(matches!(
+        a.rename_device(&DeviceId::new("12D3KooWnobody".into()), "x"),
+        Err(Error::UnknownDevice(_))
+    ));
+}
+
+/// A vault written by the release before removals existed (`tests/data/vault-v1.bin`: three passkeys, one with a
+/// label, two devices, keyring epoch 0 with key 0x42…).
+#[test]
+fn a_vault_of_the_previous_release_upgrades_identically_everywhere() {
+    let old = include_bytes!("data/vault-v1.bin");
+    let mut a = Vault::load_as(old, keyring(), Some(local(1))).unwrap();
+    let mut b = Vault::load_as(old, keyring(), Some(local(2))).unwrap();
+    assert!(a.has_unsaved_changes() && b.has_unsaved_changes());
+    // Both replicas made the same upgrade change, byte for byte.
+    let (ua, ub) = (a.save_incremental(), b.save_incremental());
+    assert!(!ua.is_empty());
+    assert_eq!(ua, ub);
+    assert_eq!(a.heads(), b.heads());
+    for v in [&a, &b] {
+        assert_eq!(v.len(), 3);
+        assert!(v.problems().is_empty());
+        assert_eq!(
+            v.passkeys()
+                .filter_map(|p| p.label.clone())
+                .collect::<Vec<_>>(),
+            ["work"]
+        );
+        assert_eq!(v.devices().len(), 2);
+        assert!(
+            v.members()
+                .iter()
+                .all(|m| m.state == MemberState::Active && !m.signed)
+        );
+    }
+    // The upgraded document loads again without another change, and syncs with an upgraded peer at once.
+    let mut stored = old.to_vec();
+    stored.extend_from_slice(&ua);
+    let again = Vault::load(&stored, keyring()).unwrap();
+    assert!(!again.has_unsaved_changes());
+    sync(&mut a, &mut b);
+    assert_eq!(a.heads(), b.heads());
+}
