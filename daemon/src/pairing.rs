@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use passmesh_crdt::{Device, VaultId};
+use passmesh_crdt::{Device, Keyring, VaultId};
 use passmesh_transport::Identity;
 use zeroize::Zeroizing;
 
@@ -140,4 +140,45 @@ pub async fn device_identity(
         Ok(identity.clone())
     })
     .await
+}
+
+/// What the stopped daemon in `state_dir` keeps on disk, unsealed by its own keystore: what a thief holding the
+/// disk (and able to unseal it) has. `Debug` leaves the secrets out.
+pub struct Disk {
+    /// The sealed vault keyring.
+    pub keyring: Keyring,
+    /// The device identity (its x25519 key derives from it).
+    pub identity: Identity,
+    /// The vault document as stored.
+    pub document: Vec<u8>,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk")
+            .field("keyring", &self.keyring)
+            .field("identity", &self.identity)
+            .field("document", &self.document.len())
+            .finish()
+    }
+}
+
+/// Reads and unseals everything the stopped daemon in `state_dir` keeps: see [`Disk`].
+pub fn disk(state_dir: &Path, choice: Choice, tpm: &TpmOptions) -> Result<Disk, Error> {
+    let custody = Custody::new(choice, tpm.clone());
+    let db = dir(state_dir).join(crate::layout::DB);
+    let sealed = crate::store::read_keyring(&db)?
+        .ok_or_else(|| crate::store::Error::Damaged("no sealed keyring".into()))?;
+    let mut opened = custody.open_for(Some(&sealed))?;
+    let keyring = Keyring::decode(&opened.keystore.unseal(&sealed)?).map_err(|_| Error::Keyring)?;
+    let identity =
+        crate::custody::sealed_identity(&db, &mut opened.keystore).map_err(|_| Error::Keyring)?;
+    let document = crate::store::Store::open(&db)?
+        .document()?
+        .ok_or_else(|| crate::store::Error::Damaged("no document".into()))?;
+    Ok(Disk {
+        keyring,
+        identity,
+        document,
+    })
 }

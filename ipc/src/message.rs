@@ -127,6 +127,24 @@ pub enum RequestBody {
         /// True if the codes shown on both devices are equal.
         accept: bool,
     },
+    /// Every entry of the vault's device table, with its standing.
+    DeviceList,
+    /// Give a device of the vault a new name (it syncs to every device).
+    DeviceRename {
+        /// The device's full id (libp2p peer id).
+        device_id: String,
+        /// The new name: 1 to 64 bytes, no control characters.
+        name: String,
+    },
+    /// Remove a device from the vault: it is refused by every device that learns of it, and the vault key is
+    /// rotated so it cannot read anything written afterwards.
+    DeviceRemove {
+        /// The device's full id (libp2p peer id).
+        device_id: String,
+        /// The device PIN, required when one is set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<Pin>,
+    },
 }
 
 /// Default lifetime of an invitation, in seconds.
@@ -153,6 +171,9 @@ impl RequestBody {
             Self::PairJoin { .. } => "pairJoin",
             Self::PairProgress { .. } => "pairProgress",
             Self::PairConfirm { .. } => "pairConfirm",
+            Self::DeviceList => "deviceList",
+            Self::DeviceRename { .. } => "deviceRename",
+            Self::DeviceRemove { .. } => "deviceRemove",
         }
     }
 }
@@ -227,6 +248,66 @@ pub enum ResponseBody {
     },
     /// The answer was passed on.
     PairConfirm {},
+    /// The device table.
+    DeviceList {
+        /// Every entry, sorted by device id.
+        devices: Vec<DeviceInfo>,
+    },
+    /// The device was renamed.
+    DeviceRename {},
+    /// The device is removed.
+    DeviceRemove {
+        /// The new key epoch everything was re-encrypted under; absent if the device was already removed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u32>,
+    },
+}
+
+/// One entry of the device table as `deviceList` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceInfo {
+    /// Its device id (libp2p peer id).
+    pub device_id: String,
+    /// Its name.
+    pub name: String,
+    /// Whether it is the device that answers.
+    pub this_device: bool,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// When a sync message from it was last applied, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<u64>,
+    /// The device that added it (absent for the vault's first device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_by: Option<String>,
+    /// When it was added, ms since the Unix epoch.
+    pub added_at_ms: u64,
+    /// `active`, `removed` or `invalid`.
+    pub state: DeviceState,
+    /// Who removed it (state `removed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_by: Option<String>,
+    /// When it was removed, ms since the Unix epoch (state `removed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at_ms: Option<u64>,
+    /// Why the entry is ignored (state `invalid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
+    /// Whether the entry is signed by the device that added it (entries from before signatures are not).
+    pub signed: bool,
+}
+
+/// Where a device stands in the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeviceState {
+    /// A member: it may connect and gets new keys.
+    Active,
+    /// Removed: refused everywhere, gets no new keys.
+    Removed,
+    /// The entry does not verify and is ignored.
+    Invalid,
 }
 
 /// One step of a pairing, as both devices report it.
@@ -287,6 +368,9 @@ impl ResponseBody {
             Self::PairJoin {} => "pairJoin",
             Self::PairProgress { .. } => "pairProgress",
             Self::PairConfirm {} => "pairConfirm",
+            Self::DeviceList { .. } => "deviceList",
+            Self::DeviceRename {} => "deviceRename",
+            Self::DeviceRemove { .. } => "deviceRemove",
         }
     }
 }
@@ -422,13 +506,15 @@ pub enum ErrorName {
     TypeError,
     /// A value was well-formed but unusable.
     DataError,
+    /// The thing named (e.g. a device) does not exist.
+    NotFoundError,
     /// Internal failure, or a name this version does not know.
     UnknownError,
 }
 
 impl ErrorName {
     /// Every name, in declaration order.
-    pub const ALL: [ErrorName; 10] = [
+    pub const ALL: [ErrorName; 11] = [
         Self::NotAllowedError,
         Self::InvalidStateError,
         Self::SecurityError,
@@ -438,6 +524,7 @@ impl ErrorName {
         Self::SyntaxError,
         Self::TypeError,
         Self::DataError,
+        Self::NotFoundError,
         Self::UnknownError,
     ];
 
@@ -453,6 +540,7 @@ impl ErrorName {
             Self::SyntaxError => "SyntaxError",
             Self::TypeError => "TypeError",
             Self::DataError => "DataError",
+            Self::NotFoundError => "NotFoundError",
             Self::UnknownError => "UnknownError",
         }
     }

@@ -130,7 +130,8 @@ impl PairKey {
             .then(|| Zeroizing::new(shared.to_bytes()))
     }
 
-    fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+    /// The secret key (for the vault, which unwraps epoch keys with it).
+    pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.0.to_bytes())
     }
 }

@@ -1,12 +1,15 @@
 //! The request dispatch, and the requests that are not WebAuthn: list, delete, rename, status and pairing.
 
+use passmesh_crdt::{DeviceId, MemberState};
 use passmesh_ipc::{
-    ErrorBody, ErrorName, MAX_LIST_PAGE, RequestBody, ResponseBody, StatusInfo,
+    DeviceInfo, DeviceState, ErrorBody, ErrorName, MAX_LIST_PAGE, Pin, RequestBody, ResponseBody,
+    StatusInfo,
     message::{PeerInfo, TpmStatus},
 };
 
 use super::{Session, e, internal, pair_error};
 use crate::names::{DeviceName, Label};
+use crate::vault;
 
 impl Session<'_> {
     pub(super) async fn handle(&self, request: RequestBody) -> Result<ResponseBody, ErrorBody> {
@@ -118,7 +121,82 @@ impl Session<'_> {
             RequestBody::SetPin { pin, current_pin } => {
                 self.set_pin(&pin, current_pin.as_ref()).await
             }
+            RequestBody::DeviceList => self.device_list().await,
+            RequestBody::DeviceRename { device_id, name } => {
+                let name = DeviceName::try_from(name)
+                    .map_err(|bad| e(ErrorName::DataError, bad.to_string()))?;
+                self.vault
+                    .rename_device(DeviceId::new(device_id), name)
+                    .await
+                    .map_err(device_error)?;
+                Ok(ResponseBody::DeviceRename {})
+            }
+            RequestBody::DeviceRemove { device_id, pin } => {
+                self.device_remove(DeviceId::new(device_id), pin.as_ref())
+                    .await
+            }
         }
+    }
+
+    async fn device_list(&self) -> Result<ResponseBody, ErrorBody> {
+        let devices = self
+            .vault
+            .devices()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|d| {
+                let (state, removed_by, removed_at_ms, invalid_reason) = match d.member.state {
+                    MemberState::Active => (DeviceState::Active, None, None, None),
+                    MemberState::Removed { by, at_ms } => (
+                        DeviceState::Removed,
+                        Some(by.to_string()),
+                        Some(at_ms),
+                        None,
+                    ),
+                    MemberState::Invalid(why) => {
+                        (DeviceState::Invalid, None, None, Some(why.to_owned()))
+                    }
+                };
+                DeviceInfo {
+                    device_id: d.member.device.id.to_string(),
+                    name: d.member.device.name,
+                    this_device: d.this_device,
+                    connected: d.connected,
+                    last_seen_ms: d.last_seen_ms,
+                    added_by: d.member.device.added_by.map(|b| b.to_string()),
+                    added_at_ms: d.member.device.added_at_ms,
+                    state,
+                    removed_by,
+                    removed_at_ms,
+                    invalid_reason,
+                    signed: d.member.signed,
+                }
+            })
+            .collect();
+        Ok(ResponseBody::DeviceList { devices })
+    }
+
+    /// Removes a device, after the PIN when one is set.
+    async fn device_remove(
+        &self,
+        id: DeviceId,
+        pin: Option<&Pin>,
+    ) -> Result<ResponseBody, ErrorBody> {
+        let status = self.vault.status().await.map_err(internal)?;
+        if status.pin_set {
+            let Some(pin) = pin else {
+                return Err(e(
+                    ErrorName::NotAllowedError,
+                    "a PIN is set on this device: removing a device needs it (--pin-stdin)",
+                ));
+            };
+            self.check_pin(pin).await?;
+        }
+        let epoch = self.vault.remove_device(id).await.map_err(device_error)?;
+        Ok(ResponseBody::DeviceRemove {
+            epoch: epoch.map(|e| e.0),
+        })
     }
 
     fn pairing(&self) -> Result<&crate::net::pairing::Pairing, ErrorBody> {
@@ -181,5 +259,23 @@ impl Session<'_> {
                 network_off: self.service.network_off.map(str::to_owned),
             },
         })
+    }
+}
+
+/// The error a device command answers with.
+fn device_error(err: vault::Error) -> ErrorBody {
+    use passmesh_crdt::Error as C;
+    match &err {
+        vault::Error::RemoveSelf => e(ErrorName::InvalidStateError, err.to_string()),
+        vault::Error::Vault(C::UnknownDevice(id)) => e(
+            ErrorName::NotFoundError,
+            format!("no device {id} in this vault (see `passmesh device list`)"),
+        ),
+        vault::Error::Vault(C::NotAMember) => e(
+            ErrorName::InvalidStateError,
+            "this device is no longer a member of the vault (it was removed): it cannot change the device table",
+        ),
+        vault::Error::Vault(C::InvalidInput(what)) => e(ErrorName::DataError, *what),
+        _ => internal(err),
     }
 }

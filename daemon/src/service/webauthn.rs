@@ -132,7 +132,7 @@ impl Session<'_> {
     }
 
     /// The verified hash when the PIN is right, `None` when no PIN is set; an error when it is wrong or locked.
-    async fn check_pin(&self, pin: &Pin) -> Result<Option<PinHash>, ErrorBody> {
+    pub(super) async fn check_pin(&self, pin: &Pin) -> Result<Option<PinHash>, ErrorBody> {
         let hash = match self.vault.pin_begin().await {
             Ok(PinCheck::NotSet) => return Ok(None),
             Ok(PinCheck::Verify(hash)) => hash,

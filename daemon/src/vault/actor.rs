@@ -41,6 +41,8 @@ pub(super) struct Actor {
     pub(super) replication: Replication,
     /// This device's x25519 public key (derived from its identity), for its device-table entry.
     pub(super) x25519: [u8; 32],
+    /// This device's identity (a vault adopted when joining gets its keys).
+    pub(super) identity: passmesh_transport::Identity,
     /// The store's directory (the sealed keyring lives beside the database).
     pub(super) db: PathBuf,
     /// How to reopen the keystore, for the one write that needs it after start-up (adopting a vault).
@@ -135,6 +137,9 @@ impl Actor {
                     Err(_) => break,
                 }
             }
+            if self.dirty {
+                self.maintain();
+            }
             let wrote = self.dirty;
             let failure = self.persist().err().map(|e| {
                 tracing::error!(error = %e, "persisting the vault failed");
@@ -215,6 +220,11 @@ impl Actor {
             } => {
                 let _ = reply.send(self.set_pin(hash, previous));
             }
+            Command::Devices { reply } => deferred.read(reply, self.device_entries()),
+            Command::RenameDevice { id, name, reply } => {
+                deferred.write(reply, self.rename_device(&id, &name));
+            }
+            Command::RemoveDevice { id, reply } => deferred.write(reply, self.remove_device(&id)),
         }
     }
 
@@ -283,6 +293,29 @@ impl Actor {
         let _ = self.out.blocking_send(o);
     }
 
+    /// Keeps the vault's keys right after changes: a new epoch when the current one was given to a device that
+    /// is now removed, or records and entries left under an older epoch moved to the current one. What it
+    /// writes is persisted with the batch that caused it.
+    pub(super) fn maintain(&mut self) {
+        match self.vault.maintain(crate::now_ms()) {
+            Ok(done) if done.changed() => {
+                if let Some(epoch) = done.rotated {
+                    tracing::info!(%epoch, "the vault key was rotated: a device that held it is removed");
+                }
+                if done.reencrypted > 0 {
+                    tracing::info!(
+                        entries = done.reencrypted,
+                        "moved records written under an older key to the current one"
+                    );
+                }
+                self.dirty = true;
+                self.local_change();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "vault key maintenance failed"),
+        }
+    }
+
     /// A local change: every connected peer gets it as soon as it is on disk.
     pub(super) fn local_change(&mut self) {
         if self.dirty {
@@ -327,7 +360,12 @@ impl Actor {
                     "the store lost its document".into(),
                 ))
             })?;
-            Vault::load(&doc, self.vault.keyring().clone()).map_err(Error::from)
+            Vault::load_as(
+                &doc,
+                self.vault.keyring().clone(),
+                Some(crate::ids::local_device(&self.identity)),
+            )
+            .map_err(Error::from)
         });
         match reloaded {
             Ok(vault) => {

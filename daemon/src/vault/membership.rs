@@ -2,12 +2,15 @@
 //! addresses learnt for them), what a joining device is handed, and adopting another vault when this device
 //! joins one.
 
-use passmesh_crdt::{Device, Keyring, Vault};
+use std::collections::HashMap;
+
+use passmesh_crdt::{Device, DeviceId, Epoch, Keyring, Vault};
 use passmesh_transport::Multiaddr;
 
 use super::actor::Actor;
-use super::{Adoption, Error, JoinInfo, Member};
+use super::{Adoption, DeviceEntry, Error, JoinInfo, Member};
 use crate::ids;
+use crate::names::DeviceName;
 use crate::store::{self, Durability, Meta};
 
 /// This machine's host name, as the default device name.
@@ -45,6 +48,9 @@ impl Actor {
             }
             Some(_) => {}
         }
+        // A vault from before the extension change got it while loading.
+        self.dirty |= self.vault.has_unsaved_changes();
+        self.maintain();
         self.persist()
     }
 
@@ -119,6 +125,63 @@ impl Actor {
             .collect()
     }
 
+    /// Every device-table entry with its standing, whether it is connected, and when it last synced.
+    pub(super) fn device_entries(&self) -> Vec<DeviceEntry> {
+        let live: HashMap<String, (bool, Option<u64>)> = self
+            .replication
+            .status(&self.vault, &super::actor::Peers(&self.store))
+            .into_iter()
+            .map(|p| (p.device_id, (p.connected, p.last_sync_ms)))
+            .collect();
+        let me = ids::device_id(&self.me);
+        self.vault
+            .members()
+            .into_iter()
+            .map(|member| {
+                let (connected, last_seen_ms) = live
+                    .get(member.device.id.as_str())
+                    .copied()
+                    .unwrap_or_else(|| {
+                        let last = ids::peer_id(&member.device.id).and_then(|peer| {
+                            use super::replication::PeerStore;
+                            super::actor::Peers(&self.store).last_sync(&peer)
+                        });
+                        (false, last)
+                    });
+                DeviceEntry {
+                    this_device: member.device.id == me,
+                    member,
+                    connected,
+                    last_seen_ms,
+                }
+            })
+            .collect()
+    }
+
+    /// Renames a device of the table.
+    pub(super) fn rename_device(&mut self, id: &DeviceId, name: &DeviceName) -> Result<(), Error> {
+        self.vault.rename_device(id, name.as_str())?;
+        self.dirty = true;
+        self.local_change();
+        Ok(())
+    }
+
+    /// Removes a device: a signed removal and a new key epoch that it does not get. Its connections are
+    /// dropped as soon as the batch is on disk (the paired set goes to the network then).
+    pub(super) fn remove_device(&mut self, id: &DeviceId) -> Result<Option<Epoch>, Error> {
+        if *id == ids::device_id(&self.me) {
+            return Err(Error::RemoveSelf);
+        }
+        let epoch = self.vault.remove_member(id, crate::now_ms())?;
+        self.dirty = true;
+        self.send_paired();
+        self.local_change();
+        if let Some(epoch) = epoch {
+            tracing::info!(device = %id, %epoch, "removed a device; the vault key was rotated");
+        }
+        Ok(epoch)
+    }
+
     /// Joining another vault is allowed only while this one is empty and unpaired.
     fn may_adopt(&self) -> Result<(), Error> {
         if !self.vault.is_empty() {
@@ -149,6 +212,7 @@ impl Actor {
         }
         let ring = Keyring::decode(&keyring).map_err(|_| Error::Keyring)?;
         let mut vault = Vault::create(vault_id, ring)?;
+        vault.set_local(ids::local_device(&self.identity));
         let my_id = ids::device_id(&self.me);
         for m in &members {
             if m.device.id != my_id {

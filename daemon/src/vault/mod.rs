@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use passmesh_crdt::{CredentialId, Device, NewPasskey, VaultId};
+use passmesh_crdt::{CredentialId, Device, DeviceId, Epoch, NewPasskey, VaultId};
 use passmesh_ipc::PasskeyInfo;
 use passmesh_transport::{Identity, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -37,7 +37,7 @@ pub use open::{open, open_seeded};
 
 use crate::authenticator::Credential;
 use crate::custody::keystore::{self, Backend, tpm};
-use crate::names::Label;
+use crate::names::{DeviceName, Label};
 use crate::pin::{self, PinHash, Policy};
 use crate::store;
 
@@ -93,6 +93,25 @@ pub enum Error {
     /// Joining another vault would cut this device off its paired devices.
     #[error("this device is already paired with {0} other devices")]
     AlreadyPaired(u64),
+    /// A device cannot remove itself.
+    #[error(
+        "this is the device you are using: remove it from another of your devices \
+         (`passmesh device remove ID` there); to stop using it, stop passmeshd here and delete its state directory"
+    )]
+    RemoveSelf,
+}
+
+/// A device-table entry as `device list` shows it.
+#[derive(Debug, Clone)]
+pub struct DeviceEntry {
+    /// The entry and its standing.
+    pub member: passmesh_crdt::Member,
+    /// Whether it is this device.
+    pub this_device: bool,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// When a sync message from it was last applied (ms since the Unix epoch).
+    pub last_seen_ms: Option<u64>,
 }
 
 /// A device-table entry with the addresses this device knows for it (handed to a joining device).
@@ -301,6 +320,18 @@ enum Command {
         previous: Option<PinHash>,
         reply: Reply<Result<(), Error>>,
     },
+    Devices {
+        reply: Reply<Vec<DeviceEntry>>,
+    },
+    RenameDevice {
+        id: DeviceId,
+        name: DeviceName,
+        reply: Reply<Result<(), Error>>,
+    },
+    RemoveDevice {
+        id: DeviceId,
+        reply: Reply<Result<Option<Epoch>, Error>>,
+    },
 }
 
 /// A cloneable handle to a vault actor. The actor stops when every handle is dropped.
@@ -483,6 +514,24 @@ impl Handle {
     /// Finishes a PIN check started with [`Handle::pin_begin`].
     pub async fn pin_finish(&self, ok: bool) -> Result<(), Error> {
         self.ask(|reply| Command::PinFinish { ok, reply }).await?
+    }
+
+    /// Every device-table entry with its standing, connection and last sync.
+    pub async fn devices(&self) -> Result<Vec<DeviceEntry>, Error> {
+        self.ask(|reply| Command::Devices { reply }).await
+    }
+
+    /// Renames a device of the vault; returns once on disk.
+    pub async fn rename_device(&self, id: DeviceId, name: DeviceName) -> Result<(), Error> {
+        self.ask(|reply| Command::RenameDevice { id, name, reply })
+            .await?
+    }
+
+    /// Removes a device from the vault and rotates the vault key (`None`: it was already removed); returns
+    /// once on disk, with the device's connections dropped.
+    pub async fn remove_device(&self, id: DeviceId) -> Result<Option<Epoch>, Error> {
+        self.ask(|reply| Command::RemoveDevice { id, reply })
+            .await?
     }
 
     /// Sets a new PIN hash and clears the attempt counter, provided the current hash is still `previous`

@@ -13,6 +13,7 @@ use super::replication::Replication;
 use super::{Error, Handle, INBOX, KeystoreReport, OUTBOX, Running};
 use crate::custody::keystore::{self, tpm};
 use crate::custody::{self, Custody};
+use crate::ids;
 use crate::layout::{self, DB};
 use crate::pin::{PinState, Policy};
 use crate::store::{self, Meta, Store};
@@ -74,11 +75,19 @@ pub fn open_seeded(
         Some(o) => o,
         None => custody.open_for(None)?,
     };
+    let identity = match identity {
+        Some(given) => given,
+        None => custody::sealed_identity(&db, &mut opened.keystore).map_err(|e| match e {
+            custody::Error::Keystore(k) => Error::Keystore(k),
+            custody::Error::Store(s) => Error::Store(s),
+            _ => Error::Keyring,
+        })?,
+    };
     let ks = &mut opened.keystore;
     let (vault, blob_pcrs) = match (unsealed, document) {
         (Some(secret), Some(doc)) => {
             let keyring = Keyring::decode(&secret).map_err(|_| Error::Keyring)?;
-            let vault = Vault::load(&doc, keyring)?;
+            let vault = Vault::load_as(&doc, keyring, Some(ids::local_device(&identity)))?;
             for (id, problem) in vault.problems() {
                 tracing::warn!(record = %id, %problem, "a vault record cannot be read and is left out");
             }
@@ -96,6 +105,7 @@ pub fn open_seeded(
             };
             let sealed = ks.seal(&keyring.encode())?;
             let mut vault = Vault::create(id, keyring)?;
+            vault.set_local(ids::local_device(&identity));
             let full = vault.save();
             let pin_state = serde_json::to_vec(&PinState::default()).map_err(|_| Error::Keyring)?;
             store::write_keyring(&db, &sealed)?;
@@ -106,14 +116,6 @@ pub fn open_seeded(
         (None, Some(_)) => {
             return Err(store::Error::Damaged("document without a keyring".into()).into());
         }
-    };
-    let identity = match identity {
-        Some(given) => given,
-        None => custody::sealed_identity(&db, &mut opened.keystore).map_err(|e| match e {
-            custody::Error::Keystore(k) => Error::Keystore(k),
-            custody::Error::Store(s) => Error::Store(s),
-            _ => Error::Keyring,
-        })?,
     };
     let mut warning = opened.warning.take();
     if let Some(bound) = &blob_pcrs
@@ -155,6 +157,7 @@ pub fn open_seeded(
         out,
         replication,
         x25519: passmesh_transport::pairing::PairKey::derive(&identity).public(),
+        identity: identity.clone(),
         db: db.clone(),
         custody: custody.clone(),
     };

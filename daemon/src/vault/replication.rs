@@ -99,10 +99,19 @@ pub struct Replication {
     hold: Hold,
 }
 
-/// The device table of `vault` minus `me`, as peer ids.
+/// The active devices of `vault` (valid entries, not removed) minus `me`, as peer ids; nothing if this device
+/// itself was removed.
 pub fn paired(vault: &Vault, me: &PeerId) -> HashSet<PeerId> {
+    if vault.local_device().is_some_and(|id| {
+        !matches!(
+            vault.member_state(id),
+            Some(passmesh_crdt::MemberState::Active) | None
+        )
+    }) {
+        return HashSet::new();
+    }
     vault
-        .devices()
+        .active_devices()
         .iter()
         .filter_map(|d| ids::peer_id(&d.id))
         .filter(|p| p != me)
@@ -205,7 +214,7 @@ impl Replication {
             tracing::warn!(%peer, "dropped a sync message from a device outside the device table");
             return out;
         }
-        let devices_before = vault.devices();
+        let devices_before = vault.active_devices();
         let heads_before = vault.heads();
         let p = self.entry(peer, store);
         p.bytes_received += bytes.len() as u64;
@@ -238,7 +247,7 @@ impl Replication {
                 self.held_by.entry(peer).or_default().extend(held);
             }
         }
-        if vault.devices() != devices_before {
+        if vault.active_devices() != devices_before {
             let paired = self.paired(vault);
             self.peers.retain(|p, _| paired.contains(p));
             // A removed device no longer counts as holding anything (the BS flag falls back).
@@ -306,7 +315,7 @@ impl Replication {
     /// What `status` shows of each paired device.
     pub fn status(&self, vault: &Vault, store: &impl PeerStore) -> Vec<PeerStatus> {
         vault
-            .devices()
+            .active_devices()
             .into_iter()
             .filter_map(|d| {
                 let peer = ids::peer_id(&d.id)?;

@@ -12,6 +12,7 @@ mod negative;
 mod netns;
 mod pairing;
 mod pin;
+mod removal;
 mod sync;
 mod system;
 mod tpm;

@@ -57,7 +57,7 @@ pub(crate) fn read_call<T: serde::de::DeserializeOwned>(
     Ok((options, pin))
 }
 
-fn read_pin_arg(from_stdin: bool) -> Result<Option<Pin>, Failure> {
+pub(crate) fn read_pin_arg(from_stdin: bool) -> Result<Option<Pin>, Failure> {
     if !from_stdin {
         return Ok(None);
     }

@@ -3,6 +3,7 @@
 //! This file holds the command line (its clap types), `main` and the dispatch of each command; the work of the
 //! commands is in the sibling modules.
 
+mod device;
 mod docs;
 mod input;
 mod keystore;
@@ -16,8 +17,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use passmesh_ipc::{Client, ClientError, ErrorBody, RequestBody, ResponseBody};
 
+use crate::device::{DeviceCommand, device};
 use crate::docs::generate_docs;
-use crate::input::{read_call, read_new_pin, resolve};
+use crate::input::{read_call, read_new_pin, read_pin_arg, resolve};
 use crate::keystore::{KeystoreCommand, VaultLocation, keystore};
 use crate::output::{print_json, print_list, print_one, print_status};
 use crate::pair::{decode_qr, follow_pairing, pair};
@@ -63,6 +65,11 @@ enum Command {
         id: String,
         /// The new label
         label: String,
+    },
+    /// The vault's devices: list, rename, and remove a lost or stolen one
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
     },
     /// Write the man pages and shell completions (for packagers) into DIR/man and DIR/completions
     #[command(hide = true)]
@@ -235,6 +242,12 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
         }
         _ => None,
     };
+    let device_pin = match &args.command {
+        Command::Device {
+            command: DeviceCommand::Remove { pin_stdin, .. },
+        } => read_pin_arg(*pin_stdin)?,
+        _ => None,
+    };
     let mut client = Client::connect(socket).await.map_err(|e| {
         Failure::Local(format!(
             "cannot reach passmeshd at {}: {} (is the daemon running? see --socket)",
@@ -297,6 +310,9 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
                 })
                 .await?;
             return follow_pairing(&mut client, args.json).await;
+        }
+        Command::Device { command } => {
+            return device(&mut client, command, device_pin, args.json).await;
         }
         Command::Status => {
             let body = client.call(RequestBody::Status).await?;
