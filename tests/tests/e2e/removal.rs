@@ -12,8 +12,9 @@ use passmesh_daemon::{ids, pairing};
 use passmesh_ipc::{Client, DeviceInfo, DeviceState, RequestBody, ResponseBody};
 use passmesh_tests::Lan;
 use passmesh_tests::mesh::{self, Discovery, Node, Placement, all_connected, eventually};
+use passmesh_transport as transport;
 
-use crate::sync::try_sign_in;
+use crate::sync::{own_host, try_sign_in, wait_event};
 use crate::{example_rp, register_user};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -130,15 +131,45 @@ async fn a_removed_device_is_refused_everywhere_and_cannot_read_new_passkeys() {
     assert!(try_sign_in(&mut cc, &rp, &after).await.is_none());
     refused_by(c, &[a, b], "C to stay refused").await;
 
-    // C's whole disk — its sealed keyring and identity, unsealed — against the vault as A holds it now: nothing
-    // opens, not the new passkey nor the old one (re-encrypted under the new key).
-    drop((ca, cb, cc));
-    for n in nodes.iter_mut() {
-        n.daemon.stop().await.expect("stop");
-    }
+    // A thief need not run C's daemon (which gives up once it hears of its removal): it dials A with
+    // C's identity, taken from C's disk. A's gate refuses it before any vault byte moves.
+    drop(cc);
+    nodes[2].daemon.stop().await.expect("stop C");
     let (a, c) = (&nodes[0], &nodes[2]);
     let tpm = TpmOptions::default();
     let thief = pairing::disk(c.state_dir(), Choice::Software, &tpm).expect("C's disk");
+    assert_eq!(thief.identity.peer_id().to_string(), c.peer_id);
+    let a_peer: transport::PeerId = a.peer_id.parse().expect("peer id");
+    let (host, mut events) = own_host(&thief.identity, a_peer).await;
+    let _ = host.dial(a.addr().parse().expect("multiaddr")).await;
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let _ = host.send(a_peer, b"still paired?".to_vec()).await;
+        wait_event(&mut events, Duration::from_millis(100), &mut seen, |_| {
+            false
+        })
+        .await;
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, transport::Event::Message { .. })),
+        "the removed device received a sync message: {seen:?}"
+    );
+    host.shutdown().await.expect("shutdown");
+    let log = a.daemon.log();
+    assert!(
+        log.contains("refused a peer") && log.contains(&c.peer_id),
+        "A did not refuse C at its gate:\n{log}"
+    );
+
+    // C's whole disk — its sealed keyring and identity, unsealed — against the vault as A holds it now: nothing
+    // opens, not the new passkey nor the old one (re-encrypted under the new key).
+    drop((ca, cb));
+    for n in &mut nodes[..2] {
+        n.daemon.stop().await.expect("stop");
+    }
+    let a = &nodes[0];
     let now = pairing::disk(a.state_dir(), Choice::Software, &tpm).expect("A's disk");
     let current = Vault::load_as(
         &now.document,
