@@ -427,7 +427,8 @@ fn split_epoch(value: &[u8]) -> Option<(Epoch, &[u8])> {
     Some((Epoch(u32::from_be_bytes(*epoch)), sealed))
 }
 
-/// Encrypts all fields of `p` (which must be valid) under `key` of `p.epoch`, in v2 form.
+/// Encrypts all fields of `p` (which must be valid) under `key` of `p.epoch`, in v2 form: the core (with the
+/// update time), and the label with the update time when there is a label.
 pub(crate) fn seal_record(
     vault: &VaultId,
     key: &VaultKey,
@@ -436,25 +437,15 @@ pub(crate) fn seal_record(
     let scope = Scope::Record(&p.record_id);
     let e = p.epoch;
     let core = encode_core(p)?;
-    let mut fields = vec![
-        seal_field(vault, scope, e, key, field::CORE2, &core)?,
-        seal_field(
-            vault,
-            scope,
-            e,
-            key,
-            field::UPDATED_AT2,
-            &p.updated_at_ms.to_be_bytes(),
-        )?,
-    ];
+    let mut fields = vec![seal_field(vault, scope, e, key, field::CORE2, &core)?];
     if let Some(label) = &p.label {
         fields.push(seal_field(
             vault,
             scope,
             e,
             key,
-            field::LABEL2,
-            label.as_bytes(),
+            field::META2,
+            &encode_meta(p.updated_at_ms, label),
         )?);
     }
     Ok(SealedRecord {
@@ -463,11 +454,14 @@ pub(crate) fn seal_record(
     })
 }
 
-/// Version of the core plaintext encoding.
+/// The first core encoding: no update time (kept in a field of its own).
 const CORE_V1: u8 = 1;
+/// The core encoding of v2 records: the update time follows the creation time.
+const CORE_V2: u8 = 2;
 
-/// The core plaintext: version ‖ six length-prefixed (u16 BE) byte strings ‖ created_at (u64 BE).
-/// It holds the private key, hence the wiped buffer, sized up front so it never reallocates.
+/// The core plaintext: version 2 ‖ six length-prefixed (u16 BE) byte strings ‖ created_at (u64 BE) ‖
+/// updated_at (u64 BE). It holds the private key, hence the wiped buffer, sized up front so it never
+/// reallocates.
 fn encode_core(p: &Passkey) -> Result<Zeroizing<Vec<u8>>, Error> {
     let parts: [&[u8]; 6] = [
         &p.credential_id,
@@ -477,9 +471,9 @@ fn encode_core(p: &Passkey) -> Result<Zeroizing<Vec<u8>>, Error> {
         p.user_display_name.as_bytes(),
         &p.private_key,
     ];
-    let len = 1 + parts.iter().map(|b| 2 + b.len()).sum::<usize>() + 8;
+    let len = 1 + parts.iter().map(|b| 2 + b.len()).sum::<usize>() + 16;
     let mut out = Zeroizing::new(Vec::with_capacity(len));
-    out.push(CORE_V1);
+    out.push(CORE_V2);
     for part in parts {
         let n = u16::try_from(part.len())
             .map_err(|_| Error::InvalidInput("field longer than 65535 bytes"))?;
@@ -487,6 +481,7 @@ fn encode_core(p: &Passkey) -> Result<Zeroizing<Vec<u8>>, Error> {
         out.extend_from_slice(part);
     }
     out.extend_from_slice(&p.created_at_ms.to_be_bytes());
+    out.extend_from_slice(&p.updated_at_ms.to_be_bytes());
     Ok(out)
 }
 
@@ -499,11 +494,13 @@ struct Core {
     user_display_name: String,
     private_key: Zeroizing<Vec<u8>>,
     created_at_ms: u64,
+    /// In v2 cores only.
+    updated_at_ms: Option<u64>,
 }
 
 fn decode_core(pt: &[u8]) -> Option<Core> {
     let (&version, mut rest) = pt.split_first()?;
-    if version != CORE_V1 {
+    if version != CORE_V1 && version != CORE_V2 {
         return None;
     }
     let mut part = || -> Option<&[u8]> {
@@ -519,7 +516,16 @@ fn decode_core(pt: &[u8]) -> Option<Core> {
     let user_name = String::from_utf8(part()?.to_vec()).ok()?;
     let user_display_name = String::from_utf8(part()?.to_vec()).ok()?;
     let private_key = Zeroizing::new(part()?.to_vec());
-    let created_at_ms = u64::from_be_bytes(<[u8; 8]>::try_from(rest).ok()?);
+    let (created_at_ms, updated_at_ms) = if version == CORE_V1 {
+        (u64::from_be_bytes(<[u8; 8]>::try_from(rest).ok()?), None)
+    } else {
+        let times = <[u8; 16]>::try_from(rest).ok()?;
+        let (created, updated) = times.split_at(8);
+        (
+            u64::from_be_bytes(created.try_into().ok()?),
+            Some(u64::from_be_bytes(updated.try_into().ok()?)),
+        )
+    };
     Some(Core {
         credential_id,
         rp_id,
@@ -528,7 +534,15 @@ fn decode_core(pt: &[u8]) -> Option<Core> {
         user_display_name,
         private_key,
         created_at_ms,
+        updated_at_ms,
     })
+}
+
+/// The meta plaintext: updated_at (u64 BE) ‖ the label's UTF-8.
+fn encode_meta(updated_at_ms: u64, label: &str) -> Vec<u8> {
+    let mut out = updated_at_ms.to_be_bytes().to_vec();
+    out.extend_from_slice(label.as_bytes());
+    out
 }
 
 /// Encrypts a new label and update time for record `id` under `epoch` (the writer's current one).
@@ -542,17 +556,14 @@ pub(crate) fn seal_rename(
 ) -> Result<SealedRecord, Error> {
     let scope = Scope::Record(id);
     Ok(SealedRecord {
-        fields: vec![
-            seal_field(vault, scope, epoch, key, field::LABEL2, label.as_bytes())?,
-            seal_field(
-                vault,
-                scope,
-                epoch,
-                key,
-                field::UPDATED_AT2,
-                &now_ms.to_be_bytes(),
-            )?,
-        ],
+        fields: vec![seal_field(
+            vault,
+            scope,
+            epoch,
+            key,
+            field::META2,
+            &encode_meta(now_ms, label),
+        )?],
         drop_v1: false,
     })
 }
@@ -578,7 +589,9 @@ pub(crate) fn update_record(
     obj: &ObjId,
     sealed: SealedRecord,
 ) -> Result<(), automerge::AutomergeError> {
-    if sealed.drop_v1 {
+    // A v2 record has at most its two v2 fields: only a longer map can hold v1 fields (looking each one up in a
+    // rotation's transaction of thousands of records is what would cost).
+    if sealed.drop_v1 && tx.length(obj) > 2 {
         for name in field::RECORD_V1 {
             if tx.get(obj, name)?.is_some() {
                 tx.delete(obj, name)?;
@@ -612,8 +625,7 @@ pub(crate) struct RawRecord<'a> {
     updated_at: Option<Cow<'a, [u8]>>,
     label: Option<Cow<'a, [u8]>>,
     core2: Option<Cow<'a, [u8]>>,
-    updated_at2: Option<Cow<'a, [u8]>>,
-    label2: Option<Cow<'a, [u8]>>,
+    meta2: Option<Cow<'a, [u8]>>,
     /// The first shape error met while gathering.
     error: Option<Error>,
 }
@@ -639,8 +651,7 @@ impl<'a> RawRecord<'a> {
             field::UPDATED_AT => &mut self.updated_at,
             field::LABEL => &mut self.label,
             field::CORE2 => &mut self.core2,
-            field::UPDATED_AT2 => &mut self.updated_at2,
-            field::LABEL2 => &mut self.label2,
+            field::META2 => &mut self.meta2,
             // Fields a newer version may add.
             _ => return,
         };
@@ -831,24 +842,45 @@ fn open_record(
         .open((field::CORE2, &raw.core2), (field::CORE, &raw.core))?
         .ok_or_else(|| malformed("no field core"))?;
     let core = decode_core(&core).ok_or_else(|| malformed("core is not a valid encoding"))?;
-    let (updated_epoch, updated_at) = fields
-        .open(
-            (field::UPDATED_AT2, &raw.updated_at2),
-            (field::UPDATED_AT, &raw.updated_at),
-        )?
-        .ok_or_else(|| malformed("no field updated_at"))?;
-    let updated_at = <[u8; 8]>::try_from(updated_at.as_slice())
-        .map_err(|_| malformed("updated_at is not a time"))?;
-    let mut epochs = vec![epoch, updated_epoch];
-    let label = match fields.open((field::LABEL2, &raw.label2), (field::LABEL, &raw.label))? {
-        Some((label_epoch, mut pt)) => {
-            epochs.push(label_epoch);
-            Some(
-                String::from_utf8(std::mem::take(&mut *pt))
-                    .map_err(|_| malformed("label is not UTF-8"))?,
-            )
+    let mut epochs = vec![epoch];
+    let (updated_at, label) = match fields.open((field::META2, &raw.meta2), ("", &None))? {
+        Some((meta_epoch, pt)) => {
+            epochs.push(meta_epoch);
+            let (updated, label) = pt
+                .split_first_chunk::<8>()
+                .ok_or_else(|| malformed("meta is too short"))?;
+            let label =
+                String::from_utf8(label.to_vec()).map_err(|_| malformed("label is not UTF-8"))?;
+            (u64::from_be_bytes(*updated), Some(label))
         }
-        None => None,
+        None => {
+            // No rename in v2 form: the update time is the core's, or (records written before v2) the v1
+            // field's, and so is the label.
+            let updated_at = match core.updated_at_ms {
+                Some(t) => t,
+                None => {
+                    let (updated_epoch, pt) = fields
+                        .open(("", &None), (field::UPDATED_AT, &raw.updated_at))?
+                        .ok_or_else(|| malformed("no field updated_at"))?;
+                    epochs.push(updated_epoch);
+                    u64::from_be_bytes(
+                        <[u8; 8]>::try_from(pt.as_slice())
+                            .map_err(|_| malformed("updated_at is not a time"))?,
+                    )
+                }
+            };
+            let label = match fields.open(("", &None), (field::LABEL, &raw.label))? {
+                Some((label_epoch, mut pt)) => {
+                    epochs.push(label_epoch);
+                    Some(
+                        String::from_utf8(std::mem::take(&mut *pt))
+                            .map_err(|_| malformed("label is not UTF-8"))?,
+                    )
+                }
+                None => None,
+            };
+            (updated_at, label)
+        }
     };
     // A record is due for re-encryption if any of its fields is not under the current epoch: report that one.
     let epoch = epochs
@@ -866,7 +898,7 @@ fn open_record(
         label,
         private_key: core.private_key,
         created_at_ms: core.created_at_ms,
-        updated_at_ms: u64::from_be_bytes(updated_at),
+        updated_at_ms: updated_at,
     };
     record::validate_fields(
         &p.credential_id,
@@ -1420,9 +1452,23 @@ mod tests {
         let mut longer = core.to_vec();
         longer.push(0);
         assert!(decode_core(&longer).is_none(), "trailing bytes");
+        assert_eq!(back.updated_at_ms, Some(p.updated_at_ms));
         let mut version = core.to_vec();
-        version[0] = 2;
+        version[0] = 3;
         assert!(decode_core(&version).is_none(), "unknown version");
+        version[0] = 1;
+        assert!(
+            decode_core(&version).is_none(),
+            "a v1 core has one time only"
+        );
+        let v1 = &core[..core.len() - 8];
+        let mut v1 = v1.to_vec();
+        v1[0] = 1;
+        let old = decode_core(&v1).expect("a v1 core");
+        assert_eq!(
+            (old.created_at_ms, old.updated_at_ms),
+            (p.created_at_ms, None)
+        );
         let mut utf8 = core.to_vec();
         utf8[1 + 2 + 3 + 2] = 0xff; // first byte of the rp id
         assert!(decode_core(&utf8).is_none(), "rp id not UTF-8");

@@ -25,9 +25,11 @@ pub(crate) mod field {
     /// Version 2 fields: each value carries its own epoch (4 bytes, big-endian) before the sealed bytes, so a
     /// record whose fields were written by different replicas under different epochs (a rename concurrent with
     /// a key rotation) stays readable. A v2 field is preferred over its v1 counterpart.
+    /// The core (v2 encoding: with the update time as of its writing).
     pub(crate) const CORE2: &str = "c";
-    pub(crate) const UPDATED_AT2: &str = "u";
-    pub(crate) const LABEL2: &str = "l";
+    /// What a rename changes: the update time and the label. Absent until the first rename; when present it
+    /// overrides the core's update time. One value, so a rotation rewrites one field of an unlabelled record.
+    pub(crate) const META2: &str = "m";
     pub(crate) const NAME2: &str = "n";
     pub(crate) const ADDED_AT2: &str = "a";
     /// The signature of a device entry by the device that added it (clear).

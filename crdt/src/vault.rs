@@ -517,14 +517,14 @@ impl Vault {
     ) -> Result<(), Error> {
         let epoch = keyring.current();
         let key = keyring.current_key();
+        let objs: HashMap<&RecordId, &ObjId> =
+            self.record_objs.iter().map(|(obj, id)| (id, obj)).collect();
         let mut sealed_records = Vec::with_capacity(records.len());
         for id in records {
-            let (Some(p), Some(obj)) = (
-                self.index.get(id),
-                doc::record_obj(&self.doc, &self.shape, id)?,
-            ) else {
+            let (Some(p), Some(obj)) = (self.index.get(id), objs.get(id)) else {
                 continue;
             };
+            let obj = (*obj).clone();
             let mut p = p.clone();
             p.epoch = epoch;
             sealed_records.push((obj, doc::seal_record(&self.id, key, &p)?));
@@ -1560,13 +1560,13 @@ mod tests {
         let c = v.insert(new_passkey(3, "example.com"), 12).unwrap();
 
         // Between fields of one record.
-        let updated = raw_field(&v, &a, "u");
-        put_raw(&mut v, &a, "l", ScalarValue::Bytes(updated));
+        let core = raw_field(&v, &a, "c");
+        put_raw(&mut v, &a, "m", ScalarValue::Bytes(core));
         assert_eq!(
             v.decrypt_record(&a),
             Err(Error::Decrypt {
                 record: a,
-                field: "l"
+                field: "m"
             })
         );
         // Between records.

@@ -8,7 +8,8 @@
 //! disk, idle RSS, restart-to-serving time, RSS after restart); start-to-serving with the software keystore
 //! and with the TPM keystore on a private swtpm (unbound and PCR-bound), with the daemon's own TPM timings.
 //! Sync (also alone with `--sync`): propagation from a create on one paired daemon until `get` succeeds on the
-//! other (loopback TCP), and a fresh peer receiving a 10,000-passkey vault: time and sync bytes on the wire.
+//! other (loopback TCP), a fresh peer receiving a 10,000-passkey vault (time and sync bytes on the wire), and
+//! removing a device from that vault: the key rotation with every record re-encrypted, and its sync bytes.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -337,15 +338,16 @@ async fn bench_sync(rows: &mut Vec<Row>, plan: &Plan) -> anyhow::Result<()> {
     ));
     drop(nodes);
 
-    // A fresh peer: B is paired but stopped while A fills its vault.
-    nodes = mesh::paired(2).await?;
+    // A fresh peer: B is paired but stopped while A fills its vault. C, stopped throughout, is removed below.
+    nodes = mesh::paired(3).await?;
     nodes[1].daemon.stop().await?;
+    nodes[2].daemon.stop().await?;
     let total = plan.vault_size;
     fill_vault(&nodes[0].daemon, &template, total, CONCURRENT_CLIENTS).await?;
     let mut ca = nodes[0].daemon.client().await?;
     let listed = ops::list(&mut ca, None).await?;
     // The encrypted records: each one's sealed core (credential id, rp id, user handle and names, private key,
-    // creation time) and its sealed update time, each with a 24-byte nonce and a 16-byte tag.
+    // creation and update times) with its 4-byte epoch, 24-byte nonce and 16-byte tag.
     let records: u64 = listed
         .iter()
         .map(|p| {
@@ -355,8 +357,8 @@ async fn bench_sync(rows: &mut Vec<Row>, plan: &Plan) -> anyhow::Result<()> {
                 + p.user_name.len()
                 + p.user_display_name.len()
                 + 32
-                + 8;
-            (core + 40 + 8 + 40) as u64
+                + 16;
+            (core + 4 + 40) as u64
         })
         .sum();
     let started = Instant::now();
@@ -392,6 +394,71 @@ async fn bench_sync(rows: &mut Vec<Row>, plan: &Plan) -> anyhow::Result<()> {
         format!("{} / {} = {ratio:.2}x", fmt_bytes(wire), fmt_bytes(records)),
         "≤ 1.5x",
         ratio <= 1.5,
+    ));
+    bench_rotation(rows, &nodes, total, records, wire).await
+}
+
+/// Removing device C from A's `total`-passkey vault: the new epoch and every record re-encrypted under it, on
+/// disk before the answer; then until B holds all of it; and the sync bytes that took.
+async fn bench_rotation(
+    rows: &mut Vec<Row>,
+    nodes: &[mesh::Node],
+    total: usize,
+    records: u64,
+    wire_before: u64,
+) -> anyhow::Result<()> {
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut ca = a.daemon.client().await?;
+    eprintln!("rotating the key of {total} passkeys…");
+    let started = Instant::now();
+    match ca
+        .call(passmesh_ipc::RequestBody::DeviceRemove {
+            device_id: c.peer_id.clone(),
+            pin: None,
+        })
+        .await?
+    {
+        passmesh_ipc::ResponseBody::DeviceRemove { epoch: Some(_) } => {}
+        other => bail!("removing C answered {other:?}"),
+    }
+    let local = started.elapsed();
+    loop {
+        let s = a.status().await?;
+        if s.peers
+            .iter()
+            .any(|p| p.device_id == b.peer_id && p.pending_changes == 0)
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the peer did not receive the rotation within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let everywhere = started.elapsed();
+    let s = a.status().await?;
+    let wire: u64 = s
+        .peers
+        .iter()
+        .map(|p| p.bytes_sent + p.bytes_received)
+        .sum::<u64>()
+        .saturating_sub(wire_before);
+    rows.push(judged(
+        format!("remove a device: rotate and re-encrypt {total} passkeys, durable"),
+        fmt_duration(local),
+        "< 2 s",
+        local < Duration::from_secs(2),
+    ));
+    rows.push(row(
+        "  until the other device holds the new epoch",
+        fmt_duration(everywhere),
+    ));
+    let ratio = wire as f64 / records.max(1) as f64;
+    rows.push(judged(
+        "  rotation sync bytes (both ways) / encrypted records",
+        format!("{} / {} = {ratio:.2}x", fmt_bytes(wire), fmt_bytes(records)),
+        "< 2x",
+        ratio < 2.0,
     ));
     Ok(())
 }
