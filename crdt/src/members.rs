@@ -287,7 +287,12 @@ impl EpochInfo {
         let n = r.u16()?;
         let mut recipients = BTreeSet::new();
         for _ in 0..n {
-            recipients.insert(DeviceId::new(r.string()?));
+            let id = DeviceId::new(r.string()?);
+            // One encoding per value: recipients strictly ascending, as `encode` writes them.
+            if recipients.last().is_some_and(|last| *last >= id) {
+                return None;
+            }
+            recipients.insert(id);
         }
         let sig = r.array::<64>()?;
         r.end()?;
@@ -421,6 +426,25 @@ pub(crate) fn unwrap(
     );
     let bytes = Zeroizing::new(<[u8; 32]>::try_from(pt.as_slice()).ok()?);
     Some(VaultKey::from_bytes(*bytes))
+}
+
+/// Parses `bytes` as each signed value a replica reads from another's document (a removal, an epoch's
+/// description) and as an epoch-key wrap, checking that what parses encodes back to the very same bytes. For the
+/// `membership` fuzz target; no use otherwise.
+#[doc(hidden)]
+pub fn fuzz_values(bytes: &[u8]) {
+    if let Some(r) = Removal::decode(bytes) {
+        assert_eq!(r.encode(), bytes, "a removal has one encoding");
+    }
+    if let Some(e) = EpochInfo::decode(bytes) {
+        assert_eq!(e.encode(), bytes, "an epoch description has one encoding");
+    }
+    let me = LocalDevice::new(&Zeroizing::new([7; 32]), &Zeroizing::new([8; 32]));
+    let vault = VaultId::from_bytes([9; 16]);
+    assert!(
+        unwrap(&vault, Epoch(1), &me, bytes).is_none(),
+        "nothing unwraps without the key it was wrapped to"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -658,6 +682,23 @@ mod tests {
         let mut fewer = back.clone();
         fewer.recipients.remove(other.id());
         assert!(!fewer.verifies(&vault, Epoch(9)), "recipients are signed");
+        // Recipients out of order (or twice) are not an encoding `encode` writes: refused.
+        let mut swapped = e.clone();
+        swapped.recipients = BTreeSet::from([me.id().clone()]);
+        let one = swapped.encode();
+        let twice = [
+            &one[..one.len() - 64 - 2 - me.id().as_str().len() - 2],
+            &2u16.to_be_bytes(),
+            &(me.id().as_str().len() as u16).to_be_bytes(),
+            me.id().as_str().as_bytes(),
+            &(me.id().as_str().len() as u16).to_be_bytes(),
+            me.id().as_str().as_bytes(),
+            &one[one.len() - 64..],
+        ]
+        .concat();
+        assert!(EpochInfo::decode(&twice).is_none());
+        fuzz_values(&e.encode());
+        fuzz_values(&r.encode());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Writes seed inputs for the fuzz targets into `corpus/<target>/`: a saved vault with an incremental chunk,
-//! the messages and states of a first sync, every JSON example of docs/ipc.md, and a pairing invitation.
+//! the messages and states of a first sync, every JSON example of docs/ipc.md, a pairing invitation, a keyring,
+//! and a vault after a device removal (signed removal, a second epoch).
 //! Run from `fuzz/`: `cargo run --bin seed-corpus`.
 
 use std::fs;
@@ -74,5 +75,35 @@ fn main() {
     ring.insert(Epoch(1), VaultKey::from_bytes([2; 32]));
     ring.set_current(Epoch(1)).expect("epoch 1 has a key");
     write("keyring", "two-epochs", &ring.encode());
+
+    // A vault with a device removed: a signed removal, a second epoch wrapped to the remaining device, every
+    // record re-encrypted.
+    let device = |seed: u8| {
+        passmesh_crdt::LocalDevice::new(&Zeroizing::new([seed; 32]), &Zeroizing::new([seed; 32]))
+    };
+    let entry = |d: &passmesh_crdt::LocalDevice, by: Option<&passmesh_crdt::LocalDevice>| {
+        passmesh_crdt::Device {
+            id: d.id().clone(),
+            name: format!("device {}", d.id()),
+            x25519_public: d.x25519_public(),
+            added_by: by.map(|b| b.id().clone()),
+            added_at_ms: 1,
+            signature: None,
+        }
+    };
+    let (first, second, third) = (device(1), device(2), device(3));
+    let mut v = Vault::create(
+        VaultId::from_bytes([8; 16]),
+        Keyring::new(Epoch(0), VaultKey::from_bytes([0x44; 32])),
+    )
+    .expect("create");
+    for (d, by) in [(&first, None), (&second, Some(&first)), (&third, Some(&first))] {
+        v.add_device(entry(d, by)).expect("add device");
+    }
+    let third_id = third.id().clone();
+    v.set_local(first);
+    v.insert(passkey(3), 3).expect("insert");
+    v.remove_member(&third_id, 4).expect("remove");
+    write("crdt_load", "vault-rotated", &v.save());
     println!("seeds written under fuzz/corpus/");
 }
