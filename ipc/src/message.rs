@@ -127,6 +127,9 @@ pub enum RequestBody {
         /// True if the codes shown on both devices are equal.
         accept: bool,
     },
+    /// Cancel this caller's pairing at once: an open invitation closes (a joiner waiting for the SAS confirmation
+    /// is declined); the progress ends with `failed`.
+    PairCancel,
     /// Every entry of the vault's device table, with its standing.
     DeviceList,
     /// Give a device of the vault a new name (it syncs to every device).
@@ -171,6 +174,7 @@ impl RequestBody {
             Self::PairJoin { .. } => "pairJoin",
             Self::PairProgress { .. } => "pairProgress",
             Self::PairConfirm { .. } => "pairConfirm",
+            Self::PairCancel => "pairCancel",
             Self::DeviceList => "deviceList",
             Self::DeviceRename { .. } => "deviceRename",
             Self::DeviceRemove { .. } => "deviceRemove",
@@ -248,6 +252,8 @@ pub enum ResponseBody {
     },
     /// The answer was passed on.
     PairConfirm {},
+    /// The pairing was cancelled.
+    PairCancel {},
     /// The device table.
     DeviceList {
         /// Every entry, sorted by device id.
@@ -368,6 +374,7 @@ impl ResponseBody {
             Self::PairJoin {} => "pairJoin",
             Self::PairProgress { .. } => "pairProgress",
             Self::PairConfirm {} => "pairConfirm",
+            Self::PairCancel {} => "pairCancel",
             Self::DeviceList { .. } => "deviceList",
             Self::DeviceRename {} => "deviceRename",
             Self::DeviceRemove { .. } => "deviceRemove",

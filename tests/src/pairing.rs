@@ -70,6 +70,7 @@ impl Device {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("cannot start `passmesh pair`")?;
+        let pid = child.id();
         let stdin_text = stdin.to_owned();
         let mut pipe = child.stdin.take().context("no stdin")?;
         let stdout = child.stdout.take().context("no stdout")?;
@@ -95,6 +96,7 @@ impl Device {
             lines: rx,
             seen: Vec::new(),
             done: Some(done_rx),
+            pid,
         })
     }
 }
@@ -105,6 +107,7 @@ pub struct Invite {
     lines: mpsc::Receiver<String>,
     seen: Vec<Value>,
     done: Option<tokio::sync::oneshot::Receiver<std::io::Result<std::process::Output>>>,
+    pid: u32,
 }
 
 impl Invite {
@@ -120,6 +123,24 @@ impl Invite {
             .as_str()
             .map(str::to_owned)
             .with_context(|| format!("no uri in {line}"))
+    }
+
+    /// Sends the CLI SIGINT, as Ctrl-C on its terminal does.
+    pub fn interrupt(&self) -> anyhow::Result<()> {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.pid)?)
+            .context("no such process id")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::INT)
+            .context("cannot signal `passmesh pair`")
+    }
+
+    /// Waits for the next JSON line the CLI prints (up to `limit`), keeping it with the others.
+    pub async fn next_event(&mut self, limit: Duration) -> Option<Value> {
+        let line = tokio::time::timeout(limit, self.lines.recv())
+            .await
+            .ok()??;
+        let v: Value = serde_json::from_str(&line).ok()?;
+        self.seen.push(v.clone());
+        Some(v)
     }
 
     /// Waits for the CLI to exit; its exit code and every JSON line it printed.
@@ -205,7 +226,7 @@ pub fn field(uri: &str, field: &str) -> Option<String> {
 
 /// Pairs `joiner` into `inviter`'s vault through the CLI; both outcomes must be `done`.
 pub async fn pair(inviter: &Device, joiner: &Device, name: &str) -> anyhow::Result<()> {
-    let mut invite = inviter.invite(&["--expires", "60"], "")?;
+    let mut invite = inviter.invite(&["--expires", "60"], "y\n")?;
     let uri = invite.uri().await?;
     let joined = joiner.join(&[&uri, "--name", name]).await?;
     let (code, events) = invite.finish().await?;

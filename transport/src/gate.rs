@@ -3,7 +3,7 @@
 //! a handler for the connection, so no sync stream can ever be opened on a refused connection.
 //!
 //! The one exception is pairing: while an invitation is open, one unknown peer at a time may connect (the
-//! *pairing slot*); while this device joins, the inviter it dials is let in. Such a connection only ever
+//! *pairing slot*, over as many connections as it opens); while this device joins, the inviter it dials is let in. Such a connection only ever
 //! carries `/passmesh/pair/1`: the host never sends a sync message to, or accepts one from, an unpaired peer,
 //! and closes the slot's connection at its deadline unless the peer got paired meanwhile.
 
@@ -59,8 +59,9 @@ pub(crate) struct Behaviour {
     relays: HashSet<PeerId>,
     refusals: VecDeque<GateEvent>,
     mode: PairingMode,
-    /// The connection holding the pairing slot.
-    slot: Option<(ConnectionId, PeerId)>,
+    /// The peer holding the pairing slot, with its open connections: a joiner may reach this device over
+    /// several (two addresses of the code, TCP and QUIC), and each must carry its pairing requests.
+    slot: Option<(PeerId, HashSet<ConnectionId>)>,
 }
 
 impl Behaviour {
@@ -75,7 +76,7 @@ impl Behaviour {
     }
 
     pub(crate) fn set_paired(&mut self, paired: HashSet<PeerId>) {
-        if self.slot.is_some_and(|(_, p)| paired.contains(&p)) {
+        if self.slot.as_ref().is_some_and(|(p, _)| paired.contains(p)) {
             // The peer that paired through the slot is an ordinary paired peer now.
             self.slot = None;
         }
@@ -106,14 +107,23 @@ impl Behaviour {
             PairingMode::Join { peer: inviter } if inviter == peer => {
                 return Ok(Handler { keep_alive: true });
             }
-            PairingMode::Invite { until }
-                if self.slot.is_none() && tokio::time::Instant::now() < until =>
-            {
-                tracing::info!(%peer, "an unknown peer takes the pairing slot");
-                self.slot = Some((connection, peer));
-                self.refusals
-                    .push_back(GateEvent::PairingAdmitted { peer, connection });
-                return Ok(Handler { keep_alive: true });
+            PairingMode::Invite { until } if tokio::time::Instant::now() < until => {
+                match &mut self.slot {
+                    None => {
+                        tracing::info!(%peer, "an unknown peer takes the pairing slot");
+                        self.slot = Some((peer, HashSet::from([connection])));
+                        self.refusals
+                            .push_back(GateEvent::PairingAdmitted { peer, connection });
+                        return Ok(Handler { keep_alive: true });
+                    }
+                    Some((holder, connections)) if *holder == peer => {
+                        // Another connection of the peer that holds the slot (refusing it made the joiner's
+                        // requests on it fail as if no invitation were open).
+                        connections.insert(connection);
+                        return Ok(Handler { keep_alive: true });
+                    }
+                    Some(_) => {}
+                }
             }
             _ => {}
         }
@@ -152,7 +162,9 @@ impl NetworkBehaviour for Behaviour {
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
         if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = event
-            && self.slot.is_some_and(|(c, _)| c == connection_id)
+            && let Some((_, connections)) = &mut self.slot
+            && connections.remove(&connection_id)
+            && connections.is_empty()
         {
             self.slot = None;
         }
@@ -218,5 +230,49 @@ impl libp2p::swarm::ConnectionHandler for Handler {
             ConnectionEvent::FullyNegotiatedOutbound(n) => match n.protocol {},
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pairing_slot_admits_every_connection_of_its_peer_and_no_other_peer() {
+        let mut gate = Behaviour::new(HashSet::new(), HashSet::new());
+        let (joiner, other) = (PeerId::random(), PeerId::random());
+        let (c1, c2, c3) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+        );
+        assert!(gate.admit(c1, joiner).is_err(), "no invitation open");
+        gate.set_pairing(PairingMode::Invite {
+            until: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        });
+        assert!(gate.admit(c1, joiner).is_ok());
+        assert!(
+            gate.admit(c2, joiner).is_ok(),
+            "the joiner's second connection"
+        );
+        assert!(
+            gate.admit(c3, other).is_err(),
+            "another peer while the slot is held"
+        );
+        // The slot is held while any of the joiner's connections is open.
+        let close = |gate: &mut Behaviour, c: ConnectionId| {
+            if let Some((_, connections)) = &mut gate.slot
+                && connections.remove(&c)
+                && connections.is_empty()
+            {
+                gate.slot = None;
+            }
+        };
+        close(&mut gate, c1);
+        assert!(gate.admit(c3, other).is_err());
+        close(&mut gate, c2);
+        assert!(gate.admit(c3, other).is_ok(), "free again");
+        gate.set_pairing(PairingMode::Closed);
+        assert!(gate.admit(ConnectionId::new_unchecked(4), joiner).is_err());
     }
 }

@@ -615,13 +615,13 @@ impl State {
 
     fn on_timer(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = Instant::now();
-        if let Some((peer, connection, at)) = self.pairing_conn
+        if let Some((peer, _, at)) = self.pairing_conn
             && at <= now
         {
             self.pairing_conn = None;
             if !self.paired.contains(&peer) {
-                tracing::info!(%peer, "pairing deadline passed; closing the connection");
-                swarm.close_connection(connection);
+                tracing::info!(%peer, "pairing deadline passed; closing its connections");
+                let _ = swarm.disconnect_peer_id(peer);
             }
         }
         let due: Vec<PeerId> = self
@@ -1160,17 +1160,15 @@ impl State {
         match ev {
             Rr::Message {
                 peer,
-                connection_id,
                 message:
                     Message::Request {
                         request, channel, ..
                     },
+                ..
             } => {
                 let inviting =
                     matches!(swarm.behaviour().gate.pairing(), PairingMode::Invite { .. });
-                let from_slot = self
-                    .pairing_conn
-                    .is_some_and(|(p, c, _)| p == peer && c == connection_id);
+                let from_slot = self.pairing_conn.is_some_and(|(p, _, _)| p == peer);
                 if !inviting || !(from_slot || self.paired.contains(&peer)) {
                     tracing::info!(%peer, "pairing request while no invitation is open for it; dropped");
                     return;
@@ -1217,8 +1215,9 @@ impl State {
                         }
                         request_response::OutboundFailure::UnsupportedProtocols
                         | request_response::OutboundFailure::ConnectionClosed => {
-                            "the inviting device closed the connection: its invitation is not open (expired, \
-                             used, or another device is pairing)"
+                            "the inviting device closed the connection: it has no invitation open for this \
+                             device (the code expired or was used, its pairing was cancelled, or another device \
+                             is pairing with it)"
                                 .to_owned()
                         }
                         other => format!("the pairing stream failed: {other}"),

@@ -121,6 +121,10 @@ impl Session<'_> {
             RequestBody::SetPin { pin, current_pin } => {
                 self.set_pin(&pin, current_pin.as_ref()).await
             }
+            RequestBody::PairCancel => {
+                self.pairing()?.cancel(self.uid).await.map_err(pair_error)?;
+                Ok(ResponseBody::PairCancel {})
+            }
             RequestBody::DeviceList => self.device_list().await,
             RequestBody::DeviceRename { device_id, name } => {
                 let name = DeviceName::try_from(name)

@@ -116,7 +116,11 @@ pub async fn run(
     if let Some(n) = network {
         n.shutdown().await;
     }
-    // The service holds the pairing service, which may hold a vault handle: it goes before the vaults.
+    // The service holds the pairing service, which may hold a vault handle: it goes before the vaults, and its
+    // tasks are woken first so that none holds a handle while it waits for a person.
+    if let Some(pairing) = &service.pairing {
+        pairing.shutdown().await;
+    }
     drop(service);
     for thread in users.close() {
         if thread.join().is_err() {

@@ -87,7 +87,10 @@ async fn qr_png_round_trip_pairs_two_running_daemons_with_equal_sas() {
     let png = dir.path().join("code.png");
     let png_arg = png.to_str().expect("utf-8 path");
     let mut invite = a
-        .invite(&["--expires", "60", "--out", png_arg, "--name", "desk"], "")
+        .invite(
+            &["--expires", "60", "--out", png_arg, "--name", "desk"],
+            "y\n",
+        )
         .expect("pair");
     let uri = invite.uri().await.expect("code");
     assert!(uri.starts_with("passmesh://pair?v=1&"), "{uri}");
@@ -156,7 +159,7 @@ async fn wrong_secret_three_times_kills_the_invitation_and_changes_nothing() {
     let mut ca = client(&a).await;
     register_user(&mut ca, &rp, "alice").await;
     let (a_before, c_before) = (fingerprint(&a).await, fingerprint(&c).await);
-    let mut invite = a.invite(&["--expires", "60"], "").expect("pair");
+    let mut invite = a.invite(&["--expires", "60"], "y\n").expect("pair");
     let uri = invite.uri().await.expect("code");
     let wrong = with_field(&uri, "s", &"A".repeat(43)).expect("tamper");
     for attempt in 1..=3 {
@@ -186,7 +189,7 @@ async fn wrong_secret_three_times_kills_the_invitation_and_changes_nothing() {
 async fn expired_and_replayed_codes_are_refused_on_both_sides() {
     let (a, b, c) = (device().await, device().await, device().await);
     // Expired: refused by the joiner before it dials, and reported by the inviter.
-    let mut invite = a.invite(&["--expires", "1"], "").expect("pair");
+    let mut invite = a.invite(&["--expires", "1"], "y\n").expect("pair");
     let uri = invite.uri().await.expect("code");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let c_before = fingerprint(&c).await;
@@ -198,7 +201,7 @@ async fn expired_and_replayed_codes_are_refused_on_both_sides() {
     assert!(outcome(&events).expect_err("expired").contains("expired"));
     assert_eq!(fingerprint(&c).await, c_before);
     // Replayed: B uses the code, then C tries the same one.
-    let mut invite = a.invite(&["--expires", "60"], "").expect("pair");
+    let mut invite = a.invite(&["--expires", "60"], "y\n").expect("pair");
     let uri = invite.uri().await.expect("code");
     let out = b.join(&[&uri, "--name", "b"]).await.expect("join");
     assert_eq!(
@@ -223,7 +226,7 @@ async fn tampered_codes_are_refused_field_by_field() {
     let (a, c) = (device().await, device().await);
     let a_before = fingerprint(&a).await;
     let c_before = fingerprint(&c).await;
-    let mut invite = a.invite(&["--expires", "60"], "").expect("pair");
+    let mut invite = a.invite(&["--expires", "60"], "y\n").expect("pair");
     let uri = invite.uri().await.expect("code");
     let other_peer = {
         // A valid peer id that is not A's: the joiner dials A's address and the transport's Noise handshake
@@ -318,9 +321,7 @@ async fn tampered_codes_are_refused_field_by_field() {
 async fn unconfirmed_sas_refuses_the_joiner_and_changes_nothing() {
     let (a, b) = (device().await, device().await);
     let (a_before, b_before) = (fingerprint(&a).await, fingerprint(&b).await);
-    let mut invite = a
-        .invite(&["--expires", "60", "--confirm"], "n\n")
-        .expect("pair");
+    let mut invite = a.invite(&["--expires", "60"], "n\n").expect("pair");
     let uri = invite.uri().await.expect("code");
     let out = b.join(&[&uri]).await.expect("join");
     let joined = json_lines(&out);
@@ -342,9 +343,7 @@ async fn unconfirmed_sas_refuses_the_joiner_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_sas_pairs() {
     let (a, b) = (device().await, device().await);
-    let mut invite = a
-        .invite(&["--expires", "60", "--confirm"], "y\n")
-        .expect("pair");
+    let mut invite = a.invite(&["--expires", "60"], "y\n").expect("pair");
     let uri = invite.uri().await.expect("code");
     let out = b.join(&[&uri]).await.expect("join");
     assert_eq!(
@@ -364,11 +363,104 @@ async fn a_device_with_passkeys_refuses_to_join() {
     let mut cb = client(&b).await;
     register_user(&mut cb, &rp, "bob").await;
     let b_before = fingerprint(&b).await;
-    let mut invite = a.invite(&["--expires", "60"], "").expect("pair");
+    let mut invite = a.invite(&["--expires", "60"], "y\n").expect("pair");
     let uri = invite.uri().await.expect("code");
     let out = b.join(&[&uri]).await.expect("join");
     let err = outcome(&json_lines(&out)).expect_err("refused");
     assert!(err.contains("already holds 1 passkeys"), "{err}");
     assert_eq!(fingerprint(&b).await, b_before);
     drop(invite);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_nothing_is_sent_before_the_codes_are_confirmed() {
+    let (a, b) = (device().await, device().await);
+    let (a_before, b_before) = (fingerprint(&a).await, fingerprint(&b).await);
+    // No flag: `passmesh pair` asks, and an empty answer (stdin closed) is a no.
+    let mut invite = a.invite(&["--expires", "60"], "").expect("pair");
+    let uri = invite.uri().await.expect("code");
+    let out = b.join(&[&uri]).await.expect("join");
+    let joined = json_lines(&out);
+    let err = outcome(&joined).expect_err("declined");
+    assert!(err.contains("not confirmed"), "{err}");
+    let (code, events) = invite.finish().await.expect("pair ends");
+    assert_ne!(code, Some(0));
+    assert!(events.iter().any(|e| e["event"] == "awaitingConfirmation"));
+    assert_eq!(fingerprint(&a).await, a_before);
+    assert_eq!(fingerprint(&b).await, b_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_pair_cancels_the_invitation_at_once() {
+    let (a, b) = (device().await, device().await);
+    let mut invite = a.invite(&["--expires", "300"], "y\n").expect("pair");
+    let uri = invite.uri().await.expect("code");
+    // The CLI is long-polling the progress when the person presses Ctrl-C.
+    invite
+        .next_event(Duration::from_secs(10))
+        .await
+        .expect("the waiting event");
+    invite.interrupt().expect("SIGINT");
+    let (code, events) = invite.finish().await.expect("pair ends");
+    assert_ne!(code, Some(0));
+    assert!(
+        events.iter().any(|e| e["event"] == "cancelled"),
+        "{events:?}"
+    );
+    // The code is dead at once, though it had minutes left.
+    let out = b.join(&[&uri]).await.expect("join");
+    let err = outcome(&json_lines(&out)).expect_err("the invitation is closed");
+    assert!(err.contains("no invitation open"), "{err}");
+    assert_eq!(b.status().await.expect("status").peers.len(), 0);
+    // And a new invitation can be made right away.
+    let mut again = a.invite(&["--expires", "60"], "y\n").expect("pair");
+    again.uri().await.expect("a new code");
+    drop(again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_daemon_does_not_wait_for_a_pairing_in_progress() {
+    let (mut a, b) = (device().await, device().await);
+    let mut ca = client(&a).await;
+    let uri = match ca
+        .call(passmesh_ipc::RequestBody::PairInvite {
+            expires_secs: Some(300),
+            confirm: true,
+            name: None,
+        })
+        .await
+        .expect("invite")
+    {
+        passmesh_ipc::ResponseBody::PairInvite { uri, .. } => uri,
+        other => panic!("{other:?}"),
+    };
+    // B joins; A's person never answers: A waits (up to 50 s) for the confirmation.
+    let joining = tokio::spawn(async move {
+        let out = b.join(&[&uri]).await;
+        (b, out)
+    });
+    eventually(LIMIT, "A to wait for the confirmation", async || {
+        match ca
+            .call(passmesh_ipc::RequestBody::PairProgress { since: 0 })
+            .await
+            .ok()?
+        {
+            passmesh_ipc::ResponseBody::PairProgress { events, .. } => events
+                .iter()
+                .any(|e| matches!(e, passmesh_ipc::message::PairEvent::AwaitingConfirmation))
+                .then_some(()),
+            _ => None,
+        }
+    })
+    .await
+    .expect("awaiting confirmation");
+    let stopping = std::time::Instant::now();
+    a.daemon.stop().await.expect("stop");
+    let took = stopping.elapsed();
+    eprintln!("passmeshd stopped in {took:?} during a pairing");
+    // Nothing waits for the pairing's own timers (the confirmation has 50 s, the progress poll 20 s).
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    let (b, out) = joining.await.expect("join task");
+    assert!(outcome(&json_lines(&out.expect("join"))).is_err());
+    assert_eq!(b.status().await.expect("status").peers.len(), 0);
 }

@@ -324,7 +324,7 @@ async fn device_names(device: &pairing::Device) -> Vec<String> {
 
 /// `uid` on the system daemon joins the vault `inviter` invites to, through the CLI.
 async fn join_as(d: &Daemon, uid: u32, inviter: &pairing::Device, name: &str) {
-    let mut invite = inviter.invite(&["--expires", "60"], "").expect("invite");
+    let mut invite = inviter.invite(&["--expires", "60"], "y\n").expect("invite");
     let uri = invite.uri().await.expect("code");
     let joined = cli(d, uid, &["join", &uri, "--name", name], "").await;
     let (code, events) = invite.finish().await.expect("inviter finishes");
@@ -470,7 +470,7 @@ async fn two_users_of_one_machine_cannot_share_a_vault_or_pair_with_each_other()
     let laptop = pairing::Device::start().await.expect("laptop");
     join_as(&d, ALICE, &laptop, "desktop").await;
     // Bob joining the same vault on the same machine is refused, and so is a code made on this machine.
-    let mut invite = laptop.invite(&["--expires", "60"], "").expect("invite");
+    let mut invite = laptop.invite(&["--expires", "60"], "y\n").expect("invite");
     let uri = invite.uri().await.expect("code");
     let refused = cli(&d, BOB, &["join", &uri, "--name", "bob"], "").await;
     assert_ne!(refused.code, Some(0), "{refused:?}");

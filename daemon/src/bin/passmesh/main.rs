@@ -91,14 +91,15 @@ enum Command {
     },
     /// Invite a new device: shows a one-time pairing code (QR and URI) and waits until a device joins with it
     ///
-    /// Both devices then show the same six-digit code (SAS); with --confirm nothing is sent before you confirm
-    /// here that they match. The code works once, for --expires seconds, and dies after 3 failed attempts.
+    /// Both devices then show the same six-digit code (SAS), and nothing is sent before you confirm here that
+    /// they match (`y`; a script answers on stdin). Ctrl-C cancels the invitation at once. The code works once,
+    /// for --expires seconds, and dies after 3 failed attempts.
     Pair {
         /// Seconds the code stays valid
         #[arg(long, value_name = "S", default_value_t = 300)]
         expires: u64,
-        /// Ask here whether the codes shown on both devices match before sending any key
-        #[arg(long)]
+        /// Ask before sending any key (always the case now; kept so that older scripts still run)
+        #[arg(long, hide = true)]
         confirm: bool,
         /// Also write the QR code to FILE (.png or .svg)
         #[arg(long, value_name = "FILE")]
@@ -275,16 +276,13 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
     }
     match &args.command {
         Command::Pair {
-            expires,
-            confirm,
-            out,
-            name,
+            expires, out, name, ..
         } => {
             return pair(
                 &mut client,
+                socket,
                 args.json,
                 *expires,
-                *confirm,
                 out.as_deref(),
                 name.clone(),
             )
@@ -309,7 +307,7 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
                     name: name.clone(),
                 })
                 .await?;
-            return follow_pairing(&mut client, args.json).await;
+            return follow_pairing(&mut client, None, args.json).await;
         }
         Command::Device { command } => {
             return device(&mut client, command, device_pin, args.json).await;

@@ -9,18 +9,20 @@ use zeroize::Zeroizing;
 use crate::Failure;
 use crate::output::{format_time, print_json};
 
+/// `passmesh pair`: opens an invitation that waits for the person's confirmation of the SAS, shows it, and
+/// follows the pairing; Ctrl-C cancels the invitation (over `socket`).
 pub(crate) async fn pair(
     client: &mut Client,
+    socket: &Path,
     json: bool,
     expires: u64,
-    confirm: bool,
     out: Option<&Path>,
     name: Option<String>,
 ) -> Result<(), Failure> {
     let body = client
         .call(RequestBody::PairInvite {
             expires_secs: Some(expires),
-            confirm,
+            confirm: true,
             name,
         })
         .await?;
@@ -56,7 +58,7 @@ pub(crate) async fn pair(
         );
     }
     std::io::stdout().flush().ok();
-    follow_pairing(client, json).await
+    follow_pairing(client, Some(socket), json).await
 }
 
 fn write_qr(code: &qrcode::QrCode, path: &Path) -> Result<(), Failure> {
@@ -115,7 +117,34 @@ pub(crate) fn decode_qr(path: &Path) -> Result<String, Failure> {
 }
 
 /// Prints pairing events until the pairing ends; asks for the SAS confirmation when the daemon waits for it.
-pub(crate) async fn follow_pairing(client: &mut Client, json: bool) -> Result<(), Failure> {
+/// With `cancel` (the inviter's socket), Ctrl-C cancels the invitation at once.
+pub(crate) async fn follow_pairing(
+    client: &mut Client,
+    cancel: Option<&Path>,
+    json: bool,
+) -> Result<(), Failure> {
+    match cancel {
+        None => follow(client, json).await,
+        Some(socket) => {
+            tokio::select! {
+                done = follow(client, json) => done,
+                _ = tokio::signal::ctrl_c() => {
+                    // The interrupted call may still be answered on `client`: cancel over a connection of its own.
+                    let mut other = Client::connect(socket).await.map_err(Failure::from)?;
+                    other.call(RequestBody::PairCancel).await?;
+                    if json {
+                        println!("{}", serde_json::json!({"event": "cancelled"}));
+                    } else {
+                        println!("\nPairing cancelled: the code no longer works.");
+                    }
+                    Err(Failure::Local("pairing cancelled".into()))
+                }
+            }
+        }
+    }
+}
+
+async fn follow(client: &mut Client, json: bool) -> Result<(), Failure> {
     use passmesh_ipc::message::PairEvent;
     let mut since = 0;
     let mut outcome = Err(Failure::Local("the pairing ended without a result".into()));
@@ -150,8 +179,14 @@ pub(crate) async fn follow_pairing(client: &mut Client, json: bool) -> Result<()
                         print!("Does the other device show the same code? [y/N] ");
                     }
                     std::io::stdout().flush().ok();
-                    let mut line = String::new();
-                    let _ = std::io::stdin().lock().read_line(&mut line);
+                    // Read on a thread of its own, so that Ctrl-C is seen while the person thinks.
+                    let line = tokio::task::spawn_blocking(|| {
+                        let mut line = String::new();
+                        let _ = std::io::stdin().lock().read_line(&mut line);
+                        line
+                    })
+                    .await
+                    .unwrap_or_default();
                     let accept = matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes");
                     client.call(RequestBody::PairConfirm { accept }).await?;
                 }

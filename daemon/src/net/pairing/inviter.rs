@@ -69,6 +69,14 @@ impl Invite {
         }
     }
 
+    /// Ends the invitation (cancelled): nothing more is granted. Returns the way to answer a person still
+    /// waiting to confirm the SAS, if any.
+    pub(super) fn cancel(&mut self) -> Option<oneshot::Sender<bool>> {
+        let confirmation = self.take_confirmation();
+        self.step = Step::Spent;
+        confirmation
+    }
+
     /// The way to answer a person waiting to confirm the SAS, once.
     pub(super) fn take_confirmation(&mut self) -> Option<oneshot::Sender<bool>> {
         match &mut self.step {

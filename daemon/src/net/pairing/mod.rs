@@ -74,6 +74,9 @@ pub enum Error {
     /// Nothing waits for a confirmation.
     #[error("no pairing is waiting for a confirmation")]
     NothingToConfirm,
+    /// No invitation of the caller's is open.
+    #[error("no invitation of yours is open on this device (a join cannot be cancelled)")]
+    NothingToCancel,
 }
 
 /// Why a pairing failed once under way; its text is the reason the person sees in the progress.
@@ -382,6 +385,61 @@ impl Pairing {
             .and_then(inviter::Invite::take_confirmation)
             .ok_or(Error::NothingToConfirm)?;
         let _ = tx.send(accept);
+        Ok(())
+    }
+}
+
+impl Pairing {
+    /// Ends whatever pairing is under way, for the daemon's shutdown: an invitation closes (dropping its vault
+    /// handle) and a person's pending confirmation counts as "no", so no task waits on the pairing's own timers
+    /// (the confirmation has 50 s) and the vault threads can stop at once.
+    pub async fn shutdown(&self) {
+        let me = &self.inner;
+        let mut st = me.state.lock().await;
+        if let Some(id) = st.progress.as_ref().map(|p| p.id) {
+            let confirmation = st.invite_of(id).and_then(inviter::Invite::cancel);
+            st.push_for(
+                id,
+                PairEvent::Failed {
+                    reason: "the daemon is stopping".into(),
+                },
+                &me.changed,
+            );
+            if let Some(tx) = confirmation {
+                let _ = tx.send(false);
+            }
+        }
+        st.phase = Phase::Idle;
+    }
+
+    /// Cancels `uid`'s open invitation at once: its progress ends ("cancelled on this device"), a joiner waiting
+    /// for the SAS confirmation is declined, and the transport's pairing slot closes.
+    pub async fn cancel(&self, uid: u32) -> Result<(), Error> {
+        let me = &self.inner;
+        let mut st = me.state.lock().await;
+        if !st.owned_by(uid) || !st.busy() {
+            return Err(Error::NothingToCancel);
+        }
+        let Some(id) = st.progress.as_ref().map(|p| p.id) else {
+            return Err(Error::NothingToCancel);
+        };
+        let Some(confirmation) = st.invite_of(id).map(inviter::Invite::cancel) else {
+            return Err(Error::NothingToCancel);
+        };
+        st.push_for(
+            id,
+            PairEvent::Failed {
+                reason: "cancelled on this device".into(),
+            },
+            &me.changed,
+        );
+        if let Some(tx) = confirmation {
+            let _ = tx.send(false);
+        }
+        st.phase = Phase::Idle;
+        drop(st);
+        tracing::info!("pairing invitation cancelled");
+        let _ = me.transport.close_invitation().await;
         Ok(())
     }
 }
