@@ -352,7 +352,7 @@ pub(crate) enum KeyCheck {
 }
 
 /// Checks the key-check values of every epoch the keyring knows. `WrongKey` on a mismatch (as judged by
-/// `mode`); `UnknownEpoch(current)` if the document has no key check for the current epoch.
+/// `mode`); `UnknownEpoch(current)` if the document has a key check for none of the keyring's epochs.
 pub(crate) fn verify_keychecks(
     doc: &Automerge,
     shape: &Shape,
@@ -360,7 +360,9 @@ pub(crate) fn verify_keychecks(
     keyring: &Keyring,
     mode: KeyCheck,
 ) -> Result<(), Error> {
-    let mut current_seen = false;
+    // The keyring must be this vault's: at least one of its epochs has a matching key check. Its current epoch
+    // need not have one yet (a rotation whose write failed is still in the keyring), nor need the others.
+    let mut any_seen = false;
     for epoch in keyring.epochs() {
         let Some(key) = keyring.key(epoch) else {
             continue;
@@ -389,9 +391,9 @@ pub(crate) fn verify_keychecks(
         if wrong {
             return Err(Error::WrongKey);
         }
-        current_seen |= epoch == keyring.current() && matched > 0;
+        any_seen |= matched > 0;
     }
-    if !current_seen {
+    if !any_seen {
         return Err(Error::UnknownEpoch(keyring.current()));
     }
     Ok(())
@@ -778,8 +780,6 @@ pub(crate) fn read_all_records(
 type Raw<'r, 'a> = (&'static str, &'r Option<Cow<'a, [u8]>>);
 /// A field's epoch and plaintext.
 type Opened = (Epoch, Zeroizing<Vec<u8>>);
-/// A removal as stored: the removed device, the value's bytes, the change that wrote it.
-pub(crate) type RawRemoval = (DeviceId, Vec<u8>, Option<ChangeHash>);
 
 /// What opening the fields of one record or device entry needs.
 struct Fields<'a> {
@@ -1109,23 +1109,6 @@ pub(crate) fn change_of(doc: &Automerge, op: &ObjId) -> Option<ChangeHash> {
     doc.hash_for_opid(op)
 }
 
-/// Every removal value: (removed device, its bytes, the change that wrote it). Concurrent removals of one
-/// device are all listed.
-pub(crate) fn read_removals(doc: &Automerge, ext: &Ext) -> Result<Vec<RawRemoval>, Error> {
-    let mut out = Vec::new();
-    let ids: Vec<String> = doc.keys(&ext.removed).collect();
-    for id in ids {
-        for (value, op) in doc.get_all(&ext.removed, id.as_str())? {
-            if let Value::Scalar(s) = &value
-                && let ScalarValue::Bytes(b) = s.as_ref()
-            {
-                out.push((DeviceId::new(id.clone()), b.clone(), change_of(doc, &op)));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Writes a removal of device `id`.
 pub(crate) fn put_removal(
     tx: &mut impl Transactable,
@@ -1140,37 +1123,21 @@ pub(crate) fn put_removal(
 pub(crate) struct RawEpoch {
     pub(crate) epoch: Epoch,
     pub(crate) obj: ObjId,
-    /// The signed description's bytes (`None` if missing or not bytes).
-    pub(crate) info: Option<Vec<u8>>,
-    /// The change that created the epoch's map.
-    pub(crate) change: Option<ChangeHash>,
 }
 
-/// Every epoch listed in the extension (epoch 0 of vaults made before rotation is not listed there).
+/// Every epoch map of the extension (epoch 0 of vaults made before rotation has none).
 pub(crate) fn read_epochs(doc: &Automerge, ext: &Ext) -> Result<Vec<RawEpoch>, Error> {
     let mut out = Vec::new();
     for item in doc.map_range(&ext.epochs, ..) {
         let Ok(epoch) = item.key.parse::<u32>() else {
             continue;
         };
-        if item.value != ValueRef::Object(ObjType::Map) {
-            continue;
+        if item.value == ValueRef::Object(ObjType::Map) {
+            out.push(RawEpoch {
+                epoch: Epoch(epoch),
+                obj: item.id(),
+            });
         }
-        let obj = item.id();
-        let info = match doc.get(&obj, EPOCH_INFO)? {
-            Some((Value::Scalar(s), _)) => match s.as_ref() {
-                ScalarValue::Bytes(b) => Some(b.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        let change = change_of(doc, &obj);
-        out.push(RawEpoch {
-            epoch: Epoch(epoch),
-            obj,
-            info,
-            change,
-        });
     }
     Ok(out)
 }
@@ -1193,6 +1160,26 @@ pub(crate) fn read_wraps(
             Value::Object(_) => None,
         })
         .collect())
+}
+
+/// The devices epoch map `obj` holds a wrap to (the recipients, and devices wrapped to since).
+pub(crate) fn wrapped_to(doc: &Automerge, obj: &ObjId) -> Vec<DeviceId> {
+    doc.keys(obj)
+        .filter_map(|k| {
+            k.strip_prefix(WRAP_PREFIX)
+                .map(|id| DeviceId::new(id.to_owned()))
+        })
+        .collect()
+}
+
+/// Adds a wrap to device `to` to the epoch map `obj`.
+pub(crate) fn put_wrap(
+    tx: &mut impl Transactable,
+    obj: &ObjId,
+    to: &DeviceId,
+    wrap: Vec<u8>,
+) -> Result<(), automerge::AutomergeError> {
+    tx.put(obj, format!("{WRAP_PREFIX}{to}"), ScalarValue::Bytes(wrap))
 }
 
 /// Writes a new epoch: its map with the signed description and one wrap per recipient.

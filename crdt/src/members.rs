@@ -191,6 +191,8 @@ impl Removal {
 /// device its key was wrapped to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct EpochInfo {
+    /// The epoch this one replaces (its generation is one less).
+    pub(crate) parent: Epoch,
     pub(crate) generation: u32,
     pub(crate) by: DeviceId,
     pub(crate) at_ms: u64,
@@ -204,6 +206,7 @@ impl EpochInfo {
     fn message(
         vault: &VaultId,
         epoch: Epoch,
+        parent: Epoch,
         generation: u32,
         by: &DeviceId,
         at_ms: u64,
@@ -211,6 +214,7 @@ impl EpochInfo {
     ) -> Vec<u8> {
         let mut out = message(b"passmesh/v1/epoch", vault);
         out.extend_from_slice(&epoch.0.to_be_bytes());
+        out.extend_from_slice(&parent.0.to_be_bytes());
         out.extend_from_slice(&generation.to_be_bytes());
         push_str(&mut out, by.as_str());
         out.extend_from_slice(&at_ms.to_be_bytes());
@@ -225,20 +229,24 @@ impl EpochInfo {
     pub(crate) fn sign(
         vault: &VaultId,
         epoch: Epoch,
-        generation: u32,
+        parent: (Epoch, u32),
         me: &LocalDevice,
         at_ms: u64,
         recipients: BTreeSet<DeviceId>,
     ) -> Self {
+        let (parent, parent_generation) = parent;
+        let generation = parent_generation.saturating_add(1);
         let sig = me.sign(&Self::message(
             vault,
             epoch,
+            parent,
             generation,
             me.id(),
             at_ms,
             &recipients,
         ));
         EpochInfo {
+            parent,
             generation,
             by: me.id().clone(),
             at_ms,
@@ -253,6 +261,7 @@ impl EpochInfo {
             &Self::message(
                 vault,
                 epoch,
+                self.parent,
                 self.generation,
                 &self.by,
                 self.at_ms,
@@ -264,6 +273,7 @@ impl EpochInfo {
 
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = vec![EPOCH_V1];
+        out.extend_from_slice(&self.parent.0.to_be_bytes());
         out.extend_from_slice(&self.generation.to_be_bytes());
         push_str(&mut out, self.by.as_str());
         out.extend_from_slice(&self.at_ms.to_be_bytes());
@@ -281,6 +291,7 @@ impl EpochInfo {
         if r.u8()? != EPOCH_V1 {
             return None;
         }
+        let parent = Epoch(r.u32()?);
         let generation = r.u32()?;
         let by = DeviceId::new(r.string()?);
         let at_ms = r.u64()?;
@@ -297,6 +308,7 @@ impl EpochInfo {
         let sig = r.array::<64>()?;
         r.end()?;
         Some(EpochInfo {
+            parent,
             generation,
             by,
             at_ms,
@@ -507,7 +519,7 @@ pub(crate) fn judge(
     entries: &[EntryFact],
     removals: &[RemovalFact],
     before: &mut dyn FnMut(&ChangeHash, &ChangeHash) -> bool,
-) -> BTreeMap<DeviceId, MemberState> {
+) -> Judgement {
     let signature_ok: Vec<bool> = entries
         .iter()
         .map(|e| match &e.sig {
@@ -545,7 +557,11 @@ pub(crate) fn judge(
             break;
         }
     }
-    valid
+    let removal_changes = counted
+        .iter()
+        .map(|r| (r.removed.clone(), r.change))
+        .collect();
+    let states = valid
         .into_iter()
         .map(|(id, v)| {
             let state = match v {
@@ -561,7 +577,19 @@ pub(crate) fn judge(
             };
             (id, state)
         })
-        .collect()
+        .collect();
+    Judgement {
+        states,
+        removal_changes,
+    }
+}
+
+/// What [`judge`] decided.
+pub(crate) struct Judgement {
+    /// Every entry's standing.
+    pub(crate) states: BTreeMap<DeviceId, MemberState>,
+    /// The removals that count: the removed device and the change that wrote each.
+    pub(crate) removal_changes: Vec<(DeviceId, Option<ChangeHash>)>,
 }
 
 /// The entries valid given the counted removals, walking from the first device(s) along "added by".
@@ -674,7 +702,8 @@ mod tests {
         assert!(Removal::decode(&[enc.as_slice(), &[0]].concat()).is_none());
 
         let recipients = BTreeSet::from([me.id().clone(), other.id().clone()]);
-        let e = EpochInfo::sign(&vault, Epoch(9), 3, &me, 5, recipients);
+        let e = EpochInfo::sign(&vault, Epoch(9), (Epoch(4), 2), &me, 5, recipients);
+        assert_eq!((e.parent, e.generation), (Epoch(4), 3));
         let back = EpochInfo::decode(&e.encode()).unwrap();
         assert_eq!(back, e);
         assert!(back.verifies(&vault, Epoch(9)));
@@ -763,7 +792,7 @@ mod tests {
             entry(&vault, &b, Some(&a), 2),
             entry(&vault, &c, Some(&b), 3),
         ];
-        let judged = judge(&vault, &entries, &[], &mut order(&[]));
+        let judged = judge(&vault, &entries, &[], &mut order(&[])).states;
         assert!(judged.values().all(|s| *s == MemberState::Active));
 
         // A forged entry (signed by X, claiming A added it) is invalid.
@@ -778,7 +807,7 @@ mod tests {
             })
             .chain([forged])
             .collect();
-        let judged = judge(&vault, &with_forged, &[], &mut order(&[]));
+        let judged = judge(&vault, &with_forged, &[], &mut order(&[])).states;
         assert_eq!(
             judged[x.id()],
             MemberState::Invalid("its signature does not verify")
@@ -788,7 +817,7 @@ mod tests {
         let mut more: Vec<EntryFact> = entries;
         more.push(entry(&vault, &x, Some(&b), 6));
         let removals = [removal(&vault, &b, &a, 5)];
-        let judged = judge(&vault, &more, &removals, &mut order(&[]));
+        let judged = judge(&vault, &more, &removals, &mut order(&[])).states;
         assert!(matches!(&judged[b.id()], MemberState::Removed { by, .. } if by == a.id()));
         assert_eq!(judged[c.id()], MemberState::Active);
         assert_eq!(
@@ -796,22 +825,22 @@ mod tests {
             MemberState::Invalid("it was added by a device after that device's removal")
         );
         // Added concurrently with the removal: ignored too.
-        let judged = judge(&vault, &more, &removals, &mut order(&[(5, 6)]));
+        let judged = judge(&vault, &more, &removals, &mut order(&[(5, 6)])).states;
         assert!(matches!(judged[x.id()], MemberState::Invalid(_)));
 
         // B and C remove each other concurrently (changes 7 and 8): both removals count.
         let both = [removal(&vault, &c, &b, 7), removal(&vault, &b, &c, 8)];
-        let judged = judge(&vault, &more[..3], &both, &mut order(&[(7, 8)]));
+        let judged = judge(&vault, &more[..3], &both, &mut order(&[(7, 8)])).states;
         assert!(matches!(judged[b.id()], MemberState::Removed { .. }));
         assert!(matches!(judged[c.id()], MemberState::Removed { .. }));
         // C's removal of B made after C learnt of its own removal does not count.
-        let judged = judge(&vault, &more[..3], &both, &mut order(&[]));
+        let judged = judge(&vault, &more[..3], &both, &mut order(&[])).states;
         assert_eq!(judged[b.id()], MemberState::Active);
         assert!(matches!(judged[c.id()], MemberState::Removed { .. }));
         // A removal signed by someone else than it claims does not count.
         let mut fake = removal(&vault, &a, &x, 9);
         fake.removal.by = b.id().clone();
-        let judged = judge(&vault, &more[..3], &[fake], &mut order(&[]));
+        let judged = judge(&vault, &more[..3], &[fake], &mut order(&[])).states;
         assert_eq!(judged[a.id()], MemberState::Active);
     }
 }

@@ -49,6 +49,66 @@ pub struct Vault {
     epoch_objs: HashSet<ObjId>,
     /// The key epochs as judged from the document.
     epochs: EpochState,
+    /// Every removal and epoch description ever written, from the change history.
+    facts: Facts,
+}
+
+/// The signed removals and epoch descriptions ever written to the document, taken from its change history as
+/// changes arrive: a value deleted or overwritten later (by a buggy peer, or by a removed device whose changes a
+/// device that has not heard of its removal passes on) still counts. Judging uses these, never only the current
+/// values of the maps.
+#[derive(Default)]
+struct Facts {
+    /// (removed device, the removal's bytes, the change that wrote it).
+    removals: Vec<(DeviceId, Vec<u8>, ChangeHash)>,
+    /// (epoch, its description's bytes, the change that wrote it).
+    epochs: Vec<(Epoch, Vec<u8>, ChangeHash)>,
+    /// The epoch maps seen created.
+    epoch_objs: HashMap<ObjId, Epoch>,
+    /// The heads up to which the history has been read.
+    heads: Vec<ChangeHash>,
+}
+
+impl Facts {
+    /// Reads the changes of `doc` not read yet.
+    fn refresh(&mut self, doc: &Automerge, ext: &doc::Ext) {
+        use automerge::legacy::{Key, ObjectId, OpType};
+        let heads = doc.get_heads();
+        if heads == self.heads {
+            return;
+        }
+        for change in doc.get_changes(&self.heads) {
+            let hash = change.hash();
+            let start = change.start_op().get();
+            let actor = change.actor_id().clone();
+            for (i, op) in change.decode().operations.into_iter().enumerate() {
+                let ObjectId::Id(id) = &op.obj else { continue };
+                let obj = ObjId::Id(id.0, id.1.clone(), 0);
+                let Key::Map(key) = &op.key else { continue };
+                match &op.action {
+                    OpType::Put(automerge::ScalarValue::Bytes(b)) if obj == ext.removed => {
+                        self.removals
+                            .push((DeviceId::new(key.to_string()), b.clone(), hash));
+                    }
+                    OpType::Make(automerge::ObjType::Map) if obj == ext.epochs => {
+                        if let Ok(epoch) = key.parse::<u32>() {
+                            self.epoch_objs.insert(
+                                ObjId::Id(start + i as u64, actor.clone(), 0),
+                                Epoch(epoch),
+                            );
+                        }
+                    }
+                    OpType::Put(automerge::ScalarValue::Bytes(b)) if key.as_str() == "info" => {
+                        if let Some(epoch) = self.epoch_objs.get(&obj) {
+                            self.epochs.push((*epoch, b.clone(), hash));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.heads = heads;
+    }
 }
 
 /// What the document says about key epochs.
@@ -68,12 +128,14 @@ pub struct Maintenance {
     pub rotated: Option<Epoch>,
     /// Records and device entries moved to the current epoch.
     pub reencrypted: usize,
+    /// Devices the current epoch's key was wrapped to because they had no wrap in it.
+    pub wrapped: usize,
 }
 
 impl Maintenance {
     /// Whether the document changed.
     pub fn changed(&self) -> bool {
-        self.rotated.is_some() || self.reencrypted > 0
+        self.rotated.is_some() || self.reencrypted > 0 || self.wrapped > 0
     }
 }
 
@@ -121,6 +183,7 @@ impl Vault {
             device_epochs: BTreeMap::new(),
             epoch_objs: HashSet::new(),
             epochs: EpochState::default(),
+            facts: Facts::default(),
         })
     }
 
@@ -128,7 +191,7 @@ impl Vault {
     /// [`save_incremental`](Self::save_incremental) chunks.
     ///
     /// `WrongKey` if a key of the keyring matches none of the vault's key-check values for its epoch,
-    /// `UnknownEpoch` if the vault has no key check for the keyring's current epoch, `Malformed` for bytes that
+    /// `UnknownEpoch` if the vault has a key check for none of the keyring's epochs, `Malformed` for bytes that
     /// are not a vault. Records that fail to decrypt do not fail the load: they are left out and listed by
     /// [`problems`](Self::problems).
     pub fn load(bytes: &[u8], keyring: Keyring) -> Result<Vault, Error> {
@@ -170,6 +233,7 @@ impl Vault {
             device_epochs: BTreeMap::new(),
             epoch_objs: HashSet::new(),
             epochs: EpochState::default(),
+            facts: Facts::default(),
         };
         vault.root_pristine = doc::root_is_pristine(&vault.doc, &id)?;
         vault.rebuild();
@@ -468,7 +532,10 @@ impl Vault {
                 break candidate;
             }
         };
-        let generation = self.epochs.current.map_or(0, |(g, _)| g) + 1;
+        let parent = self
+            .epochs
+            .current
+            .map_or((self.keyring.current(), 0), |(g, e)| (e, g));
         let key = VaultKey::generate();
         let mut wraps = Vec::with_capacity(recipients.len());
         for d in &recipients {
@@ -481,7 +548,7 @@ impl Vault {
         let info = EpochInfo::sign(
             &self.id,
             epoch,
-            generation,
+            parent,
             me,
             now_ms,
             wraps.iter().map(|(d, _)| d.clone()).collect(),
@@ -581,12 +648,14 @@ impl Vault {
             return Ok(Maintenance {
                 rotated: Some(epoch),
                 reencrypted: 0,
+                wrapped: 0,
             });
         }
         let current = self.keyring.current();
         if self.epochs.current.map(|(_, e)| e) != Some(current) {
             return Ok(Maintenance::default());
         }
+        let wrapped = self.heal_wraps()?;
         let records: Vec<RecordId> = self
             .index
             .iter()
@@ -600,7 +669,11 @@ impl Vault {
             .map(|(d, _)| d.clone())
             .collect();
         if records.is_empty() && devices.is_empty() {
-            return Ok(Maintenance::default());
+            return Ok(Maintenance {
+                rotated: None,
+                reencrypted: 0,
+                wrapped,
+            });
         }
         let keyring = self.keyring.clone();
         self.reencrypt(&keyring, &records, &devices, |_| Ok(()))?;
@@ -613,7 +686,46 @@ impl Vault {
         Ok(Maintenance {
             rotated: None,
             reencrypted: records.len() + devices.len(),
+            wrapped,
         })
+    }
+
+    /// Wraps the current epoch's key to every active device that has no wrap in it yet (a device paired on the
+    /// other side of a partition from a rotation, say), so that every member can read what is written under it.
+    /// Returns how many wraps were added. Epochs from before rotation existed have no map: their key goes with
+    /// pairing.
+    fn heal_wraps(&mut self) -> Result<usize, Error> {
+        let current = self.keyring.current();
+        let Some(obj) = doc::read_epochs(&self.doc, &self.shape.ext)?
+            .into_iter()
+            .find(|e| e.epoch == current)
+            .map(|e| e.obj)
+        else {
+            return Ok(0);
+        };
+        let have: HashSet<DeviceId> = doc::wrapped_to(&self.doc, &obj).into_iter().collect();
+        let key = self.keyring.current_key().clone();
+        let wraps: Vec<(DeviceId, Vec<u8>)> = self
+            .active_devices()
+            .into_iter()
+            .filter(|d| !have.contains(&d.id))
+            .filter_map(|d| {
+                members::wrap(&self.id, current, &d.id, &d.x25519_public, &key).map(|w| (d.id, w))
+            })
+            .collect();
+        if wraps.is_empty() {
+            return Ok(0);
+        }
+        let n = wraps.len();
+        self.doc
+            .transact::<_, _, automerge::AutomergeError>(|tx| {
+                for (to, wrap) in wraps {
+                    doc::put_wrap(tx, &obj, &to, wrap)?;
+                }
+                Ok(())
+            })
+            .map_err(|f| Error::from(f.error))?;
+        Ok(n)
     }
 
     /// Device entries present but unreadable, sorted by id.
@@ -857,25 +969,27 @@ impl Vault {
                 changes: doc::device_changes(&self.doc, &self.shape, &d.id),
             })
             .collect();
-        let removals: Vec<RemovalFact> = doc::read_removals(&self.doc, &self.shape.ext)
-            .unwrap_or_default()
-            .into_iter()
+        self.facts.refresh(&self.doc, &self.shape.ext);
+        let removals: Vec<RemovalFact> = self
+            .facts
+            .removals
+            .iter()
             .filter_map(|(removed, bytes, change)| {
                 Some(RemovalFact {
-                    removed,
-                    removal: Removal::decode(&bytes)?,
-                    change,
+                    removed: removed.clone(),
+                    removal: Removal::decode(bytes)?,
+                    change: Some(*change),
                 })
             })
             .collect();
         let mut causality = doc::Causality::new(&self.doc);
-        let states = members::judge(&self.id, &entries, &removals, &mut |a, b| {
+        let judgement = members::judge(&self.id, &entries, &removals, &mut |a, b| {
             causality.before(a, b)
         });
         self.members = entries
             .into_iter()
             .filter_map(|e| {
-                let state = states.get(&e.device.id)?.clone();
+                let state = judgement.states.get(&e.device.id)?.clone();
                 Some((
                     e.device.id.clone(),
                     Member {
@@ -886,79 +1000,150 @@ impl Vault {
                 ))
             })
             .collect();
-        let removed: HashMap<&DeviceId, Vec<ChangeHash>> = {
-            let mut m: HashMap<&DeviceId, Vec<ChangeHash>> = HashMap::new();
-            for r in &removals {
-                if matches!(
-                    self.members.get(&r.removed).map(|m| &m.state),
-                    Some(MemberState::Removed { .. })
-                ) && let Some(c) = r.change
-                {
-                    m.entry(&r.removed).or_default().push(c);
-                }
-            }
-            m
-        };
-        let any_removed = !removed.is_empty();
-        // Candidates: listed epochs whose description verifies and whose maker was a member when it made them
-        // (causally before every removal of the maker), and epochs with a key check that are not listed (from
-        // before rotation existed: generation 0, given to every device that ever paired).
-        let mut candidates: Vec<(u32, Epoch, bool)> = Vec::new();
-        let listed = doc::read_epochs(&self.doc, &self.shape.ext).unwrap_or_default();
-        let listed_ids: HashSet<Epoch> = listed.iter().map(|e| e.epoch).collect();
-        for e in &listed {
-            let Some(info) = e.info.as_deref().and_then(EpochInfo::decode) else {
-                continue;
-            };
-            if !info.verifies(&self.id, e.epoch) {
-                continue;
-            }
-            let maker_ok = match self.members.get(&info.by).map(|m| &m.state) {
-                Some(MemberState::Active) => true,
-                Some(MemberState::Removed { .. }) => e.change.is_some_and(|c| {
-                    removed
-                        .get(&info.by)
-                        .is_some_and(|rs| rs.iter().all(|r| causality.before(&c, r)))
-                }),
-                _ => false,
-            };
-            if !maker_ok {
-                continue;
-            }
-            let clean = info.recipients.iter().all(|r| {
-                !matches!(
-                    self.members.get(r).map(|m| &m.state),
-                    Some(MemberState::Removed { .. })
-                )
-            });
-            candidates.push((info.generation, e.epoch, clean));
+        // The changes of the removals that count, per removed device.
+        let mut removed: HashMap<DeviceId, Vec<Option<ChangeHash>>> = HashMap::new();
+        for (id, change) in &judgement.removal_changes {
+            removed.entry(id.clone()).or_default().push(*change);
         }
+        let (epochs, writable) = self.judge_epochs(&removed, &mut causality);
+        self.epochs = epochs;
+        if let Some(epoch) = writable {
+            // Known, so this cannot fail.
+            let _ = self.keyring.set_current(epoch);
+        }
+    }
+
+    /// Which epoch is current, and whether it is clean (see [`EpochState`]).
+    ///
+    /// Valid epochs: those with a key check that are not listed (from before rotation existed: generation 0,
+    /// given to every device that ever paired), and listed ones whose description verifies, whose maker was a
+    /// member when it made them (causally before every removal of the maker that counts), and whose parent is a
+    /// valid epoch one generation below, made causally before them — so no epoch can jump ahead of the others.
+    /// The current one is the valid epoch with the highest (generation, id). It is clean if its maker is not
+    /// removed and no device it was given to (its recipients, and devices it was wrapped to since) is removed.
+    /// Also returns the newest valid epoch this replica holds the key of (the one it writes under).
+    fn judge_epochs(
+        &self,
+        removed: &HashMap<DeviceId, Vec<Option<ChangeHash>>>,
+        causality: &mut doc::Causality<'_>,
+    ) -> (EpochState, Option<Epoch>) {
+        struct Valid {
+            generation: u32,
+            change: Option<ChangeHash>,
+            /// Devices given the key (`None`: every device that ever paired).
+            holders: Option<BTreeSet<DeviceId>>,
+            maker: Option<DeviceId>,
+        }
+        let listed = doc::read_epochs(&self.doc, &self.shape.ext).unwrap_or_default();
+        let listed_ids: HashSet<Epoch> = listed
+            .iter()
+            .map(|e| e.epoch)
+            .chain(self.facts.epochs.iter().map(|(e, ..)| *e))
+            .collect();
+        let mut valid: HashMap<Epoch, Valid> = HashMap::new();
         for key in self.doc.keys(&self.shape.keycheck) {
             if let Ok(epoch) = key.parse::<u32>().map(Epoch)
                 && !listed_ids.contains(&epoch)
             {
-                candidates.push((0, epoch, !any_removed));
+                valid.insert(
+                    epoch,
+                    Valid {
+                        generation: 0,
+                        change: None,
+                        holders: None,
+                        maker: None,
+                    },
+                );
             }
         }
-        candidates.sort();
-        self.epochs = match candidates.last() {
-            Some(&(generation, epoch, clean)) => EpochState {
-                current: Some((generation, epoch)),
-                clean,
-            },
-            None => EpochState {
-                current: None,
-                clean: true,
-            },
-        };
-        if let Some(&(_, epoch, _)) = candidates
+        let objs: HashMap<Epoch, &ObjId> = listed.iter().map(|e| (e.epoch, &e.obj)).collect();
+        let mut pending: Vec<(Epoch, Option<ChangeHash>, EpochInfo, BTreeSet<DeviceId>)> =
+            Vec::new();
+        for (epoch, bytes, change) in &self.facts.epochs {
+            let Some(info) = EpochInfo::decode(bytes) else {
+                continue;
+            };
+            if !info.verifies(&self.id, *epoch) || pending.iter().any(|(e, ..)| e == epoch) {
+                continue;
+            }
+            let change = Some(*change);
+            let maker_ok = match self.members.get(&info.by).map(|m| &m.state) {
+                Some(MemberState::Active) => true,
+                Some(MemberState::Removed { .. }) => change.is_some_and(|c| {
+                    removed.get(&info.by).is_some_and(|rs| {
+                        rs.iter()
+                            .all(|r| r.is_some_and(|r| causality.before(&c, &r)))
+                    })
+                }),
+                _ => false,
+            };
+            if maker_ok {
+                let mut holders = info.recipients.clone();
+                if let Some(obj) = objs.get(epoch) {
+                    holders.extend(doc::wrapped_to(&self.doc, obj));
+                }
+                pending.push((*epoch, change, info, holders));
+            }
+        }
+        // Parents first: each round validates the epochs whose parent is valid by now.
+        loop {
+            let before = valid.len();
+            pending.retain(|(epoch, change, info, holders)| {
+                let parent_ok = valid.get(&info.parent).is_some_and(|p| {
+                    info.generation == p.generation.saturating_add(1)
+                        && match (p.change, change) {
+                            (None, _) => true,
+                            (Some(pc), Some(c)) => causality.before(&pc, c),
+                            (Some(_), None) => false,
+                        }
+                });
+                if parent_ok {
+                    valid.insert(
+                        *epoch,
+                        Valid {
+                            generation: info.generation,
+                            change: change.as_ref().copied(),
+                            holders: Some(holders.clone()),
+                            maker: Some(info.by.clone()),
+                        },
+                    );
+                }
+                !parent_ok
+            });
+            if valid.len() == before {
+                break;
+            }
+        }
+        let mut order: Vec<(u32, Epoch)> = valid.iter().map(|(e, v)| (v.generation, *e)).collect();
+        order.sort();
+        let writable = order
             .iter()
             .rev()
-            .find(|(_, e, _)| self.keyring.key(*e).is_some())
-        {
-            // Known, so this cannot fail.
-            let _ = self.keyring.set_current(epoch);
-        }
+            .find(|(_, e)| self.keyring.key(*e).is_some())
+            .map(|(_, e)| *e);
+        let Some(&(generation, epoch)) = order.last() else {
+            let none = EpochState {
+                current: None,
+                clean: true,
+            };
+            return (none, writable);
+        };
+        let current = &valid[&epoch];
+        let clean = match &current.holders {
+            None => removed.is_empty(),
+            Some(holders) => {
+                !holders.iter().any(|h| removed.contains_key(h))
+                    && !current
+                        .maker
+                        .as_ref()
+                        .is_some_and(|m| removed.contains_key(m))
+            }
+        };
+        let state = EpochState {
+            current: Some((generation, epoch)),
+            clean,
+        };
+        (state, writable)
     }
 
     fn reindex_record(&mut self, id: &RecordId) {
@@ -1459,6 +1644,108 @@ mod tests {
         assert_eq!(w.devices(), v.devices());
         assert_eq!(w.passkey(&b).unwrap().label.as_deref(), Some("renamed"));
         assert!(w.passkey(&a).is_none());
+    }
+
+    fn local(seed: u8) -> LocalDevice {
+        LocalDevice::new(
+            &Zeroizing::new([seed; 32]),
+            &Zeroizing::new([seed ^ 0x33; 32]),
+        )
+    }
+
+    /// Three replicas of one vault, one per device (1 made it and added 2 and 3).
+    fn members3() -> (Vault, Vault, Vault) {
+        let (d1, d2, d3) = (local(1), local(2), local(3));
+        let mut a = Vault::create(VaultId::random(), keyring()).unwrap();
+        for (d, by) in [(&d1, None), (&d2, Some(&d1)), (&d3, Some(&d1))] {
+            a.add_device(Device {
+                id: d.id().clone(),
+                name: "d".into(),
+                x25519_public: d.x25519_public(),
+                added_by: by.map(|b| b.id().clone()),
+                added_at_ms: 1,
+                signature: None,
+            })
+            .unwrap();
+        }
+        a.set_local(d1);
+        let bytes = a.save();
+        let b = Vault::load_as(&bytes, keyring(), Some(d2)).unwrap();
+        let c = Vault::load_as(&bytes, keyring(), Some(d3)).unwrap();
+        (a, b, c)
+    }
+
+    #[test]
+    fn deleting_or_overwriting_a_removal_does_not_undo_it() {
+        let (mut a, mut b, c) = members3();
+        let c_id = c.local_device().unwrap().clone();
+        a.remove_member(&c_id, 5).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert!(matches!(
+            b.member_state(&c_id),
+            Some(MemberState::Removed { .. })
+        ));
+        // A replica that has the removal (a buggy peer, or one passing on a removed device's changes) deletes it,
+        // and another overwrites it with garbage.
+        let mut evil = Vault::load(&a.save(), a.keyring().clone()).unwrap();
+        let removed = evil.shape.ext.removed.clone();
+        let mut tx = evil.doc.transaction();
+        tx.delete(&removed, c_id.as_str()).unwrap();
+        tx.commit();
+        sync_pair(&mut evil, &mut b);
+        assert!(
+            matches!(b.member_state(&c_id), Some(MemberState::Removed { .. })),
+            "a deleted removal still counts"
+        );
+        let mut tx = evil.doc.transaction();
+        tx.put(&removed, c_id.as_str(), ScalarValue::Bytes(vec![1, 2, 3]))
+            .unwrap();
+        tx.commit();
+        sync_pair(&mut evil, &mut b);
+        assert!(matches!(
+            b.member_state(&c_id),
+            Some(MemberState::Removed { .. })
+        ));
+        // And after a restart, from the stored history.
+        let again = Vault::load_as(&b.save(), b.keyring().clone(), Some(local(2))).unwrap();
+        assert!(matches!(
+            again.member_state(&c_id),
+            Some(MemberState::Removed { .. })
+        ));
+        assert!(!again.needs_rotation());
+    }
+
+    #[test]
+    fn an_epoch_that_skips_generations_does_not_become_current() {
+        let (mut a, mut b, _) = members3();
+        sync_pair(&mut a, &mut b);
+        // A member signs an epoch claiming generation 1000 on top of epoch 0 (generation 0).
+        let forged = Epoch(77);
+        let me = local(2);
+        let info = EpochInfo::sign(
+            &b.id,
+            forged,
+            (Epoch(0), 999),
+            &me,
+            1,
+            BTreeSet::from([me.id().clone()]),
+        )
+        .encode();
+        let key = VaultKey::generate();
+        let wrap = members::wrap(&b.id, forged, me.id(), &me.x25519_public(), &key).unwrap();
+        let (ext, shape, vault) = (b.shape.ext.clone(), b.shape.clone(), b.id);
+        let mut tx = b.doc.transaction();
+        doc::put_epoch(&mut tx, &ext, forged, info, vec![(me.id().clone(), wrap)]).unwrap();
+        doc::put_keycheck(&mut tx, &shape, &vault, forged, &key).unwrap();
+        tx.commit();
+        sync_pair(&mut b, &mut a);
+        assert_eq!(a.epochs.current.map(|(_, e)| e), Some(Epoch(0)));
+        assert_eq!(a.keyring().current(), Epoch(0));
+        // A real rotation is generation 1, and becomes current everywhere.
+        let rotated = a.rotate(2).unwrap();
+        sync_pair(&mut a, &mut b);
+        assert_eq!(a.epochs.current, Some((1, rotated)));
+        assert_eq!(b.keyring().current(), rotated);
     }
 
     #[test]

@@ -308,3 +308,30 @@ fn a_vault_of_the_previous_release_upgrades_identically_everywhere() {
     sync(&mut a, &mut b);
     assert_eq!(a.heads(), b.heads());
 }
+
+#[test]
+fn a_device_paired_during_a_partition_gets_the_key_of_a_rotation_it_missed() {
+    let mut w = world(3);
+    let [a, b, c] = &mut w[..] else {
+        unreachable!()
+    };
+    let p = a.insert(passkey(1), 1).unwrap();
+    settle(&mut [a, b, c]);
+    let c_id = id(c);
+    // Partition {A, N} | {B}: A pairs a new device N (its entry, and the keyring with it); B removes C.
+    let n_local = local(9);
+    a.add_device(entry(&n_local, Some(&local(1)), "new"))
+        .unwrap();
+    let mut n = Vault::load_as(&a.save(), a.keyring().clone(), Some(n_local)).unwrap();
+    let rotated = b.remove_member(&c_id, 10).unwrap().unwrap();
+    let made_on_b = b.insert(passkey(2), 11).unwrap();
+    settle(&mut [a, b, &mut n]);
+    // B's rotation did not know N; a device holding the key wrapped it to N since.
+    assert_eq!(n.keyring().current(), a.keyring().current());
+    assert!(n.keyring().key(rotated).is_some());
+    for v in [&*a, &*b, &n] {
+        assert!(v.problems().is_empty(), "{:?}", v.problems());
+        assert!(v.passkey(&p).is_some() && v.passkey(&made_on_b).is_some());
+        assert_eq!(v.active_devices().len(), 3);
+    }
+}

@@ -302,6 +302,12 @@ impl Actor {
                 if let Some(epoch) = done.rotated {
                     tracing::info!(%epoch, "the vault key was rotated: a device that held it is removed");
                 }
+                if done.wrapped > 0 {
+                    tracing::info!(
+                        devices = done.wrapped,
+                        "wrapped the current vault key to devices that lacked it"
+                    );
+                }
                 if done.reencrypted > 0 {
                     tracing::info!(
                         entries = done.reencrypted,

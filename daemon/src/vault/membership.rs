@@ -172,10 +172,16 @@ impl Actor {
         if *id == ids::device_id(&self.me) {
             return Err(Error::RemoveSelf);
         }
-        let epoch = self.vault.remove_member(id, crate::now_ms())?;
-        self.dirty = true;
-        self.send_paired();
-        self.local_change();
+        let heads = self.vault.heads();
+        let removed = self.vault.remove_member(id, crate::now_ms());
+        if self.vault.heads() != heads {
+            // The removal is written even if its rotation failed (maintenance rotates on the next batch): it
+            // is persisted, and the device dropped, either way.
+            self.dirty = true;
+            self.send_paired();
+            self.local_change();
+        }
+        let epoch = removed?;
         if let Some(epoch) = epoch {
             tracing::info!(device = %id, %epoch, "removed a device; the vault key was rotated");
         }
