@@ -19,6 +19,9 @@ pub(crate) async fn pair(
     out: Option<&Path>,
     name: Option<String>,
 ) -> Result<(), Failure> {
+    // Installed before the invitation exists, so that Ctrl-C at any moment after it is cancels it.
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Failure::Local(format!("cannot watch for Ctrl-C: {e}")))?;
     let body = client
         .call(RequestBody::PairInvite {
             expires_secs: Some(expires),
@@ -58,7 +61,7 @@ pub(crate) async fn pair(
         );
     }
     std::io::stdout().flush().ok();
-    follow_pairing(client, Some(socket), json).await
+    follow_pairing(client, Some((socket, interrupt)), json).await
 }
 
 fn write_qr(code: &qrcode::QrCode, path: &Path) -> Result<(), Failure> {
@@ -117,18 +120,18 @@ pub(crate) fn decode_qr(path: &Path) -> Result<String, Failure> {
 }
 
 /// Prints pairing events until the pairing ends; asks for the SAS confirmation when the daemon waits for it.
-/// With `cancel` (the inviter's socket), Ctrl-C cancels the invitation at once.
+/// With `cancel` (the inviter's socket and its SIGINT stream), Ctrl-C cancels the invitation at once.
 pub(crate) async fn follow_pairing(
     client: &mut Client,
-    cancel: Option<&Path>,
+    cancel: Option<(&Path, tokio::signal::unix::Signal)>,
     json: bool,
 ) -> Result<(), Failure> {
     match cancel {
         None => follow(client, json).await,
-        Some(socket) => {
+        Some((socket, mut interrupt)) => {
             tokio::select! {
                 done = follow(client, json) => done,
-                _ = tokio::signal::ctrl_c() => {
+                _ = interrupt.recv() => {
                     // The interrupted call may still be answered on `client`: cancel over a connection of its own.
                     let mut other = Client::connect(socket).await.map_err(Failure::from)?;
                     other.call(RequestBody::PairCancel).await?;
