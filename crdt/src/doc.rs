@@ -969,7 +969,11 @@ pub(crate) fn put_device(
             tx.put(&obj, field::ADDED_BY, ScalarValue::Str(by.as_str().into()))?;
         }
         if let Some(sig) = &d.signature {
-            tx.put(&obj, field::SIGNATURE, ScalarValue::Bytes(sig.to_vec()))?;
+            tx.put(
+                &obj,
+                field::ENTRY,
+                ScalarValue::Bytes(crate::members::encode_entry(d, sig)),
+            )?;
         }
         for (name, value) in sealed.fields {
             tx.put(&obj, name, ScalarValue::Bytes(value))?;
@@ -1019,7 +1023,7 @@ pub(crate) fn read_device(
         Some((Value::Object(ObjType::Map), obj)) => obj,
         Some(_) => return Err(malformed("not a map")),
     };
-    let (mut public, mut added_by, mut epoch, mut sig) = (None, None, None, None);
+    let (mut public, mut added_by, mut epoch) = (None, None, None);
     let (mut name, mut added_at, mut name2, mut added_at2) = (None, None, None, None);
     for item in doc.map_range(&obj, ..) {
         match (item.key.as_ref(), item.value) {
@@ -1030,7 +1034,6 @@ pub(crate) fn read_device(
             (field::ADDED_AT, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => added_at = Some(b),
             (field::NAME2, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => name2 = Some(b),
             (field::ADDED_AT2, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => added_at2 = Some(b),
-            (field::SIGNATURE, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => sig = Some(b),
             (
                 field::X25519_PUBLIC
                 | field::ADDED_BY
@@ -1038,8 +1041,7 @@ pub(crate) fn read_device(
                 | field::NAME
                 | field::ADDED_AT
                 | field::NAME2
-                | field::ADDED_AT2
-                | field::SIGNATURE,
+                | field::ADDED_AT2,
                 _,
             ) => {
                 return Err(malformed(&format!("field {} has the wrong type", item.key)));
@@ -1050,12 +1052,6 @@ pub(crate) fn read_device(
     let public = public
         .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())
         .ok_or_else(|| malformed("no 32-byte x25519 public key"))?;
-    let signature = match sig {
-        None => None,
-        Some(b) => Some(
-            <[u8; 64]>::try_from(b.as_ref()).map_err(|_| malformed("signature is not 64 bytes"))?,
-        ),
-    };
     let added_by = added_by.map(|s| DeviceId::new(s.into_owned()));
     let fields = Fields {
         vault,
@@ -1088,7 +1084,8 @@ pub(crate) fn read_device(
         x25519_public: public,
         added_by,
         added_at_ms: u64::from_be_bytes(added_at),
-        signature,
+        // The signed form of an entry is its `e` value, judged from the history (see `Vault::judge`).
+        signature: None,
     };
     d.validate().map_err(|e| match e {
         Error::InvalidInput(what) => malformed(what),

@@ -125,6 +125,47 @@ pub(crate) fn entry_message(vault: &VaultId, d: &Device) -> Vec<u8> {
     out
 }
 
+const ENTRY_V1: u8 = 1;
+
+/// A signed device entry as stored (the `e` field of a device's map): the entry's fields and the signature of
+/// [`entry_message`], either by the device that added it or by the device itself (see [`judge`]).
+pub(crate) fn encode_entry(d: &Device, sig: &[u8; 64]) -> Vec<u8> {
+    let mut out = vec![ENTRY_V1];
+    push_str(&mut out, d.id.as_str());
+    out.extend_from_slice(&d.x25519_public);
+    push_str(&mut out, d.added_by.as_ref().map_or("", DeviceId::as_str));
+    out.extend_from_slice(&d.added_at_ms.to_be_bytes());
+    out.extend_from_slice(sig);
+    out
+}
+
+/// Parses [`encode_entry`]'s bytes (the name is not in them: it is left empty).
+pub(crate) fn decode_entry(bytes: &[u8]) -> Option<Device> {
+    let mut r = Reader(bytes);
+    if r.u8()? != ENTRY_V1 {
+        return None;
+    }
+    let id = DeviceId::new(r.string()?);
+    let x25519_public = r.array::<32>()?;
+    let added_by = Some(r.string()?)
+        .filter(|s| !s.is_empty())
+        .map(DeviceId::new);
+    let added_at_ms = r.u64()?;
+    let sig = r.array::<64>()?;
+    r.end()?;
+    if id.as_str().is_empty() {
+        return None;
+    }
+    Some(Device {
+        id,
+        name: String::new(),
+        x25519_public,
+        added_by,
+        added_at_ms,
+        signature: Some(sig),
+    })
+}
+
 /// A signed removal of a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Removal {
@@ -491,8 +532,8 @@ pub struct Member {
 
 /// One device entry as found in the document.
 pub(crate) struct EntryFact {
+    /// The entry; its `signature` is `None` for an unsigned entry of the current table.
     pub(crate) device: Device,
-    pub(crate) sig: Option<[u8; 64]>,
     /// The changes that wrote this entry (several when replicas wrote the same entry concurrently).
     pub(crate) changes: Vec<ChangeHash>,
 }
@@ -504,12 +545,15 @@ pub(crate) struct RemovalFact {
     pub(crate) change: Option<ChangeHash>,
 }
 
-/// Decides every entry's standing.
+/// Decides every device's standing from its entries (several per device: each signed entry ever written, and
+/// the current table's).
 ///
-/// - An entry is valid if its signature verifies under the key of the device that added it (its own for the
-///   first device; unsigned entries from before signatures are taken as they are), the adder's entry is
-///   valid, and — if the adder was removed — the entry was written causally before every removal of the adder
-///   (an entry written concurrently with, or after, the removal is ignored).
+/// - A device is valid if one of its entries is. An entry signed by the device that added it is valid if the
+///   adder is valid and — if the adder was removed — the entry was written causally before every removal of the
+///   adder (an entry written concurrently with, or after, the removal is ignored). An entry signed by the device
+///   itself, or unsigned (the table of a vault from before signatures), is valid only if this replica trusts
+///   the device without a chain: it is in `anchors` (the vault's first device, or the devices of an upgraded
+///   vault, pinned on each replica). With `anchors` `None` such entries are all taken as they are.
 /// - A removal counts if it is signed by a device whose entry is valid and it was not written causally after a
 ///   removal of that device. Removals made concurrently (say on two sides of a partition) all count.
 ///
@@ -518,15 +562,36 @@ pub(crate) fn judge(
     vault: &VaultId,
     entries: &[EntryFact],
     removals: &[RemovalFact],
+    anchors: Option<&BTreeSet<DeviceId>>,
     before: &mut dyn FnMut(&ChangeHash, &ChangeHash) -> bool,
 ) -> Judgement {
-    let signature_ok: Vec<bool> = entries
+    let trusted = |id: &DeviceId| anchors.is_none_or(|a| a.contains(id));
+    let kinds: Vec<Kind> = entries
         .iter()
-        .map(|e| match &e.sig {
-            None => true,
-            Some(sig) => {
-                let signer = e.device.added_by.as_ref().unwrap_or(&e.device.id);
-                verify(signer, &entry_message(vault, &e.device), sig)
+        .map(|e| {
+            let d = &e.device;
+            let Some(sig) = &d.signature else {
+                return if trusted(&d.id) {
+                    Kind::Anchored
+                } else {
+                    Kind::Bad(
+                        "it is unsigned and this device does not trust it without a signature",
+                    )
+                };
+            };
+            let message = entry_message(vault, d);
+            match &d.added_by {
+                Some(by) if verify(by, &message, sig) => Kind::Chain(by.clone()),
+                _ if verify(&d.id, &message, sig) => {
+                    if trusted(&d.id) {
+                        Kind::Anchored
+                    } else {
+                        Kind::Bad(
+                            "it is signed by the device itself, which this device does not trust",
+                        )
+                    }
+                }
+                _ => Kind::Bad("its signature does not verify"),
             }
         })
         .collect();
@@ -535,11 +600,11 @@ pub(crate) fn judge(
         .filter(|r| r.removal.verifies(vault, &r.removed))
         .collect();
     let mut counted: Vec<&RemovalFact> = signed_removals.clone();
-    let mut valid: BTreeMap<DeviceId, Result<(), &'static str>> = BTreeMap::new();
+    let mut valid: BTreeMap<DeviceId, Result<usize, &'static str>> = BTreeMap::new();
     // Each round fixes the valid entries for the removals counted so far, then the removals for those entries;
     // it settles within a few rounds (each round can only change what depends on the last one's changes).
     for _ in 0..=entries.len() + 1 {
-        valid = valid_entries(entries, &signature_ok, &counted, before);
+        valid = valid_entries(entries, &kinds, &counted, before);
         let next: Vec<&RemovalFact> = signed_removals
             .iter()
             .copied()
@@ -561,12 +626,16 @@ pub(crate) fn judge(
         .iter()
         .map(|r| (r.removed.clone(), r.change))
         .collect();
+    let chosen = valid
+        .iter()
+        .filter_map(|(id, v)| v.ok().map(|i| (id.clone(), i)))
+        .collect();
     let states = valid
         .into_iter()
         .map(|(id, v)| {
             let state = match v {
                 Err(why) => MemberState::Invalid(why),
-                Ok(()) => counted
+                Ok(_) => counted
                     .iter()
                     .filter(|r| r.removed == id)
                     .min_by_key(|r| (r.removal.at_ms, r.removal.by.clone()))
@@ -580,76 +649,93 @@ pub(crate) fn judge(
         .collect();
     Judgement {
         states,
+        chosen,
         removal_changes,
     }
 }
 
 /// What [`judge`] decided.
 pub(crate) struct Judgement {
-    /// Every entry's standing.
+    /// Every device's standing.
     pub(crate) states: BTreeMap<DeviceId, MemberState>,
+    /// For each valid device, the index (in the entries judged) of an entry that makes it valid.
+    pub(crate) chosen: BTreeMap<DeviceId, usize>,
     /// The removals that count: the removed device and the change that wrote each.
     pub(crate) removal_changes: Vec<(DeviceId, Option<ChangeHash>)>,
 }
 
-/// The entries valid given the counted removals, walking from the first device(s) along "added by".
+/// How an entry could be valid.
+enum Kind {
+    /// Signed by the device that added it: valid if that one is.
+    Chain(DeviceId),
+    /// Trusted without a chain (see [`judge`]).
+    Anchored,
+    /// Never valid, for this reason.
+    Bad(&'static str),
+}
+
+/// The devices valid given the counted removals, walking from the trusted ones along "added by"; for each device,
+/// the index of an entry that makes it valid, or why none does.
 fn valid_entries(
     entries: &[EntryFact],
-    signature_ok: &[bool],
+    kinds: &[Kind],
     removals: &[&RemovalFact],
     before: &mut dyn FnMut(&ChangeHash, &ChangeHash) -> bool,
-) -> BTreeMap<DeviceId, Result<(), &'static str>> {
-    let mut out: BTreeMap<DeviceId, Result<(), &'static str>> = BTreeMap::new();
-    for (e, ok) in entries.iter().zip(signature_ok) {
-        if !ok {
-            out.insert(e.device.id.clone(), Err("its signature does not verify"));
-        }
-    }
+) -> BTreeMap<DeviceId, Result<usize, &'static str>> {
+    let mut ok: BTreeMap<DeviceId, usize> = BTreeMap::new();
     loop {
         let mut progress = false;
-        for (e, ok) in entries.iter().zip(signature_ok) {
-            if !ok || out.contains_key(&e.device.id) {
+        for (i, (e, kind)) in entries.iter().zip(kinds).enumerate() {
+            if ok.contains_key(&e.device.id) {
                 continue;
             }
-            let Some(by) = &e.device.added_by else {
-                out.insert(e.device.id.clone(), Ok(()));
-                progress = true;
-                continue;
-            };
-            match out.get(by) {
-                Some(Ok(())) => {}
-                Some(Err(_)) => {
-                    out.insert(
-                        e.device.id.clone(),
-                        Err("it was added by a device whose entry is not valid"),
-                    );
-                    progress = true;
-                    continue;
+            let valid = match kind {
+                Kind::Anchored => true,
+                Kind::Bad(_) => false,
+                Kind::Chain(by) => {
+                    ok.contains_key(by)
+                        && !removals.iter().filter(|r| &r.removed == by).any(|r| {
+                            !r.change
+                                .as_ref()
+                                .is_some_and(|rc| e.changes.iter().any(|ec| before(ec, rc)))
+                        })
                 }
-                None => continue,
+            };
+            if valid {
+                ok.insert(e.device.id.clone(), i);
+                progress = true;
             }
-            let after_removal = removals.iter().filter(|r| &r.removed == by).any(|r| {
-                !r.change
-                    .as_ref()
-                    .is_some_and(|rc| e.changes.iter().any(|ec| before(ec, rc)))
-            });
-            out.insert(
-                e.device.id.clone(),
-                if after_removal {
-                    Err("it was added by a device after that device's removal")
-                } else {
-                    Ok(())
-                },
-            );
-            progress = true;
         }
         if !progress {
             break;
         }
     }
-    for e in entries {
-        out.entry(e.device.id.clone())
-            .or_insert(Err("it was added by a device that is not in the table"));
+    let mut out: BTreeMap<DeviceId, Result<usize, &'static str>> =
+        ok.into_iter().map(|(id, i)| (id, Ok(i))).collect();
+    for (e, kind) in entries.iter().zip(kinds) {
+        if matches!(out.get(&e.device.id), Some(Ok(_))) {
+            continue;
+        }
+        let why = match kind {
+            Kind::Bad(why) => why,
+            Kind::Anchored => continue,
+            Kind::Chain(by) => {
+                if !entries.iter().any(|other| &other.device.id == by) {
+                    "it was added by a device that is not in the table"
+                } else if matches!(out.get(by), Some(Err(_))) || !out.contains_key(by) {
+                    "it was added by a device whose entry is not valid"
+                } else {
+                    "it was added by a device after that device's removal"
+                }
+            }
+        };
+        // A more telling reason (about its adder) wins over a bad copy of the entry.
+        match out.get(&e.device.id) {
+            Some(Err(old)) if old.starts_with("it was added") => {}
+            _ => {
+                out.insert(e.device.id.clone(), Err(why));
+            }
+        }
     }
     out
 }
@@ -761,8 +847,10 @@ mod tests {
         };
         let sig = by.unwrap_or(d).sign(&entry_message(vault, &device));
         EntryFact {
-            device,
-            sig: Some(sig),
+            device: Device {
+                signature: Some(sig),
+                ..device
+            },
             changes: vec![ChangeHash([change; 32])],
         }
     }
@@ -784,15 +872,55 @@ mod tests {
     }
 
     #[test]
+    fn only_anchored_devices_may_stand_without_a_chain() {
+        let vault = VaultId::from_bytes([1; 16]);
+        let (a, b, x) = (device(1), device(2), device(4));
+        let anchor_set = BTreeSet::from([a.id().clone()]);
+        let unsigned = |d: &LocalDevice, by: Option<&LocalDevice>| {
+            let mut e = entry(&vault, d, by, 9);
+            e.device.signature = None;
+            e
+        };
+        let entries = vec![
+            unsigned(&a, None),
+            entry(&vault, &b, Some(&a), 2),
+            // A self-signed root and an unsigned entry for X, which nobody trusts.
+            entry(&vault, &x, None, 3),
+            unsigned(&x, Some(&b)),
+        ];
+        let judged = judge(&vault, &entries, &[], Some(&anchor_set), &mut order(&[])).states;
+        assert_eq!(judged[a.id()], MemberState::Active, "the anchor, unsigned");
+        assert_eq!(judged[b.id()], MemberState::Active, "signed by the anchor");
+        assert!(matches!(judged[x.id()], MemberState::Invalid(_)));
+        // Without anchors (a replica that never pinned any), unsigned and self-signed entries are taken as they are.
+        let judged = judge(&vault, &entries, &[], None, &mut order(&[])).states;
+        assert_eq!(judged[x.id()], MemberState::Active);
+        // A device with one good entry among bad copies is valid.
+        let mut bad = entry(&vault, &b, Some(&a), 5);
+        bad.device.added_at_ms = 99;
+        let judged = judge(
+            &vault,
+            &[unsigned(&a, None), bad, entry(&vault, &b, Some(&a), 6)],
+            &[],
+            Some(&anchor_set),
+            &mut order(&[]),
+        );
+        assert_eq!(judged.states[b.id()], MemberState::Active);
+        assert_eq!(judged.chosen[b.id()], 2);
+    }
+
+    #[test]
     fn membership_follows_signatures_and_causality() {
         let vault = VaultId::from_bytes([1; 16]);
         let (a, b, c, x) = (device(1), device(2), device(3), device(4));
+        let anchor_set = BTreeSet::from([a.id().clone()]);
+        let anchors = Some(&anchor_set);
         let entries = vec![
             entry(&vault, &a, None, 1),
             entry(&vault, &b, Some(&a), 2),
             entry(&vault, &c, Some(&b), 3),
         ];
-        let judged = judge(&vault, &entries, &[], &mut order(&[])).states;
+        let judged = judge(&vault, &entries, &[], anchors, &mut order(&[])).states;
         assert!(judged.values().all(|s| *s == MemberState::Active));
 
         // A forged entry (signed by X, claiming A added it) is invalid.
@@ -802,12 +930,11 @@ mod tests {
             .iter()
             .map(|e| EntryFact {
                 device: e.device.clone(),
-                sig: e.sig,
                 changes: e.changes.clone(),
             })
             .chain([forged])
             .collect();
-        let judged = judge(&vault, &with_forged, &[], &mut order(&[])).states;
+        let judged = judge(&vault, &with_forged, &[], anchors, &mut order(&[])).states;
         assert_eq!(
             judged[x.id()],
             MemberState::Invalid("its signature does not verify")
@@ -817,7 +944,7 @@ mod tests {
         let mut more: Vec<EntryFact> = entries;
         more.push(entry(&vault, &x, Some(&b), 6));
         let removals = [removal(&vault, &b, &a, 5)];
-        let judged = judge(&vault, &more, &removals, &mut order(&[])).states;
+        let judged = judge(&vault, &more, &removals, anchors, &mut order(&[])).states;
         assert!(matches!(&judged[b.id()], MemberState::Removed { by, .. } if by == a.id()));
         assert_eq!(judged[c.id()], MemberState::Active);
         assert_eq!(
@@ -825,22 +952,22 @@ mod tests {
             MemberState::Invalid("it was added by a device after that device's removal")
         );
         // Added concurrently with the removal: ignored too.
-        let judged = judge(&vault, &more, &removals, &mut order(&[(5, 6)])).states;
+        let judged = judge(&vault, &more, &removals, anchors, &mut order(&[(5, 6)])).states;
         assert!(matches!(judged[x.id()], MemberState::Invalid(_)));
 
         // B and C remove each other concurrently (changes 7 and 8): both removals count.
         let both = [removal(&vault, &c, &b, 7), removal(&vault, &b, &c, 8)];
-        let judged = judge(&vault, &more[..3], &both, &mut order(&[(7, 8)])).states;
+        let judged = judge(&vault, &more[..3], &both, anchors, &mut order(&[(7, 8)])).states;
         assert!(matches!(judged[b.id()], MemberState::Removed { .. }));
         assert!(matches!(judged[c.id()], MemberState::Removed { .. }));
         // C's removal of B made after C learnt of its own removal does not count.
-        let judged = judge(&vault, &more[..3], &both, &mut order(&[])).states;
+        let judged = judge(&vault, &more[..3], &both, anchors, &mut order(&[])).states;
         assert_eq!(judged[b.id()], MemberState::Active);
         assert!(matches!(judged[c.id()], MemberState::Removed { .. }));
         // A removal signed by someone else than it claims does not count.
         let mut fake = removal(&vault, &a, &x, 9);
         fake.removal.by = b.id().clone();
-        let judged = judge(&vault, &more[..3], &[fake], &mut order(&[])).states;
+        let judged = judge(&vault, &more[..3], &[fake], anchors, &mut order(&[])).states;
         assert_eq!(judged[a.id()], MemberState::Active);
     }
 }

@@ -32,8 +32,8 @@ pub(crate) mod field {
     pub(crate) const META2: &str = "m";
     pub(crate) const NAME2: &str = "n";
     pub(crate) const ADDED_AT2: &str = "a";
-    /// The signature of a device entry by the device that added it (clear).
-    pub(crate) const SIGNATURE: &str = "sig";
+    /// A device's signed entry (clear; see `members::encode_entry`).
+    pub(crate) const ENTRY: &str = "e";
     /// The v1 fields a rewrite in v2 form deletes.
     pub(crate) const RECORD_V1: [&str; 4] = [EPOCH, CORE, UPDATED_AT, LABEL];
     pub(crate) const DEVICE_V1: [&str; 3] = [EPOCH, NAME, ADDED_AT];

@@ -49,8 +49,10 @@ pub struct Vault {
     epoch_objs: HashSet<ObjId>,
     /// The key epochs as judged from the document.
     epochs: EpochState,
-    /// Every removal and epoch description ever written, from the change history.
+    /// Every signed entry, removal and epoch description ever written, from the change history.
     facts: Facts,
+    /// The devices this replica trusts without a signature chain (see [`Vault::set_anchors`]).
+    anchors: Option<BTreeSet<DeviceId>>,
 }
 
 /// The signed removals and epoch descriptions ever written to the document, taken from its change history as
@@ -59,6 +61,10 @@ pub struct Vault {
 /// values of the maps.
 #[derive(Default)]
 struct Facts {
+    /// (device, its signed entry's bytes, the change that wrote it).
+    entries: Vec<(DeviceId, Vec<u8>, ChangeHash)>,
+    /// The device entry maps seen created.
+    entry_objs: HashMap<ObjId, DeviceId>,
     /// (removed device, the removal's bytes, the change that wrote it).
     removals: Vec<(DeviceId, Vec<u8>, ChangeHash)>,
     /// (epoch, its description's bytes, the change that wrote it).
@@ -71,7 +77,8 @@ struct Facts {
 
 impl Facts {
     /// Reads the changes of `doc` not read yet.
-    fn refresh(&mut self, doc: &Automerge, ext: &doc::Ext) {
+    fn refresh(&mut self, doc: &Automerge, shape: &Shape) {
+        let ext = &shape.ext;
         use automerge::legacy::{Key, ObjectId, OpType};
         let heads = doc.get_heads();
         if heads == self.heads {
@@ -89,6 +96,17 @@ impl Facts {
                     OpType::Put(automerge::ScalarValue::Bytes(b)) if obj == ext.removed => {
                         self.removals
                             .push((DeviceId::new(key.to_string()), b.clone(), hash));
+                    }
+                    OpType::Make(automerge::ObjType::Map) if obj == shape.devices => {
+                        self.entry_objs.insert(
+                            ObjId::Id(start + i as u64, actor.clone(), 0),
+                            DeviceId::new(key.to_string()),
+                        );
+                    }
+                    OpType::Put(automerge::ScalarValue::Bytes(b)) if key.as_str() == "e" => {
+                        if let Some(id) = self.entry_objs.get(&obj) {
+                            self.entries.push((id.clone(), b.clone(), hash));
+                        }
                     }
                     OpType::Make(automerge::ObjType::Map) if obj == ext.epochs => {
                         if let Ok(epoch) = key.parse::<u32>() {
@@ -184,6 +202,7 @@ impl Vault {
             epoch_objs: HashSet::new(),
             epochs: EpochState::default(),
             facts: Facts::default(),
+            anchors: None,
         })
     }
 
@@ -234,6 +253,7 @@ impl Vault {
             epoch_objs: HashSet::new(),
             epochs: EpochState::default(),
             facts: Facts::default(),
+            anchors: None,
         };
         vault.root_pristine = doc::root_is_pristine(&vault.doc, &id)?;
         vault.rebuild();
@@ -445,6 +465,36 @@ impl Vault {
     /// The standing of device `id`; `None` if it has no readable entry.
     pub fn member_state(&self, id: &DeviceId) -> Option<&MemberState> {
         self.members.get(id).map(|m| &m.state)
+    }
+
+    /// Sets the devices this replica trusts without a signature chain: the vault's first device (when this
+    /// replica made the vault), or the devices of a vault from before entries were signed (pinned when this
+    /// replica first opened it), as passed on at pairing. Only these may have an unsigned or self-signed entry;
+    /// every other device needs an entry signed by a valid device that added it. `None` (the default) trusts
+    /// every unsigned entry, as releases before signatures did. The caller keeps them (they are not in the
+    /// document, where anyone with write access could change them).
+    pub fn set_anchors(&mut self, anchors: Option<BTreeSet<DeviceId>>) {
+        self.anchors = anchors;
+        self.judge();
+    }
+
+    /// The devices trusted without a signature chain, if set.
+    pub fn anchors(&self) -> Option<&BTreeSet<DeviceId>> {
+        self.anchors.as_ref()
+    }
+
+    /// Signs entry `d` with this device's key: as its adder (`d.added_by` is this device) or as the device
+    /// itself (`d.id` is this device; such an entry is valid only where this device is an anchor).
+    /// `InvalidInput` for any other entry.
+    pub fn sign_entry(&self, d: &mut Device) -> Result<(), Error> {
+        let me = self.me.as_ref().ok_or(Error::NoLocalDevice)?;
+        if d.added_by.as_ref() != Some(me.id()) && d.id != *me.id() {
+            return Err(Error::InvalidInput(
+                "a device signs only entries it adds, or its own",
+            ));
+        }
+        d.signature = Some(me.sign(&members::entry_message(&self.id, d)));
+        Ok(())
     }
 
     /// This replica's device, if set.
@@ -960,16 +1010,31 @@ impl Vault {
     /// Judges the membership (signatures, removals, causality) and the epochs, and sets the keyring's current
     /// epoch to the newest valid one this replica holds.
     fn judge(&mut self) {
-        let entries: Vec<EntryFact> = self
-            .devices
-            .values()
-            .map(|d| EntryFact {
-                device: d.clone(),
-                sig: d.signature,
-                changes: doc::device_changes(&self.doc, &self.shape, &d.id),
+        self.facts.refresh(&self.doc, &self.shape);
+        // Every signed entry ever written, then the current table's entries as unsigned ones (the signed form
+        // of an entry is its `e` value; the table's clear fields are not signed).
+        let mut entries: Vec<EntryFact> = self
+            .facts
+            .entries
+            .iter()
+            .filter_map(|(id, bytes, change)| {
+                let mut device = members::decode_entry(bytes).filter(|d| d.id == *id)?;
+                if let Some(current) = self.devices.get(id) {
+                    device.name.clone_from(&current.name);
+                }
+                Some(EntryFact {
+                    device,
+                    changes: vec![*change],
+                })
             })
             .collect();
-        self.facts.refresh(&self.doc, &self.shape.ext);
+        entries.extend(self.devices.values().map(|d| EntryFact {
+            device: Device {
+                signature: None,
+                ..d.clone()
+            },
+            changes: doc::device_changes(&self.doc, &self.shape, &d.id),
+        }));
         let removals: Vec<RemovalFact> = self
             .facts
             .removals
@@ -983,23 +1048,33 @@ impl Vault {
             })
             .collect();
         let mut causality = doc::Causality::new(&self.doc);
-        let judgement = members::judge(&self.id, &entries, &removals, &mut |a, b| {
-            causality.before(a, b)
-        });
-        self.members = entries
-            .into_iter()
-            .filter_map(|e| {
-                let state = judgement.states.get(&e.device.id)?.clone();
-                Some((
-                    e.device.id.clone(),
+        let judgement = members::judge(
+            &self.id,
+            &entries,
+            &removals,
+            self.anchors.as_ref(),
+            &mut |a, b| causality.before(a, b),
+        );
+        let mut members = BTreeMap::new();
+        for (id, state) in &judgement.states {
+            // A valid device is shown as the entry that makes it valid; an invalid one as its first entry.
+            let entry = judgement
+                .chosen
+                .get(id)
+                .and_then(|i| entries.get(*i))
+                .or_else(|| entries.iter().find(|e| e.device.id == *id));
+            if let Some(e) = entry {
+                members.insert(
+                    id.clone(),
                     Member {
-                        signed: e.sig.is_some(),
-                        device: e.device,
-                        state,
+                        signed: e.device.signature.is_some(),
+                        device: e.device.clone(),
+                        state: state.clone(),
                     },
-                ))
-            })
-            .collect();
+                );
+            }
+        }
+        self.members = members;
         // The changes of the removals that count, per removed device.
         let mut removed: HashMap<DeviceId, Vec<Option<ChangeHash>>> = HashMap::new();
         for (id, change) in &judgement.removal_changes {

@@ -335,3 +335,65 @@ fn a_device_paired_during_a_partition_gets_the_key_of_a_rotation_it_missed() {
         assert_eq!(v.active_devices().len(), 3);
     }
 }
+
+/// Like [`world`], with signed entries and every replica trusting device 1 (the vault's first device) only.
+fn signed_world(n: u8) -> Vec<Vault> {
+    let first = local(1);
+    let mut a = Vault::create(VaultId::random(), keyring()).expect("create");
+    a.set_local(first);
+    let anchors = std::collections::BTreeSet::from([local(1).id().clone()]);
+    a.set_anchors(Some(anchors.clone()));
+    let mut own = entry(&local(1), None, "device 1");
+    a.sign_entry(&mut own).expect("sign");
+    a.add_device(own).expect("add");
+    for i in 2..=n {
+        let mut e = entry(&local(i), Some(&local(1)), &format!("device {i}"));
+        a.sign_entry(&mut e).expect("sign");
+        a.add_device(e).expect("add");
+    }
+    let bytes = a.save();
+    let mut out = vec![a];
+    for i in 2..=n {
+        let mut v = Vault::load_as(&bytes, keyring(), Some(local(i))).expect("load");
+        v.set_anchors(Some(anchors.clone()));
+        out.push(v);
+    }
+    out
+}
+
+#[test]
+fn a_forged_or_deleted_device_entry_changes_nothing() {
+    let mut w = signed_world(3);
+    let [a, b, c] = &mut w[..] else {
+        unreachable!()
+    };
+    settle(&mut [a, b, c]);
+    assert!(
+        a.members()
+            .iter()
+            .all(|m| m.signed && m.state == MemberState::Active)
+    );
+    let (b_id, c_id) = (id(b), id(c));
+    // B (a member gone bad, or a removed device's change passed on) writes an unsigned entry for a stranger,
+    // another signed only by the stranger itself, and deletes C's entry.
+    let stranger = local(7);
+    b.add_device(entry(&stranger, Some(&local(2)), "stranger"))
+        .unwrap();
+    let mut self_signed = entry(&local(8), None, "root?");
+    self_signed.signature = None;
+    b.add_device(self_signed).unwrap();
+    assert!(b.remove_device(&c_id).unwrap());
+    sync(b, a);
+    for m in a.members() {
+        if m.device.id == *stranger.id() || m.device.id == *local(8).id() {
+            assert!(matches!(m.state, MemberState::Invalid(_)), "{m:?}");
+        }
+    }
+    assert_eq!(
+        a.member_state(&c_id),
+        Some(&MemberState::Active),
+        "C's signed entry stands, deleted or not"
+    );
+    assert_eq!(a.active_devices().len(), 3);
+    assert!(a.active_devices().iter().any(|d| d.id == b_id));
+}

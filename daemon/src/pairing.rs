@@ -26,6 +26,8 @@ pub struct Invitation {
     pub inviter: Device,
     /// Multiaddrs where the inviter can be reached (without `/p2p/`, or with the inviter's).
     pub addrs: Vec<String>,
+    /// The devices the inviter trusts without a signature chain.
+    pub anchors: Vec<passmesh_crdt::DeviceId>,
 }
 
 impl std::fmt::Debug for Invitation {
@@ -80,6 +82,7 @@ pub async fn export_invitation(
             keyring: info.keyring,
             inviter: info.device,
             addrs,
+            anchors: info.anchors,
         })
     })
     .await
@@ -101,6 +104,7 @@ pub async fn join(
         if info.vault_id != invitation.vault_id {
             return Err(Error::OtherVault);
         }
+        v.set_anchors(invitation.anchors.clone()).await?;
         v.add_device(invitation.inviter.clone(), invitation.addrs.clone())
             .await?;
         let me = Device {
@@ -124,7 +128,13 @@ pub async fn admit(
     device: Device,
     addrs: Vec<String>,
 ) -> Result<(), Error> {
-    with_vault(state_dir, choice, tpm, None, async |v, _| {
+    with_vault(state_dir, choice, tpm, None, async |v, identity| {
+        // Added (and signed) by this device, whoever added it first: its entry here is valid at once.
+        let device = Device {
+            added_by: Some(crate::ids::device_id(&identity.peer_id())),
+            signature: None,
+            ..device
+        };
         v.add_device(device, addrs).await
     })
     .await

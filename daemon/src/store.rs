@@ -58,6 +58,9 @@ pub enum Meta<'a> {
     Addrs(&'a PeerId),
     /// The sealed keyring, in stores of the layout before [`KEYRING_FILE`].
     LegacyKeyring,
+    /// The devices this device trusts without a signature chain (a JSON list of device ids): pinned here, not in
+    /// the replicated document, where any member could change them.
+    Anchors,
 }
 
 const ADDRS_PREFIX: &str = "addrs/";
@@ -71,6 +74,7 @@ impl Meta<'_> {
             Meta::LastSync(peer) => format!("synced/{peer}"),
             Meta::Addrs(peer) => format!("{ADDRS_PREFIX}{peer}"),
             Meta::LegacyKeyring => "keyring".to_owned(),
+            Meta::Anchors => "anchors".to_owned(),
         }
     }
 }

@@ -225,6 +225,9 @@ impl Actor {
                 deferred.write(reply, self.rename_device(&id, &name));
             }
             Command::RemoveDevice { id, reply } => deferred.write(reply, self.remove_device(&id)),
+            Command::SetAnchors { anchors, reply } => {
+                let _ = reply.send(self.set_anchors(&anchors));
+            }
         }
     }
 

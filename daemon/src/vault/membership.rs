@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use passmesh_crdt::{Device, DeviceId, Epoch, Keyring, Vault};
+use passmesh_crdt::{Device, DeviceId, Epoch, Keyring, MemberState, Vault};
 use passmesh_transport::Multiaddr;
 
 use super::actor::Actor;
@@ -26,24 +26,37 @@ impl Actor {
     /// Adds this device to the device table on first start (or fills in its x25519 key), and persists that.
     pub(super) fn start_up(&mut self) -> Result<(), Error> {
         let me = ids::device_id(&self.me);
+        self.pin_anchors()?;
         match self.vault.devices().into_iter().find(|d| d.id == me) {
             None => {
-                self.vault.add_device(Device {
+                let mut own = Device {
                     id: me,
                     name: host_name(),
                     x25519_public: self.x25519,
                     added_by: None,
                     added_at_ms: crate::now_ms(),
                     signature: None,
-                })?;
+                };
+                self.vault.sign_entry(&mut own)?;
+                self.vault.add_device(own)?;
                 self.dirty = true;
             }
             // Entries written before devices had x25519 keys carry zeros: fill in the derived key.
             Some(d) if d.x25519_public != self.x25519 => {
-                self.vault.add_device(Device {
+                let mut fixed = Device {
                     x25519_public: self.x25519,
                     ..d
-                })?;
+                };
+                self.vault.sign_entry(&mut fixed)?;
+                self.vault.add_device(fixed)?;
+                self.dirty = true;
+            }
+            // An entry from before entries were signed: sign it as this device (valid where it is pinned, as on
+            // every device that upgraded with it in its table).
+            Some(d) if !self.own_entry_signed() => {
+                let mut signed = d;
+                self.vault.sign_entry(&mut signed)?;
+                self.vault.add_device(signed)?;
                 self.dirty = true;
             }
             Some(_) => {}
@@ -52,6 +65,60 @@ impl Actor {
         self.dirty |= self.vault.has_unsaved_changes();
         self.maintain();
         self.persist()
+    }
+
+    /// Whether this device has a signed entry that makes it valid.
+    fn own_entry_signed(&self) -> bool {
+        let me = ids::device_id(&self.me);
+        self.vault
+            .members()
+            .iter()
+            .any(|m| m.device.id == me && m.signed)
+    }
+
+    /// Sets the devices this one trusts without a signature chain, pinning them on first start: this device
+    /// alone for a vault it makes, or every device of the table of a vault from before entries were signed.
+    fn pin_anchors(&mut self) -> Result<(), Error> {
+        let anchors = match self.store.get(Meta::Anchors)? {
+            Some(bytes) => serde_json::from_slice::<Vec<String>>(&bytes)
+                .map_err(|e| store::Error::Damaged(format!("anchors: {e}")))?,
+            None => {
+                let mut ids: Vec<String> = self
+                    .vault
+                    .devices()
+                    .into_iter()
+                    .map(|d| d.id.to_string())
+                    .collect();
+                ids.push(self.me.to_string());
+                ids.sort();
+                ids.dedup();
+                self.store_anchors(&ids)?;
+                ids
+            }
+        };
+        self.vault
+            .set_anchors(Some(anchors.into_iter().map(DeviceId::new).collect()));
+        Ok(())
+    }
+
+    fn store_anchors(&self, ids: &[String]) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(ids).map_err(|_| Error::PinState)?;
+        self.store.put(Meta::Anchors, &bytes, Durability::Flushed)?;
+        Ok(())
+    }
+
+    /// Trusts `anchors` (and this device) without a signature chain from now on: those of the device this one
+    /// joined through.
+    pub(super) fn set_anchors(&mut self, anchors: &[DeviceId]) -> Result<(), Error> {
+        let mut ids: Vec<String> = anchors.iter().map(ToString::to_string).collect();
+        ids.push(self.me.to_string());
+        ids.sort();
+        ids.dedup();
+        self.store_anchors(&ids)?;
+        self.vault
+            .set_anchors(Some(ids.into_iter().map(DeviceId::new).collect()));
+        self.send_paired();
+        Ok(())
     }
 
     /// The addresses learnt at pairing for the devices of the paired set, with their `/p2p/` id, to dial.
@@ -84,7 +151,12 @@ impl Actor {
     }
 
     /// Adds (or replaces) a device in the table, with the addresses it was reachable at.
-    pub(super) fn add_device(&mut self, device: Device, addrs: &[String]) -> Result<(), Error> {
+    pub(super) fn add_device(&mut self, mut device: Device, addrs: &[String]) -> Result<(), Error> {
+        let me = ids::device_id(&self.me);
+        if device.signature.is_none() && (device.added_by.as_ref() == Some(&me) || device.id == me)
+        {
+            self.vault.sign_entry(&mut device)?;
+        }
         let added = device.clone();
         self.vault.add_device(device)?;
         self.dirty = true;
@@ -99,22 +171,30 @@ impl Actor {
         let me = ids::device_id(&self.me);
         let device = self
             .vault
-            .devices()
+            .members()
             .into_iter()
-            .find(|d| d.id == me)
+            .find(|m| m.device.id == me && m.state == MemberState::Active)
+            .map(|m| m.device)
             .ok_or(Error::NotAMember)?;
         Ok(JoinInfo {
             vault_id: self.vault.id(),
             keyring: self.vault.keyring().encode(),
             device,
+            anchors: self
+                .vault
+                .anchors()
+                .map(|a| a.iter().cloned().collect())
+                .unwrap_or_default(),
         })
     }
 
-    /// Every device-table entry with the addresses known for it.
+    /// Every active device with its signed entry (where it has one) and the addresses known for it.
     pub(super) fn members(&self) -> Vec<Member> {
         self.vault
-            .devices()
+            .members()
             .into_iter()
+            .filter(|m| m.state == MemberState::Active)
+            .map(|m| m.device)
             .map(|device| {
                 let addrs = ids::peer_id(&device.id)
                     .and_then(|peer| self.store.get(Meta::Addrs(&peer)).ok().flatten())
@@ -211,6 +291,7 @@ impl Actor {
             keyring,
             members,
             me,
+            anchors,
             check_only,
         } = adoption;
         if check_only {
@@ -240,7 +321,13 @@ impl Actor {
         self.replication.clear();
         self.dirty = false;
         self.full_save_needed = false;
-        self.send_paired();
+        // Those the inviter trusts without a chain (an inviter that sends none: every member it listed).
+        let anchors = if anchors.is_empty() {
+            members.iter().map(|m| m.device.id.clone()).collect()
+        } else {
+            anchors
+        };
+        self.set_anchors(&anchors)?;
         Ok(())
     }
 }

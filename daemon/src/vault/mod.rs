@@ -222,6 +222,8 @@ pub struct JoinInfo {
     pub keyring: Zeroizing<Vec<u8>>,
     /// The inviting device's entry in the device table.
     pub device: Device,
+    /// The devices the inviting device trusts without a signature chain (the joiner pins them too).
+    pub anchors: Vec<DeviceId>,
 }
 
 impl std::fmt::Debug for JoinInfo {
@@ -252,6 +254,7 @@ struct Adoption {
     keyring: Zeroizing<Vec<u8>>,
     members: Vec<Member>,
     me: Device,
+    anchors: Vec<DeviceId>,
     check_only: bool,
 }
 
@@ -331,6 +334,10 @@ enum Command {
     RemoveDevice {
         id: DeviceId,
         reply: Reply<Result<Option<Epoch>, Error>>,
+    },
+    SetAnchors {
+        anchors: Vec<DeviceId>,
+        reply: Reply<Result<(), Error>>,
     },
 }
 
@@ -473,12 +480,14 @@ impl Handle {
 
     /// Replaces this device's empty, unpaired vault with a replica of `vault_id` (its encoded `keyring`,
     /// sealed here), listing `members` and `me`; with `check_only` it only says whether that would be allowed.
+    #[allow(clippy::too_many_arguments)]
     pub async fn adopt(
         &self,
         vault_id: VaultId,
         keyring: Zeroizing<Vec<u8>>,
         members: Vec<Member>,
         me: Device,
+        anchors: Vec<DeviceId>,
         check_only: bool,
     ) -> Result<(), Error> {
         let adoption = Box::new(Adoption {
@@ -486,6 +495,7 @@ impl Handle {
             keyring,
             members,
             me,
+            anchors,
             check_only,
         });
         self.ask(|reply| Command::Adopt { adoption, reply }).await?
@@ -531,6 +541,13 @@ impl Handle {
     /// once on disk, with the device's connections dropped.
     pub async fn remove_device(&self, id: DeviceId) -> Result<Option<Epoch>, Error> {
         self.ask(|reply| Command::RemoveDevice { id, reply })
+            .await?
+    }
+
+    /// Trusts `anchors` (and this device) without a signature chain from now on, and pins them on disk: those of
+    /// the device this one joined through.
+    pub async fn set_anchors(&self, anchors: Vec<DeviceId>) -> Result<(), Error> {
+        self.ask(|reply| Command::SetAnchors { anchors, reply })
             .await?
     }
 

@@ -397,6 +397,7 @@ impl Inner {
             vault: Base64Url(info.vault_id.as_bytes().to_vec()),
             wrapped: Base64Url(wrapped),
             members,
+            anchors: info.anchors.iter().map(ToString::to_string).collect(),
         };
         let plain = Zeroizing::new(serde_json::to_vec(&grant)?);
         session.seal(&plain).map_err(|source| Failure::TooLarge {

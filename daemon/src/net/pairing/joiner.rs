@@ -49,6 +49,7 @@ impl Pairing {
                 Zeroizing::new(Vec::new()),
                 Vec::new(),
                 info.device,
+                Vec::new(),
                 true,
             )
             .await?;
@@ -138,6 +139,12 @@ impl Inner {
         let me = self.identity.peer_id();
         let keyring =
             unwrap_keyring(&grant.wrapped.0, &self.key, &vault_id, &me).ok_or(Failure::Unwrap)?;
+        let anchors: Vec<DeviceId> = grant
+            .anchors
+            .into_iter()
+            .take(1024)
+            .map(DeviceId::new)
+            .collect();
         let mut members = Vec::new();
         let mut inviter_name = String::new();
         for m in grant.members.into_iter().take(1024) {
@@ -192,7 +199,7 @@ impl Inner {
             })
             .collect();
         vault
-            .adopt(vault_id, keyring, members, device, false)
+            .adopt(vault_id, keyring, members, device, anchors, false)
             .await?;
         for addr in dial {
             // Remembered for redialling once the device table (sent to the transport) lists the peer.

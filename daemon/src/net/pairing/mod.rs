@@ -272,6 +272,9 @@ struct Grant {
     /// Ephemeral public key ‖ nonce ‖ ciphertext of the encoded keyring.
     wrapped: Base64Url,
     members: Vec<WireMember>,
+    /// The devices the inviter trusts without a signature chain (absent from older inviters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    anchors: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
