@@ -93,12 +93,17 @@ pub(crate) struct Ext {
     pub(crate) inboxes: ObjId,
 }
 
-/// The actor of the genesis change: fixed per vault, distinct from the random actors of replicas.
-pub(crate) fn genesis_actor(id: &VaultId) -> ActorId {
-    let mut bytes = Vec::with_capacity(6 + 16);
-    bytes.extend_from_slice(b"pm-gen");
+/// A fixed actor of vault `id`: `prefix` ‖ the vault id, distinct from the random actors of replicas.
+fn fixed_actor(prefix: &[u8], id: &VaultId) -> ActorId {
+    let mut bytes = Vec::with_capacity(prefix.len() + 16);
+    bytes.extend_from_slice(prefix);
     bytes.extend_from_slice(id.as_bytes());
     ActorId::from(bytes)
+}
+
+/// The actor of the genesis change.
+pub(crate) fn genesis_actor(id: &VaultId) -> ActorId {
+    fixed_actor(b"pm-gen", id)
 }
 
 fn genesis_shape(id: &VaultId) -> Shape {
@@ -111,12 +116,9 @@ fn genesis_shape(id: &VaultId) -> Shape {
     }
 }
 
-/// The actor of the extension change: fixed per vault like the genesis actor.
+/// The actor of the extension change.
 pub(crate) fn ext_actor(id: &VaultId) -> ActorId {
-    let mut bytes = Vec::with_capacity(7 + 16);
-    bytes.extend_from_slice(b"pm-ext1");
-    bytes.extend_from_slice(id.as_bytes());
-    ActorId::from(bytes)
+    fixed_actor(b"pm-ext1", id)
 }
 
 fn ext_shape(id: &VaultId) -> Ext {

@@ -183,7 +183,28 @@ impl Vault {
         doc::ensure_ext(&mut doc, &id)?;
         doc.set_actor(ActorId::random());
         doc::write_missing_keychecks(&mut doc, &shape, &id, &keyring)?;
-        Ok(Vault {
+        Ok(Vault::from_parts(
+            doc,
+            id,
+            keyring,
+            shape,
+            Vec::new(),
+            genesis,
+            None,
+        ))
+    }
+
+    /// A vault around `doc`, with nothing read from it yet (the caller rebuilds the index).
+    fn from_parts(
+        doc: Automerge,
+        id: VaultId,
+        keyring: Keyring,
+        shape: Shape,
+        saved_heads: Vec<ChangeHash>,
+        genesis: ChangeHash,
+        me: Option<LocalDevice>,
+    ) -> Vault {
+        Vault {
             doc,
             id,
             keyring,
@@ -191,19 +212,19 @@ impl Vault {
             index: Index::default(),
             devices: BTreeMap::new(),
             device_problems: Vec::new(),
-            saved_heads: Vec::new(),
+            saved_heads,
             genesis,
             record_objs: HashMap::new(),
             device_objs: HashMap::new(),
             root_pristine: true,
-            me: None,
+            me,
             members: BTreeMap::new(),
             device_epochs: BTreeMap::new(),
             epoch_objs: HashSet::new(),
             epochs: EpochState::default(),
             facts: Facts::default(),
             anchors: None,
-        })
+        }
     }
 
     /// Loads a vault from the output of [`save`](Self::save) followed by any number of
@@ -234,27 +255,8 @@ impl Vault {
         doc::verify_keychecks(&doc, &shape, &id, &keyring, doc::KeyCheck::AnyMatch)?;
         let saved_heads = doc.get_heads();
         doc::ensure_ext(&mut doc, &id)?;
-        let mut vault = Vault {
-            doc,
-            id,
-            keyring,
-            shape,
-            index: Index::default(),
-            devices: BTreeMap::new(),
-            device_problems: Vec::new(),
-            saved_heads,
-            genesis: doc::genesis_hash(&id)?,
-            record_objs: HashMap::new(),
-            device_objs: HashMap::new(),
-            root_pristine: true,
-            me,
-            members: BTreeMap::new(),
-            device_epochs: BTreeMap::new(),
-            epoch_objs: HashSet::new(),
-            epochs: EpochState::default(),
-            facts: Facts::default(),
-            anchors: None,
-        };
+        let genesis = doc::genesis_hash(&id)?;
+        let mut vault = Vault::from_parts(doc, id, keyring, shape, saved_heads, genesis, me);
         vault.root_pristine = doc::root_is_pristine(&vault.doc, &id)?;
         vault.rebuild();
         Ok(vault)

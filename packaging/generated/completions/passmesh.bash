@@ -22,6 +22,9 @@ _passmesh() {
             passmesh,delete)
                 cmd="passmesh__subcmd__delete"
                 ;;
+            passmesh,device)
+                cmd="passmesh__subcmd__device"
+                ;;
             passmesh,generate-docs)
                 cmd="passmesh__subcmd__generate__subcmd__docs"
                 ;;
@@ -55,11 +58,38 @@ _passmesh() {
             passmesh,status)
                 cmd="passmesh__subcmd__status"
                 ;;
+            passmesh__subcmd__device,help)
+                cmd="passmesh__subcmd__device__subcmd__help"
+                ;;
+            passmesh__subcmd__device,list)
+                cmd="passmesh__subcmd__device__subcmd__list"
+                ;;
+            passmesh__subcmd__device,remove)
+                cmd="passmesh__subcmd__device__subcmd__remove"
+                ;;
+            passmesh__subcmd__device,rename)
+                cmd="passmesh__subcmd__device__subcmd__rename"
+                ;;
+            passmesh__subcmd__device__subcmd__help,help)
+                cmd="passmesh__subcmd__device__subcmd__help__subcmd__help"
+                ;;
+            passmesh__subcmd__device__subcmd__help,list)
+                cmd="passmesh__subcmd__device__subcmd__help__subcmd__list"
+                ;;
+            passmesh__subcmd__device__subcmd__help,remove)
+                cmd="passmesh__subcmd__device__subcmd__help__subcmd__remove"
+                ;;
+            passmesh__subcmd__device__subcmd__help,rename)
+                cmd="passmesh__subcmd__device__subcmd__help__subcmd__rename"
+                ;;
             passmesh__subcmd__help,create)
                 cmd="passmesh__subcmd__help__subcmd__create"
                 ;;
             passmesh__subcmd__help,delete)
                 cmd="passmesh__subcmd__help__subcmd__delete"
+                ;;
+            passmesh__subcmd__help,device)
+                cmd="passmesh__subcmd__help__subcmd__device"
                 ;;
             passmesh__subcmd__help,generate-docs)
                 cmd="passmesh__subcmd__help__subcmd__generate__subcmd__docs"
@@ -93,6 +123,15 @@ _passmesh() {
                 ;;
             passmesh__subcmd__help,status)
                 cmd="passmesh__subcmd__help__subcmd__status"
+                ;;
+            passmesh__subcmd__help__subcmd__device,list)
+                cmd="passmesh__subcmd__help__subcmd__device__subcmd__list"
+                ;;
+            passmesh__subcmd__help__subcmd__device,remove)
+                cmd="passmesh__subcmd__help__subcmd__device__subcmd__remove"
+                ;;
+            passmesh__subcmd__help__subcmd__device,rename)
+                cmd="passmesh__subcmd__help__subcmd__device__subcmd__rename"
                 ;;
             passmesh__subcmd__help__subcmd__keystore,migrate)
                 cmd="passmesh__subcmd__help__subcmd__keystore__subcmd__migrate"
@@ -140,7 +179,7 @@ _passmesh() {
 
     case "${cmd}" in
         passmesh)
-            opts="-h -V --socket --json --help --version status list show delete rename generate-docs pin keystore pair join create get help"
+            opts="-h -V --socket --json --help --version status list show delete rename device generate-docs pin keystore pair join create get help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -201,6 +240,148 @@ _passmesh() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        passmesh__subcmd__device)
+            opts="-h --socket --json --help list rename remove help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__device__subcmd__help)
+            opts="list rename remove help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__device__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__device__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__device__subcmd__help__subcmd__remove)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__device__subcmd__help__subcmd__rename)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__device__subcmd__list)
+            opts="-h --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__device__subcmd__remove)
+            opts="-h --pin-stdin --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__device__subcmd__rename)
+            opts="-h --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         passmesh__subcmd__generate__subcmd__docs)
             opts="-h --socket --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -246,7 +427,7 @@ _passmesh() {
             return 0
             ;;
         passmesh__subcmd__help)
-            opts="status list show delete rename generate-docs pin keystore pair join create get help"
+            opts="status list show delete rename device generate-docs pin keystore pair join create get help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -276,6 +457,62 @@ _passmesh() {
         passmesh__subcmd__help__subcmd__delete)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__device)
+            opts="list rename remove"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__device__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__device__subcmd__remove)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__device__subcmd__rename)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -14,7 +14,7 @@ use passmesh_tests::Lan;
 use passmesh_tests::mesh::{self, Discovery, Node, Placement, all_connected, eventually};
 use passmesh_transport as transport;
 
-use crate::sync::{own_host, try_sign_in, wait_event};
+use crate::sync::{knock_as, try_sign_in};
 use crate::{example_rp, register_user};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -139,24 +139,13 @@ async fn a_removed_device_is_refused_everywhere_and_cannot_read_new_passkeys() {
     let tpm = TpmOptions::default();
     let thief = pairing::disk(c.state_dir(), Choice::Software, &tpm).expect("C's disk");
     assert_eq!(thief.identity.peer_id().to_string(), c.peer_id);
-    let a_peer: transport::PeerId = a.peer_id.parse().expect("peer id");
-    let (host, mut events) = own_host(&thief.identity, a_peer).await;
-    let _ = host.dial(a.addr().parse().expect("multiaddr")).await;
-    let mut seen = Vec::new();
-    for _ in 0..20 {
-        let _ = host.send(a_peer, b"still paired?".to_vec()).await;
-        wait_event(&mut events, Duration::from_millis(100), &mut seen, |_| {
-            false
-        })
-        .await;
-    }
+    let seen = knock_as(&thief.identity, a).await;
     assert!(
         !seen
             .iter()
             .any(|e| matches!(e, transport::Event::Message { .. })),
         "the removed device received a sync message: {seen:?}"
     );
-    host.shutdown().await.expect("shutdown");
     let log = a.daemon.log();
     assert!(
         log.contains("refused a peer") && log.contains(&c.peer_id),

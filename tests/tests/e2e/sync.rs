@@ -175,6 +175,24 @@ pub(crate) async fn wait_event(
     }
 }
 
+/// Dials `node` as `identity` and keeps trying to send it a sync message for about 2 s; every event the host
+/// saw. A device `node` does not admit sees no `Message`.
+pub(crate) async fn knock_as(identity: &transport::Identity, node: &Node) -> Vec<transport::Event> {
+    let peer: transport::PeerId = node.peer_id.parse().expect("peer id");
+    let (host, mut events) = own_host(identity, peer).await;
+    let _ = host.dial(node.addr().parse().expect("multiaddr")).await;
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let _ = host.send(peer, b"let me in".to_vec()).await;
+        wait_event(&mut events, Duration::from_millis(100), &mut seen, |_| {
+            false
+        })
+        .await;
+    }
+    host.shutdown().await.expect("shutdown");
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpaired_libp2p_peer_is_refused_and_receives_nothing() {
     let (a, b) = pair().await;
@@ -182,26 +200,15 @@ async fn an_unpaired_libp2p_peer_is_refused_and_receives_nothing() {
     let rp = example_rp();
     let mut ca = connect(&a).await;
     register_user(&mut ca, &rp, "alice").await;
-    let a_peer: transport::PeerId = a.peer_id.parse().expect("peer id");
     let stranger = transport::Identity::generate();
-    let (host, mut events) = own_host(&stranger, a_peer).await;
-    let _ = host.dial(a.addr().parse().expect("multiaddr")).await;
     // Keep trying to open the sync protocol for a while: every attempt must fail, nothing may arrive.
-    let mut seen = Vec::new();
-    for _ in 0..20 {
-        let _ = host.send(a_peer, b"let me in".to_vec()).await;
-        wait_event(&mut events, Duration::from_millis(100), &mut seen, |_| {
-            false
-        })
-        .await;
-    }
+    let seen = knock_as(&stranger, &a).await;
     assert!(
         !seen
             .iter()
             .any(|e| matches!(e, transport::Event::Message { .. })),
         "the stranger received a sync message: {seen:?}"
     );
-    host.shutdown().await.expect("shutdown");
     let log = a.daemon.log();
     assert!(
         log.contains("refused a peer") && log.contains(&stranger.peer_id().to_string()),

@@ -189,12 +189,15 @@ fn man_pages_and_completions_are_up_to_date() {
             );
         }
     }
-    // The pages name what a user looks for.
+    // The pages name what a user looks for: pairing asks to confirm the codes, and Ctrl-C cancels it.
     let page = std::fs::read_to_string(committed.join("man/passmesh-pair.1")).expect("read");
     assert!(
-        page.contains("--confirm") || page.contains("\\-\\-confirm"),
+        page.contains("nothing is sent before you confirm") && page.contains("Ctrl\\-C cancels"),
         "{page}"
     );
+    let page =
+        std::fs::read_to_string(committed.join("man/passmesh-device-remove.1")).expect("read");
+    assert!(page.contains("\\-\\-pin\\-stdin"), "{page}");
 }
 
 /// Installed path → (mode, source in the repository whose bytes it must have).
