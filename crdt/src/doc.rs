@@ -405,10 +405,10 @@ pub(crate) fn verify_keychecks(
 // Records
 
 /// The sealed fields of a record (or device), ready to be written. Every field is in v2 form (its epoch
-/// first); `drop_v1` deletes the v1 fields a whole rewrite replaces.
+/// first); `drop_v1` names the v1 fields a whole rewrite replaces (and deletes).
 pub(crate) struct SealedRecord {
     fields: Vec<(&'static str, Vec<u8>)>,
-    drop_v1: bool,
+    drop_v1: &'static [&'static str],
 }
 
 fn seal_field(
@@ -454,7 +454,7 @@ pub(crate) fn seal_record(
     }
     Ok(SealedRecord {
         fields,
-        drop_v1: true,
+        drop_v1: &field::RECORD_V1,
     })
 }
 
@@ -568,7 +568,7 @@ pub(crate) fn seal_rename(
             field::META2,
             &encode_meta(now_ms, label),
         )?],
-        drop_v1: false,
+        drop_v1: &[],
     })
 }
 
@@ -587,18 +587,19 @@ pub(crate) fn put_record(
     Ok(obj)
 }
 
-/// Overwrites fields of an existing record map; a whole rewrite also deletes the v1 fields it replaces.
-pub(crate) fn update_record(
+/// Overwrites sealed fields of an existing record or device map; a whole rewrite also deletes the v1 fields it
+/// replaces.
+pub(crate) fn update_fields(
     tx: &mut impl Transactable,
     obj: &ObjId,
     sealed: SealedRecord,
 ) -> Result<(), automerge::AutomergeError> {
-    // A v2 record has at most its two v2 fields: only a longer map can hold v1 fields (looking each one up in a
-    // rotation's transaction of thousands of records is what would cost).
-    if sealed.drop_v1 && tx.length(obj) > 2 {
-        for name in field::RECORD_V1 {
-            if tx.get(obj, name)?.is_some() {
-                tx.delete(obj, name)?;
+    // Only a map with more keys than the fields written can hold v1 fields (looking each one up in a rotation's
+    // transaction of thousands of records is what would cost).
+    if tx.length(obj) > sealed.fields.len() {
+        for name in sealed.drop_v1 {
+            if tx.get(obj, *name)?.is_some() {
+                tx.delete(obj, *name)?;
             }
         }
     }
@@ -946,7 +947,7 @@ pub(crate) fn seal_device(
                 &d.added_at_ms.to_be_bytes(),
             )?,
         ],
-        drop_v1: true,
+        drop_v1: &field::DEVICE_V1,
     })
 }
 
@@ -984,25 +985,6 @@ pub(crate) fn put_device(
     })
     .map(|done| done.result)
     .map_err(|f| Error::from(f.error))
-}
-
-/// Rewrites the sealed fields of an existing device map (a rename, or a rotation to a new epoch).
-pub(crate) fn update_device(
-    tx: &mut impl Transactable,
-    obj: &ObjId,
-    sealed: SealedRecord,
-) -> Result<(), automerge::AutomergeError> {
-    if sealed.drop_v1 {
-        for name in field::DEVICE_V1 {
-            if tx.get(obj, name)?.is_some() {
-                tx.delete(obj, name)?;
-            }
-        }
-    }
-    for (name, value) in sealed.fields {
-        tx.put(obj, name, ScalarValue::Bytes(value))?;
-    }
-    Ok(())
 }
 
 /// A decrypted device entry with the epoch its name is sealed under.

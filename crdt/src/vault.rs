@@ -364,7 +364,7 @@ impl Vault {
         let obj = doc::record_obj(&self.doc, &self.shape, id)?.ok_or(Error::NotFound(*id))?;
         let sealed = doc::seal_rename(&self.id, key, id, epoch, label, now_ms)?;
         self.doc
-            .transact(|tx| doc::update_record(tx, &obj, sealed))
+            .transact(|tx| doc::update_fields(tx, &obj, sealed))
             .map_err(|f| Error::from(f.error))?;
         let mut updated = current.clone();
         updated.label = Some(label.to_owned());
@@ -542,7 +542,7 @@ impl Vault {
         let obj = self.device_obj(id)?;
         let sealed = doc::seal_device(&self.id, &self.keyring, &d)?;
         self.doc
-            .transact(|tx| doc::update_device(tx, &obj, sealed))
+            .transact(|tx| doc::update_fields(tx, &obj, sealed))
             .map_err(|f| Error::from(f.error))?;
         self.device_epochs
             .insert(id.clone(), self.keyring.current());
@@ -661,10 +661,10 @@ impl Vault {
         let mut tx = self.doc.transaction();
         let written = first(&mut tx).and_then(|()| {
             for (obj, sealed) in sealed_records {
-                doc::update_record(&mut tx, &obj, sealed)?;
+                doc::update_fields(&mut tx, &obj, sealed)?;
             }
             for (obj, sealed) in sealed_devices {
-                doc::update_device(&mut tx, &obj, sealed)?;
+                doc::update_fields(&mut tx, &obj, sealed)?;
             }
             Ok(())
         });

@@ -34,6 +34,10 @@ pub(super) struct Actor {
     pub(super) dirty: bool,
     /// A write failed: the next one must store a full snapshot.
     pub(super) full_save_needed: bool,
+    /// Changes arrived from peers, or the membership changed: the keys may need maintenance (see
+    /// [`Actor::maintain`]). Local passkey writes never do (they are under the current epoch), so `create`
+    /// does not pay for a look at every record.
+    pub(super) maintenance_due: bool,
     /// This device.
     pub(super) me: PeerId,
     /// To the network task.
@@ -137,7 +141,7 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            if self.dirty {
+            if self.maintenance_due {
                 self.maintain();
             }
             let wrote = self.dirty;
@@ -265,6 +269,7 @@ impl Actor {
                     &mut store,
                 );
                 self.dirty |= received.changed;
+                self.maintenance_due |= received.changed;
                 self.act(received.actions);
             }
         }
@@ -300,6 +305,7 @@ impl Actor {
     /// is now removed, or records and entries left under an older epoch moved to the current one. What it
     /// writes is persisted with the batch that caused it.
     pub(super) fn maintain(&mut self) {
+        self.maintenance_due = false;
         match self.vault.maintain(crate::now_ms()) {
             Ok(done) if done.changed() => {
                 if let Some(epoch) = done.rotated {
@@ -380,6 +386,7 @@ impl Actor {
             Ok(vault) => {
                 self.vault = vault;
                 self.keys.clear();
+                self.maintenance_due = true;
                 // A device added in the failed batch is not in the table any more: the network must not admit
                 // it either.
                 self.send_paired();

@@ -117,6 +117,7 @@ impl Actor {
         self.store_anchors(&ids)?;
         self.vault
             .set_anchors(Some(ids.into_iter().map(DeviceId::new).collect()));
+        self.maintenance_due = true;
         self.send_paired();
         Ok(())
     }
@@ -160,6 +161,7 @@ impl Actor {
         let added = device.clone();
         self.vault.add_device(device)?;
         self.dirty = true;
+        self.maintenance_due = true;
         self.remember_addrs(&added, addrs);
         self.send_paired();
         self.local_change();
@@ -255,6 +257,7 @@ impl Actor {
         let heads = self.vault.heads();
         let removed = self.vault.remove_member(id, crate::now_ms());
         if self.vault.heads() != heads {
+            self.maintenance_due = true;
             // The removal is written even if its rotation failed (maintenance rotates on the next batch): it
             // is persisted, and the device dropped, either way.
             self.dirty = true;
@@ -328,6 +331,7 @@ impl Actor {
             anchors
         };
         self.set_anchors(&anchors)?;
+        self.maintenance_due = true;
         Ok(())
     }
 }

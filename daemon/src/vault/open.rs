@@ -153,6 +153,7 @@ pub fn open_seeded(
         policy,
         dirty: false,
         full_save_needed: false,
+        maintenance_due: true,
         me,
         out,
         replication,
