@@ -87,7 +87,6 @@ pub(crate) struct Shape {
 pub(crate) struct Ext {
     pub(crate) removed: ObjId,
     pub(crate) epochs: ObjId,
-    #[allow(dead_code)] // written by the extension change; read once the audit log exists
     pub(crate) audit: ObjId,
     #[allow(dead_code)] // written by the extension change; reserved for per-device inbox keys
     pub(crate) inboxes: ObjId,
@@ -631,6 +630,7 @@ pub(crate) struct RawRecord<'a> {
     label: Option<Cow<'a, [u8]>>,
     core2: Option<Cow<'a, [u8]>>,
     meta2: Option<Cow<'a, [u8]>>,
+    trashed: Option<u64>,
     /// The first shape error met while gathering.
     error: Option<Error>,
 }
@@ -647,6 +647,17 @@ impl<'a> RawRecord<'a> {
                     _ => {
                         self.error = Some(Error::Malformed(format!(
                             "record {id}: epoch is not an unsigned integer"
+                        )));
+                    }
+                }
+                return;
+            }
+            field::TRASHED => {
+                match value {
+                    ValueRef::Scalar(ScalarValueRef::Uint(t)) => self.trashed = Some(t),
+                    _ => {
+                        self.error = Some(Error::Malformed(format!(
+                            "record {id}: trashed is not an unsigned integer"
                         )));
                     }
                 }
@@ -902,6 +913,7 @@ fn open_record(
         private_key: core.private_key,
         created_at_ms: core.created_at_ms,
         updated_at_ms: updated_at,
+        trashed_at_ms: raw.trashed,
     };
     record::validate_fields(
         &p.credential_id,
@@ -959,9 +971,11 @@ pub(crate) fn put_device(
     vault: &VaultId,
     keyring: &Keyring,
     d: &Device,
+    audit: Option<AuditValue>,
 ) -> Result<ObjId, Error> {
     let sealed = seal_device(vault, keyring, d)?;
     doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+        put_audit(tx, &shape.ext, audit)?;
         let obj = tx.put_object(&shape.devices, d.id.as_str(), ObjType::Map)?;
         tx.put(
             &obj,
@@ -1098,6 +1112,33 @@ pub(crate) fn put_removal(
     value: Vec<u8>,
 ) -> Result<(), automerge::AutomergeError> {
     tx.put(&ext.removed, id.as_str(), ScalarValue::Bytes(value))
+}
+
+/// An audit entry to append: its key (its hash) and its bytes (see `audit`).
+pub(crate) type AuditValue = (String, Vec<u8>);
+
+/// Appends an audit entry (nothing for `None`: a replica without a device of its own logs nothing).
+pub(crate) fn put_audit(
+    tx: &mut impl Transactable,
+    ext: &Ext,
+    entry: Option<AuditValue>,
+) -> Result<(), automerge::AutomergeError> {
+    match entry {
+        Some((key, value)) => tx.put(&ext.audit, key, ScalarValue::Bytes(value)),
+        None => Ok(()),
+    }
+}
+
+/// Moves a record to the trash (`Some(time)`) or out of it (`None`).
+pub(crate) fn set_trashed(
+    tx: &mut impl Transactable,
+    obj: &ObjId,
+    at_ms: Option<u64>,
+) -> Result<(), automerge::AutomergeError> {
+    match at_ms {
+        Some(at) => tx.put(obj, field::TRASHED, ScalarValue::Uint(at)),
+        None => tx.delete(obj, field::TRASHED),
+    }
 }
 
 /// One epoch of the extension's epochs map.
@@ -1388,6 +1429,7 @@ mod tests {
             private_key: Zeroizing::new(vec![9; 32]),
             created_at_ms: 0x0102_0304_0506_0708,
             updated_at_ms: 5,
+            trashed_at_ms: None,
         }
     }
 

@@ -14,6 +14,8 @@ pub(crate) struct Index {
     /// Almost always one record per credential id, so a sorted vector rather than a set.
     by_credential: HashMap<Vec<u8>, Vec<SortKey>>,
     by_rp: HashMap<String, BTreeSet<SortKey>>,
+    /// Trashed records (in `by_id`, in none of the lookups above), by the time they were trashed.
+    trashed: BTreeSet<SortKey>,
     /// Records present in the document but unreadable, sorted by id.
     problems: Vec<(RecordId, Error)>,
 }
@@ -22,6 +24,11 @@ impl Index {
     /// Adds or replaces a readable record.
     pub(crate) fn upsert(&mut self, p: Passkey) {
         self.remove(&p.record_id);
+        if let Some(at) = p.trashed_at_ms {
+            self.trashed.insert((at, p.record_id));
+            self.by_id.insert(p.record_id, p);
+            return;
+        }
         let key = (p.created_at_ms, p.record_id);
         self.order.insert(key);
         let same_credential = self
@@ -52,6 +59,10 @@ impl Index {
         let Some(p) = self.by_id.remove(id) else {
             return;
         };
+        if let Some(at) = p.trashed_at_ms {
+            self.trashed.remove(&(at, p.record_id));
+            return;
+        }
         let key = (p.created_at_ms, p.record_id);
         self.order.remove(&key);
         if let Some(same_credential) = self.by_credential.get_mut(p.credential_id.as_slice()) {
@@ -67,12 +78,28 @@ impl Index {
         *self = Self::default();
     }
 
+    /// A readable record, live or trashed.
     pub(crate) fn get(&self, id: &RecordId) -> Option<&Passkey> {
         self.by_id.get(id)
     }
 
+    /// Live records.
     pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
+        self.order.len()
+    }
+
+    /// Every readable record, live or trashed, in no particular order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Passkey> {
+        self.by_id.values()
+    }
+
+    /// Trashed records, oldest trashing first.
+    pub(crate) fn trashed(&self) -> impl Iterator<Item = &Passkey> {
+        self.resolve(self.trashed.iter())
+    }
+
+    pub(crate) fn trashed_len(&self) -> usize {
+        self.trashed.len()
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Passkey> {

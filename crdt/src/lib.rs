@@ -21,6 +21,7 @@
 //! - [`error`] — [`Error`].
 //! - private: `crypto` (field encryption), `doc` (document shape), `index` (the in-memory index).
 
+pub mod audit;
 mod crypto;
 mod doc;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod members;
 pub mod record;
 pub mod vault;
 
+pub use audit::{AuditEntry, Event, Verdict};
 pub use error::Error;
 pub use ids::{CredentialId, DeviceId, RecordId, VaultId};
 pub use keys::{Epoch, Keyring, VaultKey};

@@ -100,14 +100,14 @@ pub(crate) fn verify(signer: &DeviceId, message: &[u8], sig: &[u8; 64]) -> bool 
     })
 }
 
-fn push_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     // Every string here is validated far below 64 KiB.
     let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
-fn message(domain: &[u8], vault: &VaultId) -> Vec<u8> {
+pub(crate) fn message(domain: &[u8], vault: &VaultId) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(domain);
     out.push(0);
@@ -360,33 +360,33 @@ impl EpochInfo {
 }
 
 /// A bounds-checked reader of the encodings above.
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl Reader<'_> {
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
         let (head, rest) = self.0.split_first_chunk::<N>()?;
         self.0 = rest;
         Some(*head)
     }
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         self.array::<1>().map(|[b]| b)
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(crate) fn u16(&mut self) -> Option<u16> {
         self.array().map(u16::from_be_bytes)
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         self.array().map(u32::from_be_bytes)
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         self.array().map(u64::from_be_bytes)
     }
-    fn string(&mut self) -> Option<String> {
+    pub(crate) fn string(&mut self) -> Option<String> {
         let len = usize::from(self.u16()?);
         let (s, rest) = self.0.split_at_checked(len)?;
         self.0 = rest;
         String::from_utf8(s.to_vec()).ok()
     }
-    fn end(&self) -> Option<()> {
+    pub(crate) fn end(&self) -> Option<()> {
         self.0.is_empty().then_some(())
     }
 }

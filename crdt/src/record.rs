@@ -30,6 +30,10 @@ pub(crate) mod field {
     /// What a rename changes: the update time and the label. Absent until the first rename; when present it
     /// overrides the core's update time. One value, so a rotation rewrites one field of an unlabelled record.
     pub(crate) const META2: &str = "m";
+    /// When the record was moved to the trash (clear unsigned integer, ms since the Unix epoch); absent for a
+    /// live record. A restore deletes it; a trash concurrent with a restore wins (automerge keeps a put over a
+    /// concurrent delete), so nothing is ever lost by that race.
+    pub(crate) const TRASHED: &str = "t";
     pub(crate) const NAME2: &str = "n";
     pub(crate) const ADDED_AT2: &str = "a";
     /// A device's signed entry (clear; see `members::encode_entry`).
@@ -156,6 +160,9 @@ pub struct Passkey {
     pub created_at_ms: u64,
     /// When the record last changed (ms since the Unix epoch).
     pub updated_at_ms: u64,
+    /// When it was moved to the trash (ms since the Unix epoch, the deleting device's clock); `None` for a live
+    /// passkey. A trashed passkey is hidden from every lookup and listing but [`Vault::trashed`](crate::Vault::trashed).
+    pub trashed_at_ms: Option<u64>,
 }
 
 impl fmt::Debug for Passkey {
@@ -172,6 +179,7 @@ impl fmt::Debug for Passkey {
             .field("private_key", &"..")
             .field("created_at_ms", &self.created_at_ms)
             .field("updated_at_ms", &self.updated_at_ms)
+            .field("trashed_at_ms", &self.trashed_at_ms)
             .finish()
     }
 }

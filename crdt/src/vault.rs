@@ -7,7 +7,8 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ChangeHash, ObjId, ReadDoc};
 
-use crate::doc::{self, Shape};
+use crate::audit::{self, AuditEntry, Event, Verdict};
+use crate::doc::{self, AuditValue, Shape};
 use crate::index::Index;
 use crate::members::{
     self, EntryFact, EpochInfo, LocalDevice, Member, MemberState, Removal, RemovalFact,
@@ -53,6 +54,8 @@ pub struct Vault {
     facts: Facts,
     /// The devices this replica trusts without a signature chain (see [`Vault::set_anchors`]).
     anchors: Option<BTreeSet<DeviceId>>,
+    /// The changes of the removals that count, per removed device (from the last judging).
+    removal_changes: HashMap<DeviceId, Vec<Option<ChangeHash>>>,
 }
 
 /// The signed removals and epoch descriptions ever written to the document, taken from its change history as
@@ -71,6 +74,8 @@ struct Facts {
     epochs: Vec<(Epoch, Vec<u8>, ChangeHash)>,
     /// The epoch maps seen created.
     epoch_objs: HashMap<ObjId, Epoch>,
+    /// (key, entry bytes, the change that wrote it): every value ever written to the audit log.
+    audit: Vec<(String, Vec<u8>, ChangeHash)>,
     /// The heads up to which the history has been read.
     heads: Vec<ChangeHash>,
 }
@@ -96,6 +101,9 @@ impl Facts {
                     OpType::Put(automerge::ScalarValue::Bytes(b)) if obj == ext.removed => {
                         self.removals
                             .push((DeviceId::new(key.to_string()), b.clone(), hash));
+                    }
+                    OpType::Put(automerge::ScalarValue::Bytes(b)) if obj == ext.audit => {
+                        self.audit.push((key.to_string(), b.clone(), hash));
                     }
                     OpType::Make(automerge::ObjType::Map) if obj == shape.devices => {
                         self.entry_objs.insert(
@@ -224,6 +232,7 @@ impl Vault {
             epochs: EpochState::default(),
             facts: Facts::default(),
             anchors: None,
+            removal_changes: HashMap::new(),
         }
     }
 
@@ -318,6 +327,7 @@ impl Vault {
             private_key: p.private_key,
             created_at_ms: p.created_at_ms,
             updated_at_ms: now_ms,
+            trashed_at_ms: None,
         };
         let sealed = doc::seal_record(&self.id, self.keyring.current_key(), &passkey)?;
         let shape = &self.shape;
@@ -332,19 +342,174 @@ impl Vault {
         Ok(id)
     }
 
-    /// Deletes a record (readable or not). `false` if there is none.
-    pub fn remove(&mut self, id: &RecordId) -> Result<bool, Error> {
-        let key = id.to_string();
-        let Some((_, obj)) = self.doc.get(&self.shape.records, key.as_str())? else {
-            return Ok(false);
-        };
-        let records = &self.shape.records;
+    /// Moves passkey `id` to the trash: it is hidden from [`passkeys`](Self::passkeys), the lookups and
+    /// [`len`](Self::len) everywhere the change reaches, listed by [`trashed`](Self::trashed), and can be
+    /// restored by any device until it is purged. Logged (`passkey-trashed`). `NotFound` if there is no live
+    /// readable passkey `id` (the record's own error if it is unreadable).
+    pub fn trash(&mut self, id: &RecordId, now_ms: u64) -> Result<(), Error> {
+        let current = self.readable(id)?;
+        if current.trashed_at_ms.is_some() {
+            return Err(Error::NotFound(*id));
+        }
+        let mut updated = current.clone();
+        updated.trashed_at_ms = Some(now_ms);
+        self.write_trashed(updated, Event::Trashed, now_ms)
+    }
+
+    /// Takes passkey `id` out of the trash. Logged (`passkey-restored`). `NotFound` if it is not in the trash.
+    pub fn restore(&mut self, id: &RecordId, now_ms: u64) -> Result<(), Error> {
+        let current = self.readable(id)?;
+        if current.trashed_at_ms.is_none() {
+            return Err(Error::NotFound(*id));
+        }
+        let mut updated = current.clone();
+        updated.trashed_at_ms = None;
+        self.write_trashed(updated, Event::Restored, now_ms)
+    }
+
+    fn readable(&self, id: &RecordId) -> Result<&Passkey, Error> {
+        self.index.get(id).ok_or_else(|| {
+            self.index
+                .problem(id)
+                .cloned()
+                .unwrap_or(Error::NotFound(*id))
+        })
+    }
+
+    fn write_trashed(&mut self, p: Passkey, event: Event, now_ms: u64) -> Result<(), Error> {
+        let id = p.record_id;
+        let obj = doc::record_obj(&self.doc, &self.shape, &id)?.ok_or(Error::NotFound(id))?;
+        let logged = self.audit_value(event, &id.to_string(), now_ms);
+        let ext = &self.shape.ext;
         self.doc
-            .transact(|tx| tx.delete(records, key.as_str()))
+            .transact(|tx| {
+                doc::set_trashed(tx, &obj, p.trashed_at_ms)?;
+                doc::put_audit(tx, ext, logged)
+            })
             .map_err(|f| Error::from(f.error))?;
-        self.record_objs.remove(&obj);
-        self.index.remove(id);
-        Ok(true)
+        self.index.upsert(p);
+        Ok(())
+    }
+
+    /// The passkeys in the trash, longest there first.
+    pub fn trashed(&self) -> impl Iterator<Item = &Passkey> {
+        self.index.trashed()
+    }
+
+    /// How many passkeys are in the trash.
+    pub fn trashed_len(&self) -> usize {
+        self.index.trashed_len()
+    }
+
+    /// Purges records for good (trashed, live or unreadable: whatever is in the document under these ids),
+    /// each logged (`passkey-purged`), in one change; then, if any was purged and this device is an active
+    /// member, makes a new key epoch (see [`rotate`](Self::rotate)), so that nothing written from now on is
+    /// under a key that also opens the purged records. Returns how many were purged and the new epoch. Ids not
+    /// in the document are skipped.
+    pub fn purge(
+        &mut self,
+        ids: &[RecordId],
+        now_ms: u64,
+    ) -> Result<(usize, Option<Epoch>), Error> {
+        let mut present = Vec::with_capacity(ids.len());
+        for id in ids {
+            let key = id.to_string();
+            if let Some((_, obj)) = self.doc.get(&self.shape.records, key.as_str())?
+                && !present.iter().any(|(p, _, _)| p == id)
+            {
+                let logged = self.audit_value(Event::Purged, &key, now_ms);
+                present.push((*id, obj, logged));
+            }
+        }
+        if present.is_empty() {
+            return Ok((0, None));
+        }
+        let shape = &self.shape;
+        self.doc
+            .transact::<_, _, automerge::AutomergeError>(|tx| {
+                for (id, _, logged) in &present {
+                    tx.delete(&shape.records, id.to_string())?;
+                    doc::put_audit(tx, &shape.ext, logged.clone())?;
+                }
+                Ok(())
+            })
+            .map_err(|f| Error::from(f.error))?;
+        for (id, obj, _) in &present {
+            self.record_objs.remove(obj);
+            self.index.remove(id);
+        }
+        let epoch = if self.active_me().is_ok() {
+            Some(self.rotate(now_ms)?)
+        } else {
+            None
+        };
+        Ok((present.len(), epoch))
+    }
+
+    /// An audit entry by this device, if it has one.
+    fn audit_value(&self, event: Event, subject: &str, now_ms: u64) -> Option<AuditValue> {
+        self.me
+            .as_ref()
+            .map(|me| audit::sign(&self.id, me, event, subject, now_ms))
+    }
+
+    /// The audit log: every entry ever written (from the document's history, so an entry deleted or overwritten
+    /// since is still here), each judged (see [`audit`](crate::audit)), ordered by time, then key. Reads every
+    /// entry and checks its signature: O(entries), for `passmesh audit`, not for a hot path.
+    pub fn audit(&mut self) -> Vec<AuditEntry> {
+        self.facts.refresh(&self.doc, &self.shape);
+        let mut causality = doc::Causality::new(&self.doc);
+        let mut seen: HashSet<(&str, &[u8])> = HashSet::new();
+        let mut out = Vec::new();
+        for (key, bytes, change) in &self.facts.audit {
+            if !seen.insert((key.as_str(), bytes.as_slice())) {
+                continue;
+            }
+            let Some(s) = audit::decode(bytes) else {
+                out.push(AuditEntry {
+                    key: key.clone(),
+                    at_ms: 0,
+                    device: DeviceId::new(String::new()),
+                    event: Event::Other(0),
+                    subject: String::new(),
+                    verdict: Verdict::Forged("it is not a valid audit entry"),
+                });
+                continue;
+            };
+            let verdict = if audit::key_of(bytes) != *key {
+                Verdict::Altered
+            } else if !s.verifies(&self.id) {
+                Verdict::Forged("its signature does not verify")
+            } else {
+                match self.members.get(&s.device).map(|m| &m.state) {
+                    Some(MemberState::Active) => Verdict::Verified,
+                    Some(MemberState::Removed { .. }) => {
+                        let before_removal = self
+                            .removal_changes
+                            .get(&s.device)
+                            .into_iter()
+                            .flatten()
+                            .all(|r| r.is_some_and(|r| causality.before(change, &r)));
+                        if before_removal {
+                            Verdict::Verified
+                        } else {
+                            Verdict::Forged("its device had been removed when it wrote it")
+                        }
+                    }
+                    _ => Verdict::Forged("its device is not a member of this vault"),
+                }
+            };
+            out.push(AuditEntry {
+                key: key.clone(),
+                at_ms: s.at_ms,
+                device: s.device,
+                event: s.event,
+                subject: s.subject,
+                verdict,
+            });
+        }
+        out.sort_by(|a, b| (a.at_ms, &a.key).cmp(&(b.at_ms, &b.key)));
+        out
     }
 
     /// Sets the label of a passkey and its update time. `NotFound` if there is no such record; the record's
@@ -378,7 +543,7 @@ impl Vault {
         self.index.iter()
     }
 
-    /// One readable passkey.
+    /// One readable passkey, live or in the trash (see [`Passkey::trashed_at_ms`]).
     pub fn passkey(&self, id: &RecordId) -> Option<&Passkey> {
         self.index.get(id)
     }
@@ -414,10 +579,23 @@ impl Vault {
         self.index.problems()
     }
 
-    /// Adds a device, or replaces its entry. Its name and time are sealed under the current epoch.
+    /// Adds a device, or replaces its entry. Its name and time are sealed under the current epoch. A device new
+    /// to the table that this device adds is logged (`device-paired`).
     pub fn add_device(&mut self, d: Device) -> Result<(), Error> {
         d.validate()?;
-        let obj = doc::put_device(&mut self.doc, &self.shape, &self.id, &self.keyring, &d)?;
+        let logged = (!self.devices.contains_key(&d.id)
+            && d.added_by.is_some()
+            && d.added_by.as_ref() == self.local_device())
+        .then(|| self.audit_value(Event::Paired, d.id.as_str(), d.added_at_ms))
+        .flatten();
+        let obj = doc::put_device(
+            &mut self.doc,
+            &self.shape,
+            &self.id,
+            &self.keyring,
+            &d,
+            logged,
+        )?;
         self.device_objs.insert(obj, d.id.clone());
         self.set_device_problem(&d.id, None);
         self.device_epochs
@@ -521,17 +699,21 @@ impl Vault {
             Some(_) => {}
         }
         let removal = Removal::sign(&self.id, id, me, now_ms).encode();
+        let logged = self.audit_value(Event::Removed, id.as_str(), now_ms);
         let ext = &self.shape.ext;
         self.doc
-            .transact(|tx| doc::put_removal(tx, ext, id, removal))
+            .transact(|tx| {
+                doc::put_removal(tx, ext, id, removal)?;
+                doc::put_audit(tx, ext, logged)
+            })
             .map_err(|f| Error::from(f.error))?;
         self.judge();
         self.rotate(now_ms).map(Some)
     }
 
-    /// Renames device `id` (its name is sealed under the current epoch). `UnknownDevice` if it has no readable
-    /// entry.
-    pub fn rename_device(&mut self, id: &DeviceId, name: &str) -> Result<(), Error> {
+    /// Renames device `id` (its name is sealed under the current epoch; the audit log records that it was
+    /// renamed, not the name). `UnknownDevice` if it has no readable entry.
+    pub fn rename_device(&mut self, id: &DeviceId, name: &str, now_ms: u64) -> Result<(), Error> {
         let mut d = self
             .devices
             .get(id)
@@ -541,8 +723,13 @@ impl Vault {
         d.validate()?;
         let obj = self.device_obj(id)?;
         let sealed = doc::seal_device(&self.id, &self.keyring, &d)?;
+        let logged = self.audit_value(Event::DeviceRenamed, id.as_str(), now_ms);
+        let ext = &self.shape.ext;
         self.doc
-            .transact(|tx| doc::update_fields(tx, &obj, sealed))
+            .transact(|tx| {
+                doc::put_audit(tx, ext, logged)?;
+                doc::update_fields(tx, &obj, sealed)
+            })
             .map_err(|f| Error::from(f.error))?;
         self.device_epochs
             .insert(id.clone(), self.keyring.current());
@@ -609,13 +796,15 @@ impl Vault {
         let mut keyring = self.keyring.clone();
         keyring.insert(epoch, key.clone());
         keyring.set_current(epoch)?;
-        let records: Vec<RecordId> = self.index.iter().map(|p| p.record_id).collect();
+        let records: Vec<RecordId> = self.index.all().map(|p| p.record_id).collect();
         let devices: Vec<DeviceId> = self.devices.keys().cloned().collect();
         let ext = self.shape.ext.clone();
         let shape = self.shape.clone();
         let vault = self.id;
+        let logged = self.audit_value(Event::Rotated, &epoch.0.to_string(), now_ms);
         self.reencrypt(&keyring, &records, &devices, |tx| {
             doc::put_epoch(tx, &ext, epoch, info, wraps)
+                .and_then(|()| doc::put_audit(tx, &ext, logged))
                 .map_err(Error::from)
                 .and_then(|()| doc::put_keycheck(tx, &shape, &vault, epoch, &key))
         })?;
@@ -710,7 +899,7 @@ impl Vault {
         let wrapped = self.heal_wraps()?;
         let records: Vec<RecordId> = self
             .index
-            .iter()
+            .all()
             .filter(|p| p.epoch != current)
             .map(|p| p.record_id)
             .collect();
@@ -1084,6 +1273,7 @@ impl Vault {
         }
         let (epochs, writable) = self.judge_epochs(&removed, &mut causality);
         self.epochs = epochs;
+        self.removal_changes = removed;
         if let Some(epoch) = writable {
             // Known, so this cannot fail.
             let _ = self.keyring.set_current(epoch);
@@ -1575,8 +1765,30 @@ mod tests {
         assert_eq!(pa.updated_at_ms, 6_000);
         assert_eq!(&v.decrypt_record(&a).unwrap(), pa);
 
-        assert!(v.remove(&a).unwrap());
-        assert!(!v.remove(&a).unwrap());
+        // Trashed: hidden from every lookup, listed in the trash, restorable.
+        v.trash(&a, 8_000).unwrap();
+        assert_eq!(v.trash(&a, 8_001), Err(Error::NotFound(a)));
+        assert!(v.find_by_credential_id(&[1; 16]).is_none());
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            v.passkeys().map(|p| p.record_id).collect::<Vec<_>>(),
+            vec![b, c]
+        );
+        assert_eq!(
+            v.trashed().map(|p| p.record_id).collect::<Vec<_>>(),
+            vec![a]
+        );
+        assert_eq!(v.decrypt_record(&a).unwrap().trashed_at_ms, Some(8_000));
+        v.restore(&a, 8_500).unwrap();
+        assert_eq!(v.restore(&a, 8_501), Err(Error::NotFound(a)));
+        assert_eq!(v.find_by_credential_id(&[1; 16]).unwrap().record_id, a);
+        assert_eq!(v.trashed_len(), 0);
+        assert_eq!(v.decrypt_record(&a).unwrap().trashed_at_ms, None);
+        v.trash(&a, 9_000).unwrap();
+
+        assert_eq!(v.purge(&[a, a], 9_500).unwrap(), (1, None));
+        assert_eq!(v.purge(&[a], 9_600).unwrap(), (0, None));
+        assert_eq!(v.trashed_len(), 0);
         assert!(v.passkey(&a).is_none());
         assert!(v.find_by_credential_id(&[1; 16]).is_none());
         let com: Vec<RecordId> = v.find_by_rp("example.com").map(|p| p.record_id).collect();
@@ -1712,7 +1924,8 @@ mod tests {
         v.add_device(device("peer-a", None)).unwrap();
         file.extend(v.save_incremental());
         assert!(v.save_incremental().is_empty());
-        v.remove(&a).unwrap();
+        v.trash(&b, 13).unwrap();
+        v.purge(&[a], 14).unwrap();
         file.extend(v.save_incremental());
 
         let w = Vault::load(&file, keyring()).unwrap();
@@ -1720,6 +1933,10 @@ mod tests {
         assert_eq!(w.heads(), v.heads());
         assert_eq!(w.devices(), v.devices());
         assert_eq!(w.passkey(&b).unwrap().label.as_deref(), Some("renamed"));
+        assert_eq!(
+            w.trashed().map(|p| p.record_id).collect::<Vec<_>>(),
+            vec![b]
+        );
         assert!(w.passkey(&a).is_none());
     }
 
@@ -1911,7 +2128,7 @@ mod tests {
         assert_index_fresh(&mut peer);
 
         // Deleting the broken record clears the problem.
-        assert!(peer.remove(&a).unwrap());
+        assert_eq!(peer.purge(&[a], 5).unwrap().0, 1);
         assert!(peer.problems().is_empty());
         assert_index_fresh(&mut peer);
     }
@@ -2172,7 +2389,7 @@ mod tests {
         assert_eq!(list(&a), list(&b));
 
         b.rename(&r1, "from b", 3).unwrap();
-        a.remove(&r2).unwrap();
+        a.purge(&[r2], 4).unwrap();
         let r3 = a.insert(new_passkey(3, "example.org"), 4).unwrap();
         a.add_device(device("peer-a", None)).unwrap();
         sync_pair(&mut a, &mut b);
@@ -2254,7 +2471,7 @@ mod tests {
         );
         assert_eq!(b.devices(), vec![renamed]);
         a.remove_device(&DeviceId::new("peer-a".into())).unwrap();
-        a.remove(&r).unwrap();
+        a.purge(&[r], 5).unwrap();
         sync_pair(&mut a, &mut b);
         assert!(b.is_empty());
         assert!(b.devices().is_empty());
@@ -2291,7 +2508,7 @@ mod tests {
         let r = a.insert(new_passkey(1, "example.com"), 1).unwrap();
         sync_pair(&mut a, &mut b);
         a.rename(&r, "renamed", 2).unwrap();
-        b.remove(&r).unwrap();
+        b.purge(&[r], 3).unwrap();
         let mut c = Vault::load(&a.save(), keyring()).unwrap();
         a.merge(&mut b).unwrap();
         sync_pair(&mut b, &mut c);

@@ -94,6 +94,7 @@ fn keyring() -> Keyring {
 /// Everything a user of a replica can observe, plus its heads.
 type Visible = (
     Vec<Passkey>,
+    Vec<Passkey>,
     Vec<(RecordId, Error)>,
     Vec<Device>,
     Vec<[u8; 32]>,
@@ -102,6 +103,7 @@ type Visible = (
 fn visible(v: &Vault) -> Visible {
     (
         v.passkeys().cloned().collect(),
+        v.trashed().cloned().collect(),
         v.problems().to_vec(),
         v.devices(),
         v.heads(),
@@ -161,9 +163,31 @@ impl World {
                 self.vaults[at].insert(p, now).expect("insert");
             }
             Op::Remove { at, pick } => {
-                if let Some(id) = self.pick(at, pick) {
-                    assert!(self.vaults[at].remove(&id).expect("remove"));
-                    assert!(self.vaults[at].passkey(&id).is_none());
+                // Even picks go to the trash (and odd ones of the trash come back), the others are purged.
+                let now = self.tick();
+                let trashed: Vec<RecordId> =
+                    self.vaults[at].trashed().map(|p| p.record_id).collect();
+                if pick % 4 == 3 && !trashed.is_empty() {
+                    let id = trashed[pick % trashed.len()];
+                    self.vaults[at].restore(&id, now).expect("restore");
+                    assert!(
+                        self.vaults[at]
+                            .find_by_credential_id(
+                                &self.vaults[at]
+                                    .passkey(&id)
+                                    .expect("restored")
+                                    .credential_id
+                            )
+                            .is_some()
+                    );
+                } else if let Some(id) = self.pick(at, pick) {
+                    if pick % 2 == 0 {
+                        self.vaults[at].trash(&id, now).expect("trash");
+                        assert!(self.vaults[at].passkeys().all(|p| p.record_id != id));
+                    } else {
+                        assert_eq!(self.vaults[at].purge(&[id], now).expect("purge").0, 1);
+                        assert!(self.vaults[at].passkey(&id).is_none());
+                    }
                 }
             }
             Op::Rename { at, pick, label } => {
@@ -258,7 +282,7 @@ proptest! {
         world.settle();
 
         let reference = visible(&world.vaults[0]);
-        prop_assert!(reference.1.is_empty(), "problems: {:?}", reference.1);
+        prop_assert!(reference.2.is_empty(), "problems: {:?}", reference.2);
         for v in &world.vaults[1..] {
             prop_assert_eq!(&visible(v), &reference);
         }

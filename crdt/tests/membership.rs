@@ -2,8 +2,8 @@
 //! ed25519 and x25519 keys) exchanging real sync messages.
 
 use passmesh_crdt::{
-    Device, DeviceId, Epoch, Error, Keyring, LocalDevice, MemberState, NewPasskey, SyncState,
-    Vault, VaultId, VaultKey,
+    Device, DeviceId, Epoch, Error, Event, Keyring, LocalDevice, MemberState, NewPasskey,
+    SyncState, Vault, VaultId, VaultKey, Verdict,
 };
 use zeroize::Zeroizing;
 
@@ -256,7 +256,7 @@ fn renaming_a_device_reaches_the_others() {
     let mut w = world(2);
     let [a, b] = &mut w[..] else { unreachable!() };
     let b_id = id(b);
-    a.rename_device(&b_id, "desk").unwrap();
+    a.rename_device(&b_id, "desk", 50).unwrap();
     settle(&mut [a, b]);
     let names: Vec<String> = b
         .members()
@@ -266,7 +266,7 @@ fn renaming_a_device_reaches_the_others() {
         .collect();
     assert_eq!(names, ["desk"]);
     assert!(matches!(
-        a.rename_device(&DeviceId::new("12D3KooWnobody".into()), "x"),
+        a.rename_device(&DeviceId::new("12D3KooWnobody".into()), "x", 51),
         Err(Error::UnknownDevice(_))
     ));
 }
@@ -396,4 +396,171 @@ fn a_forged_or_deleted_device_entry_changes_nothing() {
     );
     assert_eq!(a.active_devices().len(), 3);
     assert!(a.active_devices().iter().any(|d| d.id == b_id));
+}
+
+/// The audit entries of `v` as (event, acting device, subject, verdict).
+fn log(v: &mut Vault) -> Vec<(Event, DeviceId, String, Verdict)> {
+    v.audit()
+        .into_iter()
+        .map(|a| (a.event, a.device, a.subject, a.verdict))
+        .collect()
+}
+
+/// Opens `v`'s document with automerge (as any program could) and lets `f` write to `ext.audit` directly.
+fn tamper(
+    v: &mut Vault,
+    f: impl FnOnce(&mut automerge::transaction::Transaction<'_>, &automerge::ObjId),
+) -> Vec<u8> {
+    use automerge::ReadDoc;
+    let mut doc = automerge::Automerge::load(&v.save()).expect("load");
+    let (_, ext) = doc.get(automerge::ROOT, "ext").expect("read").expect("ext");
+    let (_, audit) = doc.get(&ext, "audit").expect("read").expect("audit");
+    let mut tx = doc.transaction();
+    f(&mut tx, &audit);
+    tx.commit();
+    doc.save()
+}
+
+#[test]
+fn the_audit_log_records_who_did_what_and_shows_forged_altered_and_late_entries() {
+    let mut w = signed_world(3);
+    let [a, b, c] = &mut w[..] else {
+        unreachable!()
+    };
+    settle(&mut [a, b, c]);
+    let (a_id, b_id, c_id) = (id(a), id(b), id(c));
+    let r = a.insert(passkey(1), 10).unwrap();
+    settle(&mut [a, b, c]);
+    b.trash(&r, 20).unwrap();
+    settle(&mut [a, b, c]);
+    c.restore(&r, 30).unwrap();
+    a.rename_device(&b_id, "desk", 35).unwrap();
+    settle(&mut [a, b, c]);
+    let epoch = a.remove_member(&c_id, 40).unwrap().expect("rotated");
+    // C, not knowing yet, deletes the passkey: concurrent with its removal, so its entry is not believed, but
+    // the delete itself lands in the trash like any other and can be restored.
+    c.trash(&r, 41).unwrap();
+    settle(&mut [a, b]);
+    sync(a, c);
+    settle(&mut [a, b]);
+    assert!(
+        a.passkeys().all(|p| p.record_id != r),
+        "C's delete took effect"
+    );
+    b.restore(&r, 50).unwrap();
+    settle(&mut [a, b]);
+    assert!(a.passkey(&r).is_some_and(|p| p.trashed_at_ms.is_none()));
+
+    let rs = r.to_string();
+    let mut expected = vec![
+        (
+            Event::Paired,
+            a_id.clone(),
+            b_id.to_string(),
+            Verdict::Verified,
+        ),
+        (
+            Event::Paired,
+            a_id.clone(),
+            c_id.to_string(),
+            Verdict::Verified,
+        ),
+        (Event::Trashed, b_id.clone(), rs.clone(), Verdict::Verified),
+        (Event::Restored, c_id.clone(), rs.clone(), Verdict::Verified),
+        (
+            Event::DeviceRenamed,
+            a_id.clone(),
+            b_id.to_string(),
+            Verdict::Verified,
+        ),
+        (
+            Event::Removed,
+            a_id.clone(),
+            c_id.to_string(),
+            Verdict::Verified,
+        ),
+        (
+            Event::Rotated,
+            a_id.clone(),
+            epoch.0.to_string(),
+            Verdict::Verified,
+        ),
+        (
+            Event::Trashed,
+            c_id.clone(),
+            rs.clone(),
+            Verdict::Forged("its device had been removed when it wrote it"),
+        ),
+        (Event::Restored, b_id.clone(), rs.clone(), Verdict::Verified),
+    ];
+    // Sorted by time, then key: the pairing entries are both at the devices' added time (1).
+    let by_key =
+        |l: &mut Vec<(Event, DeviceId, String, Verdict)>| l[..2].sort_by(|x, y| x.2.cmp(&y.2));
+    by_key(&mut expected);
+    let mut got = log(a);
+    by_key(&mut got);
+    assert_eq!(got, expected);
+    let mut got = log(b);
+    by_key(&mut got);
+    assert_eq!(got, expected, "every replica shows the same log");
+
+    // Someone with write access to the document (a buggy peer, a hostile program on a member's disk): a
+    // made-up entry under its own hash, an existing entry overwritten with a changed time, and one deleted.
+    let original = a.audit();
+    let removal = original
+        .iter()
+        .find(|e| e.event == Event::Removed)
+        .expect("removal entry")
+        .key
+        .clone();
+    let trashed = original
+        .iter()
+        .find(|e| e.event == Event::Trashed)
+        .expect("trash entry")
+        .key
+        .clone();
+    let mut made_up = vec![1u8, 2];
+    made_up.extend_from_slice(&u16::try_from(a_id.as_str().len()).unwrap().to_be_bytes());
+    made_up.extend_from_slice(a_id.as_str().as_bytes());
+    made_up.extend_from_slice(&60u64.to_be_bytes());
+    made_up.extend_from_slice(&u16::try_from(b_id.as_str().len()).unwrap().to_be_bytes());
+    made_up.extend_from_slice(b_id.as_str().as_bytes());
+    made_up.extend_from_slice(&[7; 64]);
+    let made_up_key = passmesh_crdt::audit::key_of(&made_up);
+    let bytes = tamper(a, |tx, audit| {
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+        tx.put(audit, made_up_key.as_str(), made_up.clone())
+            .unwrap();
+        let (value, _) = tx.get(audit, trashed.as_str()).unwrap().expect("entry");
+        let mut changed = value.as_bytes().expect("bytes").to_vec();
+        // The time field follows version, event and the device id.
+        let at = 2 + 2 + b_id.as_str().len();
+        changed[at + 7] ^= 1;
+        tx.put(audit, trashed.as_str(), changed).unwrap();
+        tx.delete(audit, removal.as_str()).unwrap();
+    });
+    let mut seen = Vault::load_as(&bytes, keyring(), Some(local(1))).expect("load");
+    seen.set_anchors(Some(std::collections::BTreeSet::from([local(1)
+        .id()
+        .clone()])));
+    let after = log(&mut seen);
+    for entry in &expected {
+        assert!(after.contains(entry), "{entry:?} is still listed as it was");
+    }
+    assert!(after.contains(&(
+        Event::Removed,
+        a_id.clone(),
+        b_id.to_string(),
+        Verdict::Forged("its signature does not verify")
+    )));
+    assert_eq!(
+        after
+            .iter()
+            .filter(|(e, d, _, v)| *e == Event::Trashed && *d == b_id && *v == Verdict::Altered)
+            .count(),
+        1,
+        "{after:?}"
+    );
+    assert_eq!(after.len(), expected.len() + 2);
 }

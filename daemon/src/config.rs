@@ -58,7 +58,21 @@ pub struct File {
     /// How the daemon serves its callers.
     #[serde(default)]
     pub daemon: DaemonSection,
+    /// The vault's rules.
+    #[serde(default)]
+    pub vault: VaultSection,
 }
+
+/// `[vault]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSection {
+    /// Days a deleted passkey stays in the trash before it is purged (default 30).
+    pub trash_days: Option<u32>,
+}
+
+/// Default of `vault.trash_days`.
+pub const DEFAULT_TRASH_DAYS: u32 = 30;
 
 /// `[daemon]` in the config file.
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +174,18 @@ pub struct Config {
     pub mode: Mode,
     /// System mode: most user vaults the daemon keeps.
     pub max_vaults: usize,
+    /// How long a deleted passkey stays in the trash.
+    pub trash: Duration,
+}
+
+impl Config {
+    /// What each vault is run by: the PIN policy and the trash's keeping time.
+    pub fn rules(&self) -> crate::vault::Rules {
+        crate::vault::Rules {
+            pin: self.pin,
+            trash: self.trash,
+        }
+    }
 }
 
 /// The resolved `[network]` settings.
@@ -282,6 +308,12 @@ impl Config {
                 socket.unwrap_or_else(system_socket),
             ),
         };
+        let trash_days = file.vault.trash_days.unwrap_or(DEFAULT_TRASH_DAYS);
+        if !(1..=3650).contains(&trash_days) {
+            return Err(Error::Invalid(format!(
+                "vault.trash_days must be 1..=3650, got {trash_days}"
+            )));
+        }
         let mut pin = Policy::default();
         if let Some(n) = file.pin.max_attempts {
             if !(1..=100).contains(&n) {
@@ -357,6 +389,7 @@ impl Config {
             network,
             mode,
             max_vaults,
+            trash: Duration::from_secs(u64::from(trash_days) * 86_400),
         })
     }
 }

@@ -14,7 +14,6 @@ use passmesh_transport::Identity;
 use zeroize::Zeroizing;
 
 use crate::custody::{Choice, Custody, TpmOptions};
-use crate::pin::Policy;
 use crate::vault::{self, Error};
 
 /// What a device needs to join a vault. Holds the vault keyring: `Debug` leaves it out.
@@ -54,8 +53,13 @@ async fn with_vault<T>(
     f: impl AsyncFnOnce(&vault::Handle, &Identity) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let custody = Custody::new(choice, tpm.clone());
-    let (running, _) =
-        vault::open_seeded(&dir(state_dir), &custody, Policy::default(), seed, None)?;
+    let (running, _) = vault::open_seeded(
+        &dir(state_dir),
+        &custody,
+        vault::Rules::default(),
+        seed,
+        None,
+    )?;
     let result = f(&running.handle, &running.identity).await;
     drop(running.handle);
     drop(running.outbound);

@@ -105,5 +105,17 @@ fn main() {
     v.insert(passkey(3), 3).expect("insert");
     v.remove_member(&third_id, 4).expect("remove");
     write("crdt_load", "vault-rotated", &v.save());
+
+    // An audit entry as the format describes it (version, event, device, time, subject, signature).
+    let mut entry = vec![1u8, 2];
+    for part in [third_id.as_str(), "0123456789abcdef0123456789abcdef"] {
+        if part.len() == 32 {
+            entry.extend_from_slice(&4u64.to_be_bytes());
+        }
+        entry.extend_from_slice(&u16::try_from(part.len()).expect("short").to_be_bytes());
+        entry.extend_from_slice(part.as_bytes());
+    }
+    entry.extend_from_slice(&[0x5a; 64]);
+    write("audit", "entry", &entry);
     println!("seeds written under fuzz/corpus/");
 }

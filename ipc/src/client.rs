@@ -7,7 +7,9 @@ use tokio::net::UnixStream;
 use zeroize::Zeroizing;
 
 use crate::frame::{FrameError, read_frame, write_frame};
-use crate::message::{ErrorBody, PasskeyInfo, Request, RequestBody, Response, ResponseBody};
+use crate::message::{
+    AuditInfo, ErrorBody, PasskeyInfo, Request, RequestBody, Response, ResponseBody, TrashedPasskey,
+};
 
 /// Errors talking to the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,58 @@ impl Client {
                 other => {
                     return Err(ClientError::UnexpectedReply(format!(
                         "expected a list reply, got {}",
+                        other.kind()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Every passkey in the trash, fetching `trashList` pages until `total` is reached.
+    pub async fn trash_all(&mut self) -> Result<Vec<TrashedPasskey>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            let body = RequestBody::TrashList {
+                offset: all.len() as u64,
+                limit: None,
+            };
+            match self.call(body).await? {
+                ResponseBody::TrashList { passkeys, total } => {
+                    let empty = passkeys.is_empty();
+                    all.extend(passkeys);
+                    if empty || all.len() as u64 >= total {
+                        return Ok(all);
+                    }
+                }
+                other => {
+                    return Err(ClientError::UnexpectedReply(format!(
+                        "expected a trashList reply, got {}",
+                        other.kind()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The whole audit log, fetching `audit` pages until `total` is reached.
+    pub async fn audit_all(&mut self) -> Result<Vec<AuditInfo>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            let body = RequestBody::Audit {
+                offset: all.len() as u64,
+                limit: None,
+            };
+            match self.call(body).await? {
+                ResponseBody::Audit { entries, total } => {
+                    let empty = entries.is_empty();
+                    all.extend(entries);
+                    if empty || all.len() as u64 >= total {
+                        return Ok(all);
+                    }
+                }
+                other => {
+                    return Err(ClientError::UnexpectedReply(format!(
+                        "expected an audit reply, got {}",
                         other.kind()
                     )));
                 }

@@ -73,7 +73,8 @@ pub enum RequestBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
-    /// Delete one passkey.
+    /// Move one passkey to the trash: hidden from `get`, `list` and the browser on every device, restorable
+    /// with `trashRestore` until it is purged (`[vault] trash_days` later, or with `trashPurge`).
     Delete {
         /// The credential to delete.
         credential_id: Base64Url,
@@ -148,6 +149,38 @@ pub enum RequestBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pin: Option<Pin>,
     },
+    /// The passkeys in the trash, one page at a time (longest there first).
+    TrashList {
+        /// Entries to skip (default 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
+        /// Page size (default and maximum [`MAX_LIST_PAGE`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Take one passkey out of the trash.
+    TrashRestore {
+        /// The trashed credential.
+        credential_id: Base64Url,
+    },
+    /// Purge passkeys from the trash for good, and rotate the vault key.
+    TrashPurge {
+        /// Only this trashed credential (default: the whole trash).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential_id: Option<Base64Url>,
+        /// The device PIN, required when one is set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<Pin>,
+    },
+    /// The vault's audit log, one page at a time (oldest first), each entry checked.
+    Audit {
+        /// Entries to skip (default 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
+        /// Page size (default and maximum [`MAX_LIST_PAGE`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
 }
 
 /// Default lifetime of an invitation, in seconds.
@@ -178,6 +211,10 @@ impl RequestBody {
             Self::DeviceList => "deviceList",
             Self::DeviceRename { .. } => "deviceRename",
             Self::DeviceRemove { .. } => "deviceRemove",
+            Self::TrashList { .. } => "trashList",
+            Self::TrashRestore { .. } => "trashRestore",
+            Self::TrashPurge { .. } => "trashPurge",
+            Self::Audit { .. } => "audit",
         }
     }
 }
@@ -267,6 +304,73 @@ pub enum ResponseBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<u32>,
     },
+    /// One page of the trash.
+    TrashList {
+        /// One entry per trashed passkey, from `offset` on.
+        passkeys: Vec<TrashedPasskey>,
+        /// How many passkeys are in the trash in all.
+        total: u64,
+    },
+    /// Result of a restore.
+    TrashRestore {
+        /// False if no such credential was in the trash.
+        restored: bool,
+    },
+    /// Result of a purge.
+    TrashPurge {
+        /// How many passkeys were purged.
+        purged: u64,
+        /// The new key epoch (absent if nothing was purged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u32>,
+    },
+    /// One page of the audit log.
+    Audit {
+        /// Entries from `offset` on, oldest first.
+        entries: Vec<AuditInfo>,
+        /// How many entries the log has in all.
+        total: u64,
+    },
+}
+
+/// A passkey in the trash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrashedPasskey {
+    /// The passkey as `list` shows it.
+    #[serde(flatten)]
+    pub passkey: PasskeyInfo,
+    /// When it was deleted, ms since the Unix epoch (the deleting device's clock).
+    pub trashed_at_ms: u64,
+    /// When this device purges it unless it is restored, ms since the Unix epoch.
+    pub purge_at_ms: u64,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditInfo {
+    /// When, ms since the Unix epoch (the acting device's clock).
+    pub at_ms: u64,
+    /// The acting device's id.
+    pub device_id: String,
+    /// Its name, if its entry is readable here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    /// `device-paired`, `device-removed`, `device-renamed`, `key-rotated`, `passkey-trashed`,
+    /// `passkey-restored` or `passkey-purged` (`event-N` for an event of a later release).
+    pub event: String,
+    /// What it acted on: a device id, a passkey's record id or a key epoch.
+    pub subject: String,
+    /// What the subject is, when this device knows it (a device's name; a passkey's rpId, user name and
+    /// label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_name: Option<String>,
+    /// The entry is signed by the device it names, a member when it wrote it, and unaltered.
+    pub verified: bool,
+    /// Why it is not verified (`verified` false): forged, or altered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// One entry of the device table as `deviceList` shows it.
@@ -378,6 +482,10 @@ impl ResponseBody {
             Self::DeviceList { .. } => "deviceList",
             Self::DeviceRename {} => "deviceRename",
             Self::DeviceRemove { .. } => "deviceRemove",
+            Self::TrashList { .. } => "trashList",
+            Self::TrashRestore { .. } => "trashRestore",
+            Self::TrashPurge { .. } => "trashPurge",
+            Self::Audit { .. } => "audit",
         }
     }
 }

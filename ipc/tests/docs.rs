@@ -51,6 +51,6 @@ fn documented_frames_parse() {
         }
     }
     // One example of each request and each success answer, plus the error example.
-    assert_eq!(requests, 15);
-    assert_eq!(responses, 16);
+    assert_eq!(requests, 19);
+    assert_eq!(responses, 20);
 }

@@ -382,7 +382,6 @@ fn scrub_and_remove(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::custody::Custody;
-    use crate::pin::Policy;
     use crate::store::Durability;
     use crate::vault;
 
@@ -423,7 +422,8 @@ mod tests {
             tcti: "device:/nonexistent".into(),
             pcrs: vec![],
         };
-        let (running, report) = vault::open(&dir, &software(&tpm), Policy::default()).unwrap();
+        let (running, report) =
+            vault::open(&dir, &software(&tpm), vault::Rules::default()).unwrap();
         assert_eq!(report.backend, Backend::Software);
         let device = running.identity.peer_id();
         drop(running.handle);
@@ -442,7 +442,7 @@ mod tests {
         wait_unlocked(&dir);
         assert_eq!(software_key(&dir), key);
         wait_unlocked(&dir);
-        let (running, _) = vault::open(&dir, &software(&tpm), Policy::default()).unwrap();
+        let (running, _) = vault::open(&dir, &software(&tpm), vault::Rules::default()).unwrap();
         // The device identity was re-sealed along with the keyring.
         assert_eq!(running.identity.peer_id(), device);
         drop(running.handle);
@@ -454,7 +454,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("v");
         let tpm = TpmOptions::default();
-        let open = || vault::open(&dir, &software(&tpm), Policy::default());
+        let open = || vault::open(&dir, &software(&tpm), vault::Rules::default());
         let (running, _) = open().unwrap();
         drop(running.handle);
         running.thread.join().unwrap();
@@ -509,7 +509,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("v");
         let tpm = TpmOptions::default();
-        let open = || vault::open(&dir, &software(&tpm), Policy::default());
+        let open = || vault::open(&dir, &software(&tpm), vault::Rules::default());
         let (running, _) = open().unwrap();
         drop(running.handle);
         running.thread.join().unwrap();
@@ -537,7 +537,7 @@ mod tests {
             Err(Error::NoVault(_))
         ));
         let dir = tmp.path().join("v");
-        let (running, _) = vault::open(&dir, &software(&tpm), Policy::default()).unwrap();
+        let (running, _) = vault::open(&dir, &software(&tpm), vault::Rules::default()).unwrap();
         let err = reseal(&dir, &tpm, &target).unwrap_err();
         assert!(err.to_string().contains("stop passmeshd"), "{err}");
         drop(running);

@@ -139,7 +139,56 @@ impl Session<'_> {
                 self.device_remove(DeviceId::new(device_id), pin.as_ref())
                     .await
             }
+            RequestBody::TrashList { offset, limit } => {
+                let limit = limit.unwrap_or(MAX_LIST_PAGE).min(MAX_LIST_PAGE) as usize;
+                let (passkeys, total) = self
+                    .vault
+                    .trash_list(offset, limit)
+                    .await
+                    .map_err(internal)?;
+                Ok(ResponseBody::TrashList { passkeys, total })
+            }
+            RequestBody::TrashRestore { credential_id } => {
+                let restored = self
+                    .vault
+                    .trash_restore(credential_id.0.into())
+                    .await
+                    .map_err(internal)?;
+                Ok(ResponseBody::TrashRestore { restored })
+            }
+            RequestBody::TrashPurge { credential_id, pin } => {
+                self.require_pin(pin.as_ref(), "purging the trash").await?;
+                let (purged, epoch) = self
+                    .vault
+                    .trash_purge(credential_id.map(|c| c.0.into()))
+                    .await
+                    .map_err(internal)?;
+                Ok(ResponseBody::TrashPurge {
+                    purged,
+                    epoch: epoch.map(|e| e.0),
+                })
+            }
+            RequestBody::Audit { offset, limit } => {
+                let limit = limit.unwrap_or(MAX_LIST_PAGE).min(MAX_LIST_PAGE) as usize;
+                let (entries, total) = self.vault.audit(offset, limit).await.map_err(internal)?;
+                Ok(ResponseBody::Audit { entries, total })
+            }
         }
+    }
+
+    /// Verifies the PIN when one is set: what cannot be undone (`what`) needs it.
+    async fn require_pin(&self, pin: Option<&Pin>, what: &str) -> Result<(), ErrorBody> {
+        let status = self.vault.status().await.map_err(internal)?;
+        if status.pin_set {
+            let Some(pin) = pin else {
+                return Err(e(
+                    ErrorName::NotAllowedError,
+                    format!("a PIN is set on this device: {what} needs it (--pin-stdin)"),
+                ));
+            };
+            self.check_pin(pin).await?;
+        }
+        Ok(())
     }
 
     async fn device_list(&self) -> Result<ResponseBody, ErrorBody> {
@@ -187,16 +236,7 @@ impl Session<'_> {
         id: DeviceId,
         pin: Option<&Pin>,
     ) -> Result<ResponseBody, ErrorBody> {
-        let status = self.vault.status().await.map_err(internal)?;
-        if status.pin_set {
-            let Some(pin) = pin else {
-                return Err(e(
-                    ErrorName::NotAllowedError,
-                    "a PIN is set on this device: removing a device needs it (--pin-stdin)",
-                ));
-            };
-            self.check_pin(pin).await?;
-        }
+        self.require_pin(pin, "removing a device").await?;
         let epoch = self.vault.remove_device(id).await.map_err(device_error)?;
         Ok(ResponseBody::DeviceRemove {
             epoch: epoch.map(|e| e.0),

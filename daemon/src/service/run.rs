@@ -136,7 +136,7 @@ fn open_user(config: &Config) -> Result<Users, Error> {
     let dir = crate::layout::user_dir(&config.state_dir, uid);
     let custody = Custody::new(config.keystore, config.tpm.clone());
     let (running, report) =
-        vault::open(&dir, &custody, config.pin).map_err(|source| match source {
+        vault::open(&dir, &custody, config.rules()).map_err(|source| match source {
             // Keystore refusals are about the machine, not the vault's files: say them plainly.
             vault::Error::Keystore(k) => Error::Keystore(k),
             source => Error::Vault {
@@ -216,19 +216,20 @@ impl Service {
     async fn reload(&self, old: &Config, new: &Config) {
         // No vault is being opened meanwhile (each reads the policy as it opens): none misses the change.
         let _no_opening = self.users.hold_openings().await;
-        if new.pin != old.pin {
+        if new.rules() != old.rules() {
             self.always_verify
                 .store(new.pin.always_required, Ordering::Relaxed);
-            self.users.set_policy(new.pin);
+            self.users.set_rules(new.rules());
             for h in self.users.handles() {
                 // A vault that stopped is shutting down with the daemon.
-                let _ = h.set_policy(new.pin).await;
+                let _ = h.set_rules(new.rules()).await;
             }
             tracing::info!(
                 max_attempts = new.pin.max_attempts,
                 lockout_secs = new.pin.lockout.as_secs(),
                 always_required = new.pin.always_required,
-                "the PIN policy changed"
+                trash_days = new.trash.as_secs() / 86_400,
+                "the vault rules changed"
             );
         }
         if new.max_vaults != old.max_vaults && self.users.is_system() {

@@ -18,7 +18,6 @@ use super::{Error, e};
 use crate::config::Config;
 use crate::custody::Custody;
 use crate::net::router::{Attach, Carried, Routed};
-use crate::pin::Policy;
 use crate::vault;
 
 /// One user's open vault.
@@ -51,7 +50,7 @@ struct Registry {
     /// The vaults' actor threads, joined at shutdown.
     threads: Vec<JoinHandle<()>>,
     /// For vaults opened from now on (a reload changes it).
-    policy: Policy,
+    rules: vault::Rules,
     max: usize,
     network: Network,
 }
@@ -80,7 +79,7 @@ impl Users {
             state: Mutex::new(Registry {
                 open: HashMap::new(),
                 threads: Vec::new(),
-                policy: config.pin,
+                rules: config.rules(),
                 max: config.max_vaults,
                 network: if config.network.enabled {
                     Network::Pending(Vec::new())
@@ -207,11 +206,11 @@ impl Users {
     /// Opens (creating on first use) the vault of `uid` and keeps it. Blocking: the keystore and the store.
     fn open_blocking(&self, uid: u32) -> Result<Kept, vault::Error> {
         let dir = crate::layout::user_dir(&self.state_dir, uid);
-        let policy = self.state().policy;
+        let rules = self.state().rules;
         let (running, report) = vault::open_seeded(
             &dir,
             &self.custody,
-            policy,
+            rules,
             None,
             Some(self.identity.clone()),
         )?;
@@ -284,9 +283,9 @@ impl Users {
         self.creating.lock().await
     }
 
-    /// The PIN policy for vaults opened from now on.
-    pub fn set_policy(&self, policy: Policy) {
-        self.state().policy = policy;
+    /// The rules for vaults opened from now on.
+    pub fn set_rules(&self, rules: vault::Rules) {
+        self.state().rules = rules;
     }
 
     /// At most this many vaults from now on (system mode).

@@ -30,6 +30,8 @@ pub(super) struct Actor {
     pub(super) store: Store,
     pub(super) pin: PinState,
     pub(super) policy: Policy,
+    /// How long a passkey stays in the trash before it is purged.
+    pub(super) trash_for: std::time::Duration,
     /// Changes applied in memory but not yet stored.
     pub(super) dirty: bool,
     /// A write failed: the next one must store a full snapshot.
@@ -193,6 +195,25 @@ impl Actor {
                 reply,
             } => deferred.write(reply, self.rename(&credential_id, &label)),
             Command::Status { reply } => deferred.read(reply, self.status()),
+            Command::TrashList {
+                offset,
+                limit,
+                reply,
+            } => deferred.read(reply, self.trash_list(offset, limit)),
+            Command::TrashRestore {
+                credential_id,
+                reply,
+            } => deferred.write(reply, self.trash_restore(&credential_id)),
+            Command::TrashPurge {
+                credential_id,
+                reply,
+            } => deferred.write(reply, self.trash_purge(credential_id.as_ref())),
+            Command::Audit {
+                offset,
+                limit,
+                reply,
+            } => deferred.read(reply, self.audit(offset, limit)),
+            Command::Tick => self.purge_expired(),
             Command::Peer(event) => self.peer_event(event),
             Command::AddDevice {
                 device,
@@ -207,8 +228,9 @@ impl Actor {
                 let _ = reply.send(self.adopt(*adoption));
             }
             // Counters and lockouts already running are kept; the new limits apply from the next attempt.
-            Command::SetPolicy { policy, reply } => {
-                self.policy = policy;
+            Command::SetRules { rules, reply } => {
+                self.policy = rules.pin;
+                self.trash_for = rules.trash;
                 let _ = reply.send(());
             }
             Command::PinBegin { reply } => {

@@ -242,7 +242,8 @@ impl Actor {
 
     /// Renames a device of the table.
     pub(super) fn rename_device(&mut self, id: &DeviceId, name: &DeviceName) -> Result<(), Error> {
-        self.vault.rename_device(id, name.as_str())?;
+        self.vault
+            .rename_device(id, name.as_str(), crate::now_ms())?;
         self.dirty = true;
         self.local_change();
         Ok(())

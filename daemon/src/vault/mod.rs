@@ -12,6 +12,7 @@
 //! - `passkeys`: the passkey commands (insert, find for `get`, list, delete, rename) and the signing-key cache.
 //! - `membership`: the device table: this device's entry, adding devices, what a joining device gets, adopting
 //!   another vault.
+//! - `trash`: the trash (list, restore, purge, purging what expired) and the audit log.
 //! - `pin_state`: the PIN commands (an attempt is counted on disk before the check; setting the PIN).
 //! - [`replication`]: sans-IO sync with the paired devices and the BS flag.
 
@@ -21,13 +22,14 @@ mod open;
 mod passkeys;
 mod pin_state;
 pub mod replication;
+mod trash;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use passmesh_crdt::{CredentialId, Device, DeviceId, Epoch, NewPasskey, VaultId};
-use passmesh_ipc::PasskeyInfo;
+use passmesh_ipc::{AuditInfo, PasskeyInfo, TrashedPasskey};
 use passmesh_transport::{Identity, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
@@ -40,6 +42,27 @@ use crate::custody::keystore::{self, Backend, tpm};
 use crate::names::{DeviceName, Label};
 use crate::pin::{self, PinHash, Policy};
 use crate::store;
+
+/// What the configuration decides for a vault: the PIN policy, and how long a deleted passkey stays in the
+/// trash before the vault purges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Attempt limit and lockout.
+    pub pin: Policy,
+    /// Keeping time of the trash (`[vault] trash_days`).
+    pub trash: std::time::Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            pin: Policy::default(),
+            trash: std::time::Duration::from_secs(
+                u64::from(crate::config::DEFAULT_TRASH_DAYS) * 86_400,
+            ),
+        }
+    }
+}
 
 /// Queue depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
@@ -259,8 +282,8 @@ struct Adoption {
 }
 
 enum Command {
-    SetPolicy {
-        policy: Policy,
+    SetRules {
+        rules: Rules,
         reply: Reply<()>,
     },
     AnyExcluded {
@@ -292,6 +315,26 @@ enum Command {
         label: Label,
         reply: Reply<Result<bool, Error>>,
     },
+    TrashList {
+        offset: u64,
+        limit: usize,
+        reply: Reply<(Vec<TrashedPasskey>, u64)>,
+    },
+    TrashRestore {
+        credential_id: CredentialId,
+        reply: Reply<Result<bool, Error>>,
+    },
+    TrashPurge {
+        credential_id: Option<CredentialId>,
+        reply: Reply<Result<(u64, Option<Epoch>), Error>>,
+    },
+    Audit {
+        offset: u64,
+        limit: usize,
+        reply: Reply<(Vec<AuditInfo>, u64)>,
+    },
+    /// Time passed: purge what stayed in the trash too long.
+    Tick,
     Status {
         reply: Reply<Status>,
     },
@@ -450,6 +493,52 @@ impl Handle {
         .await?
     }
 
+    /// One page of the trash, with the number of trashed passkeys.
+    pub async fn trash_list(
+        &self,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<TrashedPasskey>, u64), Error> {
+        self.ask(|reply| Command::TrashList {
+            offset,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Takes a passkey out of the trash; `false` if it was not there. Returns once it is on disk.
+    pub async fn trash_restore(&self, credential_id: CredentialId) -> Result<bool, Error> {
+        self.ask(|reply| Command::TrashRestore {
+            credential_id,
+            reply,
+        })
+        .await?
+    }
+
+    /// Purges one trashed passkey (or the whole trash) and rotates the vault key; returns how many were
+    /// purged and the new epoch, once on disk.
+    pub async fn trash_purge(
+        &self,
+        credential_id: Option<CredentialId>,
+    ) -> Result<(u64, Option<Epoch>), Error> {
+        self.ask(|reply| Command::TrashPurge {
+            credential_id,
+            reply,
+        })
+        .await?
+    }
+
+    /// One page of the audit log, with the number of entries.
+    pub async fn audit(&self, offset: u64, limit: usize) -> Result<(Vec<AuditInfo>, u64), Error> {
+        self.ask(|reply| Command::Audit {
+            offset,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     /// Tells the actor about a peer. Cancel-safe.
     pub async fn peer_event(&self, event: PeerEvent) -> Result<(), Error> {
         self.tx
@@ -501,9 +590,10 @@ impl Handle {
         self.ask(|reply| Command::Adopt { adoption, reply }).await?
     }
 
-    /// Applies a new PIN policy (config reload) from the next attempt on.
-    pub async fn set_policy(&self, policy: Policy) -> Result<(), Error> {
-        self.ask(|reply| Command::SetPolicy { policy, reply }).await
+    /// Applies new rules (config reload): the PIN policy from the next attempt on, the trash's keeping time
+    /// from the next purge of expired passkeys on.
+    pub async fn set_rules(&self, rules: Rules) -> Result<(), Error> {
+        self.ask(|reply| Command::SetRules { rules, reply }).await
     }
 
     /// The vault id, keyring and this device's entry, for a joining device.

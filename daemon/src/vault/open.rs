@@ -10,12 +10,15 @@ use tokio::sync::mpsc;
 
 use super::actor::{Actor, Peers};
 use super::replication::Replication;
-use super::{Error, Handle, INBOX, KeystoreReport, OUTBOX, Running};
+use super::{Command, Error, Handle, INBOX, KeystoreReport, OUTBOX, Rules, Running};
+
+/// How often a vault looks for passkeys kept in the trash longer than `[vault] trash_days`.
+const TICK: std::time::Duration = std::time::Duration::from_secs(3600);
 use crate::custody::keystore::{self, tpm};
 use crate::custody::{self, Custody};
 use crate::ids;
 use crate::layout::{self, DB};
-use crate::pin::{PinState, Policy};
+use crate::pin::PinState;
 use crate::store::{self, Meta, Store};
 
 /// Opens (or creates on first use) the vault stored in `dir` and starts its actor. The keystore (`custody`) is only
@@ -23,9 +26,9 @@ use crate::store::{self, Meta, Store};
 pub fn open(
     dir: &Path,
     custody: &Custody,
-    policy: Policy,
+    rules: Rules,
 ) -> Result<(Running, KeystoreReport), Error> {
-    open_seeded(dir, custody, policy, None, None)
+    open_seeded(dir, custody, rules, None, None)
 }
 
 /// Like [`open`], but a vault created here (the directory has none) is a replica of the vault `seed` names
@@ -35,7 +38,7 @@ pub fn open(
 pub fn open_seeded(
     dir: &Path,
     custody: &Custody,
-    policy: Policy,
+    rules: Rules,
     seed: Option<(VaultId, &[u8])>,
     identity: Option<Identity>,
 ) -> Result<(Running, KeystoreReport), Error> {
@@ -150,7 +153,8 @@ pub fn open_seeded(
         keys: HashMap::new(),
         store,
         pin,
-        policy,
+        policy: rules.pin,
+        trash_for: rules.trash,
         dirty: false,
         full_save_needed: false,
         maintenance_due: true,
@@ -171,10 +175,33 @@ pub fn open_seeded(
         "vault-{}",
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("?")
     );
+    let ticks = tx.downgrade();
+    // The trash is looked at once at start, then every TICK.
+    let _ = tx.try_send(Command::Tick);
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || actor.run(rx))
         .map_err(Error::Thread)?;
+    // Holds no sender between ticks, so it never keeps the actor alive; it ends at the first tick after the
+    // actor stopped.
+    let ticker = std::thread::Builder::new()
+        .name("vault-tick".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            loop {
+                std::thread::sleep(TICK);
+                match ticks.upgrade() {
+                    Some(tx) => {
+                        // A full inbox means a busy actor; the next tick will do.
+                        let _ = tx.try_send(Command::Tick);
+                    }
+                    None => return,
+                }
+            }
+        });
+    if let Err(e) = ticker {
+        tracing::warn!(error = %e, "cannot start the trash timer: expired passkeys are purged at start only");
+    }
     Ok((
         Running {
             handle: Handle { tx },

@@ -1,5 +1,5 @@
-//! The passkey commands of the vault actor: excludeCredentials, insert (replacing the account's older
-//! passkey), the credential for `get` (with the signing-key cache), list, delete and rename.
+//! The passkey commands of the vault actor: excludeCredentials, insert (moving the account's older passkey to
+//! the trash), the credential for `get` (with the signing-key cache), list, delete (to the trash) and rename.
 
 use std::sync::Arc;
 
@@ -25,7 +25,8 @@ impl Actor {
     pub(super) fn insert(&mut self, passkey: NewPasskey) -> Result<(), Error> {
         let now = crate::now_ms();
         // CTAP2: a new discoverable credential replaces the one this authenticator already holds for the same
-        // rpId and user handle, so re-registering an account leaves no stale key behind.
+        // rpId and user handle, so re-registering an account leaves no stale key behind. The old one goes to the
+        // trash, like a delete: restorable should the relying party not have taken the new one.
         let replaced: Vec<(RecordId, Vec<u8>)> = self
             .vault
             .find_by_rp(&passkey.rp_id)
@@ -36,7 +37,7 @@ impl Actor {
             .iter()
             .try_for_each(|(id, credential_id)| {
                 self.keys.remove(credential_id.as_slice());
-                self.vault.remove(id).map(|_| ())
+                self.vault.trash(id, now)
             })
             .and_then(|()| self.vault.insert(passkey, now).map(|_| ()))
             .map_err(Error::from);
@@ -102,12 +103,16 @@ impl Actor {
         (page, total)
     }
 
+    /// Moves a passkey to the trash.
     pub(super) fn delete(&mut self, credential_id: &CredentialId) -> Result<bool, Error> {
         let result = match self.vault.find_by_credential_id(credential_id.as_bytes()) {
             Some(p) => {
                 let id = p.record_id;
                 self.keys.remove(credential_id.as_bytes());
-                self.vault.remove(&id).map_err(Error::from)
+                self.vault
+                    .trash(&id, crate::now_ms())
+                    .map(|()| true)
+                    .map_err(Error::from)
             }
             None => Ok(false),
         };
@@ -137,7 +142,7 @@ impl Actor {
     }
 }
 
-fn info(p: &Passkey, backed_up: bool) -> PasskeyInfo {
+pub(super) fn info(p: &Passkey, backed_up: bool) -> PasskeyInfo {
     PasskeyInfo {
         credential_id: Base64Url(p.credential_id.clone()),
         rp_id: p.rp_id.clone(),

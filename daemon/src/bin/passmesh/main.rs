@@ -9,6 +9,7 @@ mod input;
 mod keystore;
 mod output;
 mod pair;
+mod trash;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use crate::input::{read_call, read_new_pin, read_pin_arg, resolve};
 use crate::keystore::{KeystoreCommand, VaultLocation, keystore};
 use crate::output::{print_json, print_list, print_one, print_status};
 use crate::pair::{decode_qr, follow_pairing, pair};
+use crate::trash::{TrashCommand, audit, trash};
 
 /// Talk to the Passmesh daemon: inspect and manage passkeys, set the device PIN, script WebAuthn calls.
 #[derive(Debug, Parser)]
@@ -54,7 +56,10 @@ enum Command {
         /// Credential id (base64url) or a unique prefix; put `--` before one that starts with `-`
         id: String,
     },
-    /// Delete one passkey (credential id, or a unique prefix of it)
+    /// Delete one passkey (credential id, or a unique prefix of it): it moves to the trash on every device
+    ///
+    /// It is hidden from sign-ins and `list` at once, restorable with `passmesh trash restore` from any device
+    /// for `[vault] trash_days` (30 by default), then purged.
     Delete {
         /// Credential id (base64url) or a unique prefix; put `--` before one that starts with `-`
         id: String,
@@ -71,6 +76,14 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Deleted passkeys: list, restore, purge
+    Trash {
+        #[command(subcommand)]
+        command: TrashCommand,
+    },
+    /// Show the vault's audit log: who paired, renamed or removed devices, rotated the key, deleted, restored
+    /// or purged passkeys, and when; each entry is checked (signed by the device it names, unaltered)
+    Audit,
     /// Write the man pages and shell completions (for packagers) into DIR/man and DIR/completions
     #[command(hide = true)]
     GenerateDocs {
@@ -246,6 +259,9 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
     let device_pin = match &args.command {
         Command::Device {
             command: DeviceCommand::Remove { pin_stdin, .. },
+        }
+        | Command::Trash {
+            command: TrashCommand::Purge { pin_stdin, .. },
         } => read_pin_arg(*pin_stdin)?,
         _ => None,
     };
@@ -312,6 +328,12 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
         Command::Device { command } => {
             return device(&mut client, command, device_pin, args.json).await;
         }
+        Command::Trash { command } => {
+            return trash(&mut client, command, device_pin, args.json).await;
+        }
+        Command::Audit => {
+            return audit(&mut client, args.json).await;
+        }
         Command::Status => {
             let body = client.call(RequestBody::Status).await?;
             if args.json {
@@ -348,7 +370,7 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
             }
             match body {
                 ResponseBody::Delete { deleted: true } => println!(
-                    "deleted passkey {} ({} for {})",
+                    "moved passkey {} ({} for {}) to the trash (`passmesh trash restore` brings it back)",
                     p.credential_id.to_base64(),
                     p.user_name,
                     p.rp_id

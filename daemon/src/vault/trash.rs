@@ -1,0 +1,164 @@
+//! The trash and the audit log, as the vault actor serves them: listing, restoring and purging trashed
+//! passkeys, purging those kept longer than `[vault] trash_days`, and the audit log with names resolved.
+
+use passmesh_crdt::{AuditEntry, CredentialId, Epoch, Event, Passkey, RecordId, Verdict};
+use passmesh_ipc::{AuditInfo, TrashedPasskey};
+
+use super::Error;
+use super::actor::Actor;
+use super::passkeys::info;
+
+impl Actor {
+    /// When this device purges a passkey trashed at `trashed_at_ms`.
+    fn purge_at(&self, trashed_at_ms: u64) -> u64 {
+        let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
+        trashed_at_ms.saturating_add(keep)
+    }
+
+    /// One page of the trash (longest there first), with the number of trashed passkeys.
+    pub(super) fn trash_list(&self, offset: u64, limit: usize) -> (Vec<TrashedPasskey>, u64) {
+        let page = self
+            .vault
+            .trashed()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(limit)
+            .map(|p| {
+                let at = p.trashed_at_ms.unwrap_or_default();
+                TrashedPasskey {
+                    passkey: info(p, self.replication.held(&p.record_id)),
+                    trashed_at_ms: at,
+                    purge_at_ms: self.purge_at(at),
+                }
+            })
+            .collect();
+        (page, self.vault.trashed_len() as u64)
+    }
+
+    fn find_trashed(&self, credential_id: &CredentialId) -> Option<RecordId> {
+        self.vault
+            .trashed()
+            .find(|p| p.credential_id == credential_id.as_bytes())
+            .map(|p| p.record_id)
+    }
+
+    /// Takes a passkey out of the trash; `false` if it is not there.
+    pub(super) fn trash_restore(&mut self, credential_id: &CredentialId) -> Result<bool, Error> {
+        let result = match self.find_trashed(credential_id) {
+            Some(id) => self
+                .vault
+                .restore(&id, crate::now_ms())
+                .map(|()| true)
+                .map_err(Error::from),
+            None => Ok(false),
+        };
+        self.dirty |= matches!(result, Ok(true));
+        self.local_change();
+        result
+    }
+
+    /// Purges one trashed passkey, or the whole trash, and rotates the vault key.
+    pub(super) fn trash_purge(
+        &mut self,
+        credential_id: Option<&CredentialId>,
+    ) -> Result<(u64, Option<Epoch>), Error> {
+        let ids: Vec<RecordId> = match credential_id {
+            Some(c) => self.find_trashed(c).into_iter().collect(),
+            None => self.vault.trashed().map(|p| p.record_id).collect(),
+        };
+        self.purge(&ids)
+    }
+
+    fn purge(&mut self, ids: &[RecordId]) -> Result<(u64, Option<Epoch>), Error> {
+        if ids.is_empty() {
+            return Ok((0, None));
+        }
+        let result = self.vault.purge(ids, crate::now_ms());
+        // Whatever happened, the document may have changed (the deletions are written before the rotation).
+        self.dirty = true;
+        self.local_change();
+        let (n, epoch) = result?;
+        Ok((n as u64, epoch))
+    }
+
+    /// Purges the passkeys kept in the trash longer than `[vault] trash_days`. Cheap when none is due: the trash
+    /// is ordered by time, so only its oldest entry is looked at.
+    pub(super) fn purge_expired(&mut self) {
+        let now = crate::now_ms();
+        let due = |p: &Passkey| p.trashed_at_ms.is_some_and(|at| self.purge_at(at) <= now);
+        if !self.vault.trashed().next().is_some_and(due) {
+            return;
+        }
+        let ids: Vec<RecordId> = self
+            .vault
+            .trashed()
+            .take_while(|p| due(p))
+            .map(|p| p.record_id)
+            .collect();
+        match self.purge(&ids) {
+            Ok((n, _)) => {
+                tracing::info!(passkeys = n, "purged passkeys kept in the trash too long")
+            }
+            Err(e) => tracing::warn!(error = %e, "purging the expired trash failed"),
+        }
+    }
+
+    /// One page of the audit log (oldest first) with the number of entries, the devices and passkeys it names
+    /// resolved where this device knows them.
+    pub(super) fn audit(&mut self, offset: u64, limit: usize) -> (Vec<AuditInfo>, u64) {
+        let entries = self.vault.audit();
+        let total = entries.len() as u64;
+        let devices: std::collections::HashMap<String, String> = self
+            .vault
+            .devices()
+            .into_iter()
+            .map(|d| (d.id.to_string(), d.name))
+            .collect();
+        let page = entries
+            .into_iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(limit)
+            .map(|a| self.audit_info(a, &devices))
+            .collect();
+        (page, total)
+    }
+
+    fn audit_info(
+        &self,
+        a: AuditEntry,
+        devices: &std::collections::HashMap<String, String>,
+    ) -> AuditInfo {
+        let subject_name = match a.event {
+            Event::Paired | Event::Removed | Event::DeviceRenamed => {
+                devices.get(&a.subject).cloned()
+            }
+            Event::Trashed | Event::Restored | Event::Purged => a
+                .subject
+                .parse::<RecordId>()
+                .ok()
+                .and_then(|id| self.vault.passkey(&id))
+                .map(|p| match &p.label {
+                    Some(label) => format!("{} {} ({label})", p.rp_id, p.user_name),
+                    None => format!("{} {}", p.rp_id, p.user_name),
+                }),
+            _ => None,
+        };
+        let (verified, problem) = match a.verdict {
+            Verdict::Verified => (true, None),
+            Verdict::Forged(why) => (false, Some(format!("forged: {why}"))),
+            Verdict::Altered => (
+                false,
+                Some("altered: written under another entry's key".to_owned()),
+            ),
+        };
+        AuditInfo {
+            at_ms: a.at_ms,
+            device_name: devices.get(a.device.as_str()).cloned(),
+            device_id: a.device.to_string(),
+            event: a.event.name(),
+            subject: a.subject,
+            subject_name,
+            verified,
+            problem,
+        }
+    }
+}
