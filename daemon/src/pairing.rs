@@ -177,6 +177,16 @@ impl std::fmt::Debug for Disk {
     }
 }
 
+/// Appends `chunk` (automerge changes) to the vault document of the stopped daemon in `state_dir`, as a program
+/// with write access to its disk could: what the daemon then loads and passes on to its peers.
+pub fn append_to_document(state_dir: &Path, chunk: &[u8]) -> Result<(), Error> {
+    let db = dir(state_dir).join(crate::layout::DB);
+    let mut store = crate::store::Store::open(&db)?;
+    store.append(chunk)?;
+    store.flush()?;
+    Ok(())
+}
+
 /// Reads and unseals everything the stopped daemon in `state_dir` keeps: see [`Disk`].
 pub fn disk(state_dir: &Path, choice: Choice, tpm: &TpmOptions) -> Result<Disk, Error> {
     let custody = Custody::new(choice, tpm.clone());

@@ -16,6 +16,7 @@ mod removal;
 mod sync;
 mod system;
 mod tpm;
+mod trash;
 mod uid;
 mod webauthn;
 
