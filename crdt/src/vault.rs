@@ -454,7 +454,8 @@ impl Vault {
     }
 
     /// The audit log: every entry ever written (from the document's history, so an entry deleted or overwritten
-    /// since is still here), each judged (see [`audit`](crate::audit)), ordered by time, then key. Reads every
+    /// since is still here), each judged (see [`audit`](crate::audit)), ordered by time; entries of the same
+    /// millisecond in the order this replica learnt them (causal order for one device's). Reads every
     /// entry and checks its signature: O(entries), for `passmesh audit`, not for a hot path.
     pub fn audit(&mut self) -> Vec<AuditEntry> {
         self.facts.refresh(&self.doc, &self.shape);
@@ -508,7 +509,8 @@ impl Vault {
                 verdict,
             });
         }
-        out.sort_by(|a, b| (a.at_ms, &a.key).cmp(&(b.at_ms, &b.key)));
+        // Stable: entries of the same millisecond stay in history order (a purge before the rotation it caused).
+        out.sort_by_key(|a| a.at_ms);
         out
     }
 

@@ -538,6 +538,34 @@ mod tests {
     }
 
     #[test]
+    fn trash_days_default_set_and_bounded() {
+        let resolve = |text: Option<&str>| {
+            let file = text.map(write);
+            Config::resolve(&Flags {
+                config: file.as_ref().map(|(_, p)| p.clone()),
+                state_dir: Some("/s".into()),
+                ..Flags::default()
+            })
+        };
+        assert_eq!(
+            resolve(None).unwrap().trash,
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(
+            resolve(Some("[vault]\ntrash_days = 7\n")).unwrap().trash,
+            Duration::from_secs(7 * 86_400)
+        );
+        for bad in ["[vault]\ntrash_days = 0\n", "[vault]\ntrash_days = 3651\n"] {
+            let e = resolve(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("vault.trash_days"), "{e}");
+        }
+        let e = resolve(Some("[vault]\ntrash = 7\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trash"), "{e}");
+    }
+
+    #[test]
     fn system_mode_from_file_or_flag() {
         let c = Config::resolve(&Flags {
             state_dir: Some("/s".into()),

@@ -162,3 +162,85 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use passmesh_crdt::NewPasskey;
+    use zeroize::Zeroizing;
+
+    use crate::custody::Custody;
+    use crate::custody::keystore::{Choice, TpmOptions};
+    use crate::vault::{self, Rules};
+
+    fn passkey(n: u8) -> NewPasskey {
+        NewPasskey {
+            credential_id: vec![n; 16],
+            rp_id: "example.com".into(),
+            user_handle: vec![n],
+            user_name: format!("user{n}"),
+            user_display_name: String::new(),
+            private_key: Zeroizing::new(vec![0x80 | n; 32]),
+            created_at_ms: 1,
+        }
+    }
+
+    /// Opens the vault in `dir`, runs `f` on it and stops it again.
+    fn with_vault(dir: &std::path::Path, rules: Rules, f: impl AsyncFnOnce(&vault::Handle)) {
+        let custody = Custody::new(
+            Choice::Software,
+            TpmOptions {
+                tcti: "device:/nonexistent".into(),
+                pcrs: vec![],
+            },
+        );
+        let (running, _) = vault::open(dir, &custody, rules).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f(&running.handle));
+        drop(running.handle);
+        running.thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_passkey_kept_in_the_trash_longer_than_trash_days_is_purged_and_logged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("v");
+        let days = Rules::default();
+        with_vault(&dir, days, async |v| {
+            v.insert(passkey(1)).await.unwrap();
+            v.insert(passkey(2)).await.unwrap();
+            assert!(v.delete(vec![1; 16].into()).await.unwrap());
+            let (trash, total) = v.trash_list(0, 10).await.unwrap();
+            assert_eq!(total, 1);
+            let t = &trash[0];
+            assert_eq!(t.purge_at_ms - t.trashed_at_ms, 30 * 86_400_000);
+        });
+        // Opened again with the default keeping time: nothing is due yet.
+        with_vault(&dir, days, async |v| {
+            assert_eq!(v.trash_list(0, 10).await.unwrap().1, 1);
+        });
+        // A keeping time that has passed: the look at start purges it, and the log says so.
+        let short = Rules {
+            trash: Duration::from_millis(1),
+            ..Rules::default()
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        with_vault(&dir, short, async |v| {
+            assert_eq!(v.trash_list(0, 10).await.unwrap().1, 0);
+            let (list, total) = v.list(None, 0, 10).await.unwrap();
+            assert_eq!((list.len(), total), (1, 1));
+            let (log, _) = v.audit(0, 100).await.unwrap();
+            let events: Vec<&str> = log.iter().map(|e| e.event.as_str()).collect();
+            assert_eq!(
+                events,
+                ["passkey-trashed", "passkey-purged", "key-rotated"],
+                "{log:?}"
+            );
+            assert!(log.iter().all(|e| e.verified));
+        });
+    }
+}

@@ -16,6 +16,9 @@ _passmesh() {
             ",$1")
                 cmd="passmesh"
                 ;;
+            passmesh,audit)
+                cmd="passmesh__subcmd__audit"
+                ;;
             passmesh,create)
                 cmd="passmesh__subcmd__create"
                 ;;
@@ -58,6 +61,9 @@ _passmesh() {
             passmesh,status)
                 cmd="passmesh__subcmd__status"
                 ;;
+            passmesh,trash)
+                cmd="passmesh__subcmd__trash"
+                ;;
             passmesh__subcmd__device,help)
                 cmd="passmesh__subcmd__device__subcmd__help"
                 ;;
@@ -81,6 +87,9 @@ _passmesh() {
                 ;;
             passmesh__subcmd__device__subcmd__help,rename)
                 cmd="passmesh__subcmd__device__subcmd__help__subcmd__rename"
+                ;;
+            passmesh__subcmd__help,audit)
+                cmd="passmesh__subcmd__help__subcmd__audit"
                 ;;
             passmesh__subcmd__help,create)
                 cmd="passmesh__subcmd__help__subcmd__create"
@@ -124,6 +133,9 @@ _passmesh() {
             passmesh__subcmd__help,status)
                 cmd="passmesh__subcmd__help__subcmd__status"
                 ;;
+            passmesh__subcmd__help,trash)
+                cmd="passmesh__subcmd__help__subcmd__trash"
+                ;;
             passmesh__subcmd__help__subcmd__device,list)
                 cmd="passmesh__subcmd__help__subcmd__device__subcmd__list"
                 ;;
@@ -141,6 +153,15 @@ _passmesh() {
                 ;;
             passmesh__subcmd__help__subcmd__pin,set)
                 cmd="passmesh__subcmd__help__subcmd__pin__subcmd__set"
+                ;;
+            passmesh__subcmd__help__subcmd__trash,list)
+                cmd="passmesh__subcmd__help__subcmd__trash__subcmd__list"
+                ;;
+            passmesh__subcmd__help__subcmd__trash,purge)
+                cmd="passmesh__subcmd__help__subcmd__trash__subcmd__purge"
+                ;;
+            passmesh__subcmd__help__subcmd__trash,restore)
+                cmd="passmesh__subcmd__help__subcmd__trash__subcmd__restore"
                 ;;
             passmesh__subcmd__keystore,help)
                 cmd="passmesh__subcmd__keystore__subcmd__help"
@@ -172,6 +193,30 @@ _passmesh() {
             passmesh__subcmd__pin__subcmd__help,set)
                 cmd="passmesh__subcmd__pin__subcmd__help__subcmd__set"
                 ;;
+            passmesh__subcmd__trash,help)
+                cmd="passmesh__subcmd__trash__subcmd__help"
+                ;;
+            passmesh__subcmd__trash,list)
+                cmd="passmesh__subcmd__trash__subcmd__list"
+                ;;
+            passmesh__subcmd__trash,purge)
+                cmd="passmesh__subcmd__trash__subcmd__purge"
+                ;;
+            passmesh__subcmd__trash,restore)
+                cmd="passmesh__subcmd__trash__subcmd__restore"
+                ;;
+            passmesh__subcmd__trash__subcmd__help,help)
+                cmd="passmesh__subcmd__trash__subcmd__help__subcmd__help"
+                ;;
+            passmesh__subcmd__trash__subcmd__help,list)
+                cmd="passmesh__subcmd__trash__subcmd__help__subcmd__list"
+                ;;
+            passmesh__subcmd__trash__subcmd__help,purge)
+                cmd="passmesh__subcmd__trash__subcmd__help__subcmd__purge"
+                ;;
+            passmesh__subcmd__trash__subcmd__help,restore)
+                cmd="passmesh__subcmd__trash__subcmd__help__subcmd__restore"
+                ;;
             *)
                 ;;
         esac
@@ -179,8 +224,26 @@ _passmesh() {
 
     case "${cmd}" in
         passmesh)
-            opts="-h -V --socket --json --help --version status list show delete rename device generate-docs pin keystore pair join create get help"
+            opts="-h -V --socket --json --help --version status list show delete rename device trash audit generate-docs pin keystore pair join create get help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__audit)
+            opts="-h --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -427,8 +490,22 @@ _passmesh() {
             return 0
             ;;
         passmesh__subcmd__help)
-            opts="status list show delete rename device generate-docs pin keystore pair join create get help"
+            opts="status list show delete rename device trash audit generate-docs pin keystore pair join create get help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__audit)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -709,6 +786,62 @@ _passmesh() {
         passmesh__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__trash)
+            opts="list restore purge"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__trash__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__trash__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__trash__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1069,6 +1202,148 @@ _passmesh() {
         passmesh__subcmd__status)
             opts="-h --socket --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__trash)
+            opts="-h --socket --json --help list restore purge help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__trash__subcmd__help)
+            opts="list restore purge help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__trash__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__trash__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__trash__subcmd__help__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__trash__subcmd__help__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__trash__subcmd__list)
+            opts="-h --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__trash__subcmd__purge)
+            opts="-h --pin-stdin --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__trash__subcmd__restore)
+            opts="-h --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -198,6 +198,19 @@ fn man_pages_and_completions_are_up_to_date() {
     let page =
         std::fs::read_to_string(committed.join("man/passmesh-device-remove.1")).expect("read");
     assert!(page.contains("\\-\\-pin\\-stdin"), "{page}");
+    // Deleting says where the passkey goes, and the trash and the audit log have pages of their own.
+    let page = std::fs::read_to_string(committed.join("man/passmesh-delete.1")).expect("read");
+    assert!(page.contains("trash"), "{page}");
+    for name in [
+        "passmesh-trash-restore.1",
+        "passmesh-trash-purge.1",
+        "passmesh-audit.1",
+    ] {
+        assert!(
+            committed.join("man").join(name).exists(),
+            "no man page {name}"
+        );
+    }
 }
 
 /// Installed path → (mode, source in the repository whose bytes it must have).
