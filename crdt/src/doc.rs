@@ -88,7 +88,6 @@ pub(crate) struct Ext {
     pub(crate) removed: ObjId,
     pub(crate) epochs: ObjId,
     pub(crate) audit: ObjId,
-    #[allow(dead_code)] // written by the extension change; reserved for per-device inbox keys
     pub(crate) inboxes: ObjId,
 }
 
@@ -1165,11 +1164,7 @@ pub(crate) fn read_epochs(doc: &Automerge, ext: &Ext) -> Result<Vec<RawEpoch>, E
 }
 
 /// Every wrap to device `to` in the epoch map `obj` (concurrent wraps are all listed).
-pub(crate) fn read_wraps(
-    doc: &Automerge,
-    obj: &ObjId,
-    to: &DeviceId,
-) -> Result<Vec<Vec<u8>>, Error> {
+pub(crate) fn read_wraps(doc: &Automerge, obj: &ObjId, to: &str) -> Result<Vec<Vec<u8>>, Error> {
     let key = format!("{WRAP_PREFIX}{to}");
     Ok(doc
         .get_all(obj, key.as_str())?
@@ -1184,24 +1179,55 @@ pub(crate) fn read_wraps(
         .collect())
 }
 
+/// Where a wrap to a device is stored in an epoch map, after `w/`: the device id for a wrap to its
+/// identity-derived x25519 key, `<device id>/<generation>` for one to its inbox key of that generation.
+pub(crate) fn wrap_slot(to: &DeviceId, inbox: Option<u32>) -> String {
+    match inbox {
+        Some(g) => format!("{to}/{g}"),
+        None => to.to_string(),
+    }
+}
+
+/// The wrap slots epoch map `obj` holds (see [`wrap_slot`]).
+pub(crate) fn wrap_slots(doc: &Automerge, obj: &ObjId) -> Vec<String> {
+    doc.keys(obj)
+        .filter_map(|k| k.strip_prefix(WRAP_PREFIX).map(str::to_owned))
+        .collect()
+}
+
 /// The devices epoch map `obj` holds a wrap to (the recipients, and devices wrapped to since).
 pub(crate) fn wrapped_to(doc: &Automerge, obj: &ObjId) -> Vec<DeviceId> {
-    doc.keys(obj)
-        .filter_map(|k| {
-            k.strip_prefix(WRAP_PREFIX)
-                .map(|id| DeviceId::new(id.to_owned()))
+    wrap_slots(doc, obj)
+        .into_iter()
+        .map(|slot| match slot.split_once('/') {
+            Some((id, _)) => DeviceId::new(id.to_owned()),
+            None => DeviceId::new(slot),
         })
         .collect()
 }
 
-/// Adds a wrap to device `to` to the epoch map `obj`.
+/// Adds a wrap in `slot` (see [`wrap_slot`]) to the epoch map `obj`.
 pub(crate) fn put_wrap(
     tx: &mut impl Transactable,
     obj: &ObjId,
-    to: &DeviceId,
+    slot: &str,
     wrap: Vec<u8>,
 ) -> Result<(), automerge::AutomergeError> {
-    tx.put(obj, format!("{WRAP_PREFIX}{to}"), ScalarValue::Bytes(wrap))
+    tx.put(
+        obj,
+        format!("{WRAP_PREFIX}{slot}"),
+        ScalarValue::Bytes(wrap),
+    )
+}
+
+/// Publishes a device's inbox entry.
+pub(crate) fn put_inbox(
+    tx: &mut impl Transactable,
+    ext: &Ext,
+    device: &DeviceId,
+    value: Vec<u8>,
+) -> Result<(), automerge::AutomergeError> {
+    tx.put(&ext.inboxes, device.as_str(), ScalarValue::Bytes(value))
 }
 
 /// Writes a new epoch: its map with the signed description and one wrap per recipient.
@@ -1210,12 +1236,16 @@ pub(crate) fn put_epoch(
     ext: &Ext,
     epoch: Epoch,
     info: Vec<u8>,
-    wraps: Vec<(DeviceId, Vec<u8>)>,
+    wraps: Vec<(String, Vec<u8>)>,
 ) -> Result<(), automerge::AutomergeError> {
     let obj = tx.put_object(&ext.epochs, epoch.to_string(), ObjType::Map)?;
     tx.put(&obj, EPOCH_INFO, ScalarValue::Bytes(info))?;
-    for (to, wrap) in wraps {
-        tx.put(&obj, format!("{WRAP_PREFIX}{to}"), ScalarValue::Bytes(wrap))?;
+    for (slot, wrap) in wraps {
+        tx.put(
+            &obj,
+            format!("{WRAP_PREFIX}{slot}"),
+            ScalarValue::Bytes(wrap),
+        )?;
     }
     Ok(())
 }

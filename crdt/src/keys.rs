@@ -1,7 +1,10 @@
 //! Vault keys and the keyring of epochs.
 //!
-//! Every record is encrypted under the key of one epoch. Rotation (a later feature) adds an epoch and makes it
-//! current; older epochs stay in the keyring as long as records encrypted under them must stay readable.
+//! Every record is encrypted under the key of one epoch. Rotation adds an epoch and makes it current; older
+//! epochs stay in the keyring as long as records encrypted under them must stay readable, and are dropped
+//! (destroyed) once nothing needs them ([`Keyring::retired`]). The keyring also keeps this device's **inbox**:
+//! the x25519 key new epoch keys are wrapped to, replaced whenever old epochs are destroyed so that the wraps
+//! of those epochs in the document can no longer be opened either.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,11 +53,36 @@ impl fmt::Display for Epoch {
     }
 }
 
-/// The vault keys of all known epochs, and which epoch new records are encrypted under.
+/// The vault keys of all known epochs, which epoch new records are encrypted under, and this device's inbox key.
 #[derive(Clone)]
 pub struct Keyring {
     keys: BTreeMap<Epoch, VaultKey>,
     current: Epoch,
+    inbox: Option<Inbox>,
+}
+
+/// This device's inbox: an x25519 key pair of one generation, published (signed) in the vault document so that
+/// new epoch keys are wrapped to it. Secret; wiped when dropped.
+#[derive(Clone)]
+pub(crate) struct Inbox {
+    pub(crate) generation: u32,
+    pub(crate) secret: Zeroizing<[u8; 32]>,
+}
+
+impl Inbox {
+    fn generate(generation: u32) -> Inbox {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rand::rng().fill(&mut secret[..]);
+        Inbox { generation, secret }
+    }
+
+    pub(crate) fn static_secret(&self) -> x25519_dalek::StaticSecret {
+        x25519_dalek::StaticSecret::from(*self.secret)
+    }
+
+    pub(crate) fn public(&self) -> [u8; 32] {
+        x25519_dalek::PublicKey::from(&self.static_secret()).to_bytes()
+    }
 }
 
 impl Keyring {
@@ -63,7 +91,47 @@ impl Keyring {
         Self {
             keys: BTreeMap::from([(epoch, key)]),
             current: epoch,
+            inbox: None,
         }
+    }
+
+    /// The keyring without this device's inbox key: what pairing hands to a joining device.
+    pub fn shareable(&self) -> Keyring {
+        Keyring {
+            inbox: None,
+            ..self.clone()
+        }
+    }
+
+    /// The generation of this device's inbox key, if it has one.
+    pub fn inbox_generation(&self) -> Option<u32> {
+        self.inbox.as_ref().map(|i| i.generation)
+    }
+
+    pub(crate) fn inbox(&self) -> Option<&Inbox> {
+        self.inbox.as_ref()
+    }
+
+    /// This keyring with a fresh inbox key, of a generation above its own and above `published` (the highest
+    /// the document lists for this device).
+    pub(crate) fn with_new_inbox(&self, published: u32) -> Keyring {
+        let generation = self
+            .inbox_generation()
+            .unwrap_or(0)
+            .max(published)
+            .saturating_add(1);
+        Keyring {
+            inbox: Some(Inbox::generate(generation)),
+            ..self.clone()
+        }
+    }
+
+    /// The current epoch alone, with a fresh inbox key (see [`with_new_inbox`](Self::with_new_inbox)): every other
+    /// epoch key, and the old inbox key, are left out (and wiped when this keyring's source is dropped).
+    pub(crate) fn retired(&self, published: u32) -> Keyring {
+        let mut next = self.with_new_inbox(published);
+        next.keys.retain(|e, _| *e == self.current);
+        next
     }
 
     /// Adds (or replaces) the key of `epoch`. Does not change the current epoch.
@@ -104,18 +172,29 @@ impl Keyring {
     }
 }
 
-/// Version byte of [`Keyring::encode`]'s format.
+/// Version byte of [`Keyring::encode`]'s format without an inbox key.
 const KEYRING_FORMAT: u8 = 1;
+/// Version byte of the format with an inbox key: after the current epoch, the inbox generation (u32) and secret.
+const KEYRING_FORMAT_INBOX: u8 = 2;
 /// Bytes of one (epoch, key) entry in the encoding.
 const KEYRING_ENTRY: usize = 4 + 32;
 
 impl Keyring {
     /// The keyring as bytes, to be sealed (secret: the caller keeps them zeroized). Layout: version 1, the
-    /// current epoch (u32 big-endian), then each epoch with its 32-byte key, ascending.
+    /// current epoch (u32 big-endian), then each epoch with its 32-byte key, ascending; with an inbox key,
+    /// version 2 and the inbox's generation (u32) and secret (32 bytes) after the current epoch. What pairing
+    /// sends is [`shareable`](Self::shareable)'s encoding (version 1).
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(5 + KEYRING_ENTRY * self.keys.len()));
-        out.push(KEYRING_FORMAT);
+        let mut out = Zeroizing::new(Vec::with_capacity(41 + KEYRING_ENTRY * self.keys.len()));
+        out.push(match self.inbox {
+            Some(_) => KEYRING_FORMAT_INBOX,
+            None => KEYRING_FORMAT,
+        });
         out.extend_from_slice(&self.current.0.to_be_bytes());
+        if let Some(inbox) = &self.inbox {
+            out.extend_from_slice(&inbox.generation.to_be_bytes());
+            out.extend_from_slice(&*inbox.secret);
+        }
         for (epoch, key) in &self.keys {
             out.extend_from_slice(&epoch.0.to_be_bytes());
             out.extend_from_slice(key.as_bytes());
@@ -127,10 +206,23 @@ impl Keyring {
     /// message).
     pub fn decode(bytes: &[u8]) -> Result<Keyring, Error> {
         let bad = || Error::Malformed("not an encoded keyring".into());
-        let (&[KEYRING_FORMAT], rest) = bytes.split_at_checked(1).ok_or_else(bad)? else {
+        let (&[format], rest) = bytes.split_at_checked(1).ok_or_else(bad)? else {
             return Err(bad());
         };
-        let (current, entries) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+        let (current, mut entries) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+        let inbox = match format {
+            KEYRING_FORMAT => None,
+            KEYRING_FORMAT_INBOX => {
+                let (generation, rest) = entries.split_first_chunk::<4>().ok_or_else(bad)?;
+                let (secret, rest) = rest.split_first_chunk::<32>().ok_or_else(bad)?;
+                entries = rest;
+                Some(Inbox {
+                    generation: u32::from_be_bytes(*generation),
+                    secret: Zeroizing::new(*secret),
+                })
+            }
+            _ => return Err(bad()),
+        };
         if entries.is_empty() || entries.len() % KEYRING_ENTRY != 0 {
             return Err(bad());
         }
@@ -148,7 +240,11 @@ impl Keyring {
         if !keys.contains_key(&current) {
             return Err(bad());
         }
-        Ok(Keyring { keys, current })
+        Ok(Keyring {
+            keys,
+            current,
+            inbox,
+        })
     }
 }
 
@@ -157,6 +253,7 @@ impl fmt::Debug for Keyring {
         f.debug_struct("Keyring")
             .field("epochs", &self.keys.keys().map(|e| e.0).collect::<Vec<_>>())
             .field("current", &self.current.0)
+            .field("inbox", &self.inbox_generation())
             .finish()
     }
 }
@@ -200,6 +297,33 @@ mod tests {
         ] {
             assert!(Keyring::decode(bad).is_err());
         }
+    }
+
+    #[test]
+    fn an_inbox_key_is_sealed_with_the_keyring_and_never_shared() {
+        let mut k = Keyring::new(Epoch(0), VaultKey::from_bytes([7; 32])).with_new_inbox(0);
+        k.insert(Epoch(5), VaultKey::from_bytes([9; 32]));
+        k.set_current(Epoch(5)).unwrap();
+        assert_eq!(k.inbox_generation(), Some(1));
+        let d = Keyring::decode(&k.encode()).unwrap();
+        assert_eq!(d.inbox_generation(), Some(1));
+        assert_eq!(d.inbox().unwrap().public(), k.inbox().unwrap().public());
+        assert_eq!(d.epochs().collect::<Vec<_>>(), vec![Epoch(0), Epoch(5)]);
+        // What pairing hands over has no inbox key, in the older format.
+        let shared = k.shareable().encode();
+        assert_eq!(shared[0], KEYRING_FORMAT);
+        assert!(Keyring::decode(&shared).unwrap().inbox().is_none());
+        // Retiring keeps the current epoch alone and makes a new inbox key, above the published generation.
+        let r = k.retired(3);
+        assert_eq!(r.epochs().collect::<Vec<_>>(), vec![Epoch(5)]);
+        assert_eq!(r.inbox_generation(), Some(4));
+        assert_ne!(r.inbox().unwrap().public(), k.inbox().unwrap().public());
+        let b = k.encode();
+        for bad in [&b[..5], &b[..9], &b[..41], &b[..b.len() - 1]] {
+            assert!(Keyring::decode(bad).is_err());
+        }
+        let printed = format!("{k:?}");
+        assert!(printed.contains("inbox: Some(1)"), "{printed}");
     }
 
     #[test]

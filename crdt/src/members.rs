@@ -392,6 +392,128 @@ impl Reader<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Inboxes
+
+/// A device's published inbox key (`ext.inboxes[<device id>]`, every value ever written counts): generation,
+/// x25519 public key, the one epoch its keyring held when it published (`None` if it held several), when, and
+/// its signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InboxEntry {
+    pub(crate) generation: u32,
+    pub(crate) public: [u8; 32],
+    pub(crate) holds: Option<Epoch>,
+    pub(crate) at_ms: u64,
+    pub(crate) sig: [u8; 64],
+}
+
+const INBOX_V1: u8 = 1;
+
+/// `holds` as 1 ‖ epoch, or 0 ‖ 0 for none.
+fn push_holds(out: &mut Vec<u8>, holds: Option<Epoch>) {
+    match holds {
+        Some(e) => {
+            out.push(1);
+            out.extend_from_slice(&e.0.to_be_bytes());
+        }
+        None => out.extend_from_slice(&[0; 5]),
+    }
+}
+
+impl InboxEntry {
+    fn message(
+        vault: &VaultId,
+        device: &DeviceId,
+        generation: u32,
+        public: &[u8; 32],
+        holds: Option<Epoch>,
+        at_ms: u64,
+    ) -> Vec<u8> {
+        let mut out = message(b"passmesh/v1/inbox", vault);
+        push_str(&mut out, device.as_str());
+        out.extend_from_slice(&generation.to_be_bytes());
+        out.extend_from_slice(public);
+        push_holds(&mut out, holds);
+        out.extend_from_slice(&at_ms.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn sign(
+        vault: &VaultId,
+        me: &LocalDevice,
+        generation: u32,
+        public: [u8; 32],
+        holds: Option<Epoch>,
+        at_ms: u64,
+    ) -> Self {
+        let sig = me.sign(&Self::message(
+            vault,
+            me.id(),
+            generation,
+            &public,
+            holds,
+            at_ms,
+        ));
+        InboxEntry {
+            generation,
+            public,
+            holds,
+            at_ms,
+            sig,
+        }
+    }
+
+    /// Whether it is signed by `device` itself.
+    pub(crate) fn verifies(&self, vault: &VaultId, device: &DeviceId) -> bool {
+        verify(
+            device,
+            &Self::message(
+                vault,
+                device,
+                self.generation,
+                &self.public,
+                self.holds,
+                self.at_ms,
+            ),
+            &self.sig,
+        )
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![INBOX_V1];
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.extend_from_slice(&self.public);
+        push_holds(&mut out, self.holds);
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        out.extend_from_slice(&self.sig);
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader(bytes);
+        if r.u8()? != INBOX_V1 {
+            return None;
+        }
+        let generation = r.u32()?;
+        let public = r.array::<32>()?;
+        let holds = match (r.u8()?, r.u32()?) {
+            (0, 0) => None,
+            (1, e) => Some(Epoch(e)),
+            _ => return None,
+        };
+        let at_ms = r.u64()?;
+        let sig = r.array::<64>()?;
+        r.end()?;
+        Some(InboxEntry {
+            generation,
+            public,
+            holds,
+            at_ms,
+            sig,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Epoch-key wraps
 
 const WRAP_V1: u8 = 1;
@@ -449,11 +571,23 @@ pub(crate) fn wrap(
     Some(out)
 }
 
-/// Unwraps a key of `epoch` wrapped to `me`; `None` if it does not authenticate.
+/// Unwraps a key of `epoch` wrapped to `me`'s identity-derived x25519 key; `None` if it does not authenticate.
 pub(crate) fn unwrap(
     vault: &VaultId,
     epoch: Epoch,
     me: &LocalDevice,
+    wrapped: &[u8],
+) -> Option<VaultKey> {
+    unwrap_with(vault, epoch, me.id(), &me.x25519, wrapped)
+}
+
+/// Unwraps a key of `epoch` wrapped to device `to`'s x25519 key `secret` (its identity-derived key, or an
+/// inbox key); `None` if it does not authenticate.
+pub(crate) fn unwrap_with(
+    vault: &VaultId,
+    epoch: Epoch,
+    to: &DeviceId,
+    secret: &StaticSecret,
     wrapped: &[u8],
 ) -> Option<VaultKey> {
     let mut r = Reader(wrapped);
@@ -462,17 +596,18 @@ pub(crate) fn unwrap(
     }
     let eph = r.array::<32>()?;
     let nonce = r.array::<24>()?;
-    let shared = me.x25519.diffie_hellman(&XPublic::from(eph));
+    let shared = secret.diffie_hellman(&XPublic::from(eph));
     if !shared.was_contributory() {
         return None;
     }
+    let public = XPublic::from(secret).to_bytes();
     let pt = Zeroizing::new(
-        wrap_cipher(shared.as_bytes(), &eph, &me.x25519_public())
+        wrap_cipher(shared.as_bytes(), &eph, &public)
             .decrypt(
                 &XNonce::from(nonce),
                 Payload {
                     msg: r.0,
-                    aad: &wrap_ad(vault, epoch, me.id()),
+                    aad: &wrap_ad(vault, epoch, to),
                 },
             )
             .ok()?,
@@ -491,6 +626,9 @@ pub fn fuzz_values(bytes: &[u8]) {
     }
     if let Some(e) = EpochInfo::decode(bytes) {
         assert_eq!(e.encode(), bytes, "an epoch description has one encoding");
+    }
+    if let Some(i) = InboxEntry::decode(bytes) {
+        assert_eq!(i.encode(), bytes, "an inbox entry has one encoding");
     }
     let me = LocalDevice::new(&Zeroizing::new([7; 32]), &Zeroizing::new([8; 32]));
     let vault = VaultId::from_bytes([9; 16]);

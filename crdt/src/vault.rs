@@ -11,7 +11,7 @@ use crate::audit::{self, AuditEntry, Event, Verdict};
 use crate::doc::{self, AuditValue, Shape};
 use crate::index::Index;
 use crate::members::{
-    self, EntryFact, EpochInfo, LocalDevice, Member, MemberState, Removal, RemovalFact,
+    self, EntryFact, EpochInfo, InboxEntry, LocalDevice, Member, MemberState, Removal, RemovalFact,
 };
 use crate::record;
 use crate::{
@@ -56,6 +56,8 @@ pub struct Vault {
     anchors: Option<BTreeSet<DeviceId>>,
     /// The changes of the removals that count, per removed device (from the last judging).
     removal_changes: HashMap<DeviceId, Vec<Option<ChangeHash>>>,
+    /// Each device's published inbox of the highest generation whose signature verifies.
+    inboxes: HashMap<DeviceId, InboxEntry>,
 }
 
 /// The signed removals and epoch descriptions ever written to the document, taken from its change history as
@@ -76,6 +78,8 @@ struct Facts {
     epoch_objs: HashMap<ObjId, Epoch>,
     /// (key, entry bytes, the change that wrote it): every value ever written to the audit log.
     audit: Vec<(String, Vec<u8>, ChangeHash)>,
+    /// (device, inbox entry bytes): every inbox ever published.
+    inboxes: Vec<(DeviceId, Vec<u8>)>,
     /// The heads up to which the history has been read.
     heads: Vec<ChangeHash>,
 }
@@ -104,6 +108,10 @@ impl Facts {
                     }
                     OpType::Put(automerge::ScalarValue::Bytes(b)) if obj == ext.audit => {
                         self.audit.push((key.to_string(), b.clone(), hash));
+                    }
+                    OpType::Put(automerge::ScalarValue::Bytes(b)) if obj == ext.inboxes => {
+                        self.inboxes
+                            .push((DeviceId::new(key.to_string()), b.clone()));
                     }
                     OpType::Make(automerge::ObjType::Map) if obj == shape.devices => {
                         self.entry_objs.insert(
@@ -233,6 +241,7 @@ impl Vault {
             facts: Facts::default(),
             anchors: None,
             removal_changes: HashMap::new(),
+            inboxes: HashMap::new(),
         }
     }
 
@@ -454,8 +463,8 @@ impl Vault {
     }
 
     /// The audit log: every entry ever written (from the document's history, so an entry deleted or overwritten
-    /// since is still here), each judged (see [`audit`](crate::audit)), ordered by time; entries of the same
-    /// millisecond in the order this replica learnt them (causal order for one device's). Reads every
+    /// since is still here), each judged (see [`audit`](crate::audit)), ordered by time, then device, then (one
+    /// device's entries of the same millisecond) as that device wrote them: the same order on every replica. Reads every
     /// entry and checks its signature: O(entries), for `passmesh audit`, not for a hot path.
     pub fn audit(&mut self) -> Vec<AuditEntry> {
         self.facts.refresh(&self.doc, &self.shape);
@@ -509,8 +518,9 @@ impl Vault {
                 verdict,
             });
         }
-        // Stable: entries of the same millisecond stay in history order (a purge before the rotation it caused).
-        out.sort_by_key(|a| a.at_ms);
+        // Stable: one device's entries of the same millisecond stay in history order (a purge before the rotation
+        // it caused), which every replica agrees on; different devices' by device id.
+        out.sort_by(|a, b| (a.at_ms, &a.device).cmp(&(b.at_ms, &b.device)));
         out
     }
 
@@ -779,22 +789,17 @@ impl Vault {
             .map_or((self.keyring.current(), 0), |(g, e)| (e, g));
         let key = VaultKey::generate();
         let mut wraps = Vec::with_capacity(recipients.len());
+        let mut given = BTreeSet::new();
         for d in &recipients {
             // An entry from before devices had x25519 keys (all zeros) cannot be wrapped to: that device is
             // left out of the recipients, and the next rotation after its entry is fixed includes it.
-            if let Some(w) = members::wrap(&self.id, epoch, &d.id, &d.x25519_public, &key) {
-                wraps.push((d.id.clone(), w));
+            let (slot, public) = self.wrap_target(d);
+            if let Some(w) = members::wrap(&self.id, epoch, &d.id, &public, &key) {
+                wraps.push((slot, w));
+                given.insert(d.id.clone());
             }
         }
-        let info = EpochInfo::sign(
-            &self.id,
-            epoch,
-            parent,
-            me,
-            now_ms,
-            wraps.iter().map(|(d, _)| d.clone()).collect(),
-        )
-        .encode();
+        let info = EpochInfo::sign(&self.id, epoch, parent, me, now_ms, given).encode();
         let mut keyring = self.keyring.clone();
         keyring.insert(epoch, key.clone());
         keyring.set_current(epoch)?;
@@ -946,14 +951,17 @@ impl Vault {
         else {
             return Ok(0);
         };
-        let have: HashSet<DeviceId> = doc::wrapped_to(&self.doc, &obj).into_iter().collect();
+        let have: HashSet<String> = doc::wrap_slots(&self.doc, &obj).into_iter().collect();
         let key = self.keyring.current_key().clone();
-        let wraps: Vec<(DeviceId, Vec<u8>)> = self
+        let wraps: Vec<(String, Vec<u8>)> = self
             .active_devices()
             .into_iter()
-            .filter(|d| !have.contains(&d.id))
             .filter_map(|d| {
-                members::wrap(&self.id, current, &d.id, &d.x25519_public, &key).map(|w| (d.id, w))
+                let (slot, public) = self.wrap_target(&d);
+                if have.contains(&slot) {
+                    return None;
+                }
+                members::wrap(&self.id, current, &d.id, &public, &key).map(|w| (slot, w))
             })
             .collect();
         if wraps.is_empty() {
@@ -969,6 +977,126 @@ impl Vault {
             })
             .map_err(|f| Error::from(f.error))?;
         Ok(n)
+    }
+
+    /// Where (wrap slot) and to which x25519 key an epoch key is wrapped for device `d`: its published inbox key
+    /// of the highest generation, or, for a device that has published none, its identity-derived key.
+    fn wrap_target(&self, d: &Device) -> (String, [u8; 32]) {
+        match self.inboxes.get(&d.id) {
+            Some(i) => (doc::wrap_slot(&d.id, Some(i.generation)), i.public),
+            None => (doc::wrap_slot(&d.id, None), d.x25519_public),
+        }
+    }
+
+    /// Each device's inbox: its entry of the highest generation signed by the device itself (ties: the higher
+    /// public key, so every replica picks the same).
+    fn judge_inboxes(&mut self) {
+        let mut best: HashMap<DeviceId, InboxEntry> = HashMap::new();
+        for (device, bytes) in &self.facts.inboxes {
+            let Some(entry) = InboxEntry::decode(bytes).filter(|e| e.verifies(&self.id, device))
+            else {
+                continue;
+            };
+            let better = best
+                .get(device)
+                .is_none_or(|b| (entry.generation, entry.public) > (b.generation, b.public));
+            if better {
+                best.insert(device.clone(), entry);
+            }
+        }
+        self.inboxes = best;
+    }
+
+    /// The one epoch device `id` said its keyring held when it last published its inbox key (every other it
+    /// had destroyed); `None` if it held several then, or has published none.
+    pub fn holds(&self, id: &DeviceId) -> Option<Epoch> {
+        self.inboxes.get(id).and_then(|i| i.holds)
+    }
+
+    /// What this device's sealed keyring should become, if it should change: with a first inbox key (a keyring
+    /// without one), or **retired** — the current epoch alone, with a fresh inbox key — once this device holds the
+    /// current epoch and every record and device entry it can read is under it (older epoch keys then serve
+    /// nothing; dropping them, and the inbox key their wraps in the document open, destroys them on this
+    /// device). The caller seals the returned keyring durably, then hands it to [`use_keyring`](Self::use_keyring):
+    /// in that order, a crash never leaves an inbox published whose key is not on disk. `None` unless this device
+    /// is an active member.
+    pub fn keyring_due(&self) -> Option<Keyring> {
+        let me = self.active_me().ok()?;
+        let published = self.inboxes.get(me.id());
+        let generation = published.map_or(0, |p| p.generation);
+        match self.keyring.inbox() {
+            None => return Some(self.keyring.with_new_inbox(generation)),
+            // The document lists a newer inbox of this device than the keyring holds (a keyring restored from an
+            // older copy): wraps to it cannot be opened here, so start a generation above it.
+            Some(i)
+                if published.is_some_and(|p| {
+                    p.generation > i.generation
+                        || (p.generation == i.generation && p.public != i.public())
+                }) =>
+            {
+                return Some(self.keyring.with_new_inbox(generation));
+            }
+            Some(_) => {}
+        }
+        let current = self.keyring.current();
+        let retire = self.keyring.epochs().any(|e| e != current)
+            && self.epochs.current.map(|(_, e)| e) == Some(current)
+            && self.epochs.clean
+            && self.index.all().all(|p| p.epoch == current)
+            && self.device_epochs.values().all(|e| *e == current);
+        retire.then(|| self.keyring.retired(generation))
+    }
+
+    /// Takes `keyring` (from [`keyring_due`](Self::keyring_due), sealed by now) as this replica's, and publishes
+    /// its inbox key. `InvalidInput` if it lacks the current epoch's key.
+    pub fn use_keyring(&mut self, keyring: Keyring, now_ms: u64) -> Result<(), Error> {
+        let current = self.keyring.current();
+        if keyring
+            .key(current)
+            .is_none_or(|k| k.as_bytes() != self.keyring.current_key().as_bytes())
+        {
+            return Err(Error::InvalidInput(
+                "a new keyring must hold the current epoch's key",
+            ));
+        }
+        self.keyring = keyring;
+        let _ = self.keyring.set_current(current);
+        self.publish_inbox(now_ms)?;
+        Ok(())
+    }
+
+    /// Publishes this device's inbox key, signed, with the epoch it holds, unless the document already lists that
+    /// generation (a crash between sealing a keyring and writing its inbox leaves it unlisted: call this at
+    /// start). Returns whether it wrote.
+    pub fn publish_inbox(&mut self, now_ms: u64) -> Result<bool, Error> {
+        let Ok(me) = self.active_me() else {
+            return Ok(false);
+        };
+        let Some(inbox) = self.keyring.inbox() else {
+            return Ok(false);
+        };
+        let public = inbox.public();
+        if self
+            .inboxes
+            .get(me.id())
+            .is_some_and(|i| i.generation == inbox.generation && i.public == public)
+        {
+            return Ok(false);
+        }
+        let mut epochs = self.keyring.epochs();
+        let alone = match (epochs.next(), epochs.next()) {
+            (Some(e), None) => Some(e),
+            _ => None,
+        };
+        let entry = InboxEntry::sign(&self.id, me, inbox.generation, public, alone, now_ms);
+        let id = me.id().clone();
+        let ext = &self.shape.ext;
+        let value = entry.encode();
+        self.doc
+            .transact(|tx| doc::put_inbox(tx, ext, &id, value))
+            .map_err(|f| Error::from(f.error))?;
+        self.inboxes.insert(id, entry);
+        Ok(true)
     }
 
     /// Device entries present but unreadable, sorted by id.
@@ -1187,14 +1315,32 @@ impl Vault {
             if self.keyring.key(e.epoch).is_some() {
                 continue;
             }
-            for wrapped in doc::read_wraps(&self.doc, &e.obj, me.id()).unwrap_or_default() {
-                if let Some(key) = members::unwrap(&self.id, e.epoch, me, &wrapped)
-                    && doc::keycheck_matches(&self.doc, &self.shape, &self.id, e.epoch, &key)
-                {
-                    self.keyring.insert(e.epoch, key);
-                    learned = true;
-                    break;
+            // Wraps to this device's inbox key, then to its identity-derived key (before it had an inbox).
+            let inbox = self.keyring.inbox().map(|i| {
+                (
+                    doc::wrap_slot(me.id(), Some(i.generation)),
+                    i.static_secret(),
+                )
+            });
+            let mut found = None;
+            if let Some((slot, secret)) = &inbox {
+                for wrapped in doc::read_wraps(&self.doc, &e.obj, slot).unwrap_or_default() {
+                    found = found.or_else(|| {
+                        members::unwrap_with(&self.id, e.epoch, me.id(), secret, &wrapped)
+                    });
                 }
+            }
+            if found.is_none() {
+                let slot = doc::wrap_slot(me.id(), None);
+                for wrapped in doc::read_wraps(&self.doc, &e.obj, &slot).unwrap_or_default() {
+                    found = found.or_else(|| members::unwrap(&self.id, e.epoch, me, &wrapped));
+                }
+            }
+            if let Some(key) = found
+                && doc::keycheck_matches(&self.doc, &self.shape, &self.id, e.epoch, &key)
+            {
+                self.keyring.insert(e.epoch, key);
+                learned = true;
             }
         }
         learned
@@ -1204,6 +1350,7 @@ impl Vault {
     /// epoch to the newest valid one this replica holds.
     fn judge(&mut self) {
         self.facts.refresh(&self.doc, &self.shape);
+        self.judge_inboxes();
         // Every signed entry ever written, then the current table's entries as unsigned ones (the signed form
         // of an entry is its `e` value; the table's clear fields are not signed).
         let mut entries: Vec<EntryFact> = self
@@ -2031,7 +2178,14 @@ mod tests {
         let wrap = members::wrap(&b.id, forged, me.id(), &me.x25519_public(), &key).unwrap();
         let (ext, shape, vault) = (b.shape.ext.clone(), b.shape.clone(), b.id);
         let mut tx = b.doc.transaction();
-        doc::put_epoch(&mut tx, &ext, forged, info, vec![(me.id().clone(), wrap)]).unwrap();
+        doc::put_epoch(
+            &mut tx,
+            &ext,
+            forged,
+            info,
+            vec![(me.id().to_string(), wrap)],
+        )
+        .unwrap();
         doc::put_keycheck(&mut tx, &shape, &vault, forged, &key).unwrap();
         tx.commit();
         sync_pair(&mut b, &mut a);

@@ -564,3 +564,101 @@ fn the_audit_log_records_who_did_what_and_shows_forged_altered_and_late_entries(
     );
     assert_eq!(after.len(), expected.len() + 2);
 }
+
+/// What the daemon does after each batch: seal (here: keep) a new keyring when one is due and publish its inbox.
+fn keep_keys(v: &mut Vault) -> bool {
+    match v.keyring_due() {
+        Some(next) => {
+            // What the daemon seals to disk, and reads back at its next start.
+            let sealed = next.encode();
+            let next = Keyring::decode(&sealed).expect("decode");
+            v.use_keyring(next, 2_000).expect("use keyring");
+            true
+        }
+        None => v.publish_inbox(2_000).expect("publish inbox"),
+    }
+}
+
+/// [`settle`], with the keyrings kept as the daemon keeps them.
+fn settle_keys(vaults: &mut [&mut Vault]) {
+    for _ in 0..10 {
+        settle(vaults);
+        let mut changed = false;
+        for v in vaults.iter_mut() {
+            changed |= keep_keys(v);
+        }
+        if !changed {
+            return;
+        }
+    }
+    panic!("keys did not settle");
+}
+
+#[test]
+fn a_purge_destroys_old_epoch_keys_on_every_remaining_device() {
+    let mut w = signed_world(4);
+    let [a, b, c, d] = &mut w[..] else {
+        unreachable!()
+    };
+    settle_keys(&mut [a, b, c, d]);
+    for v in [&*a, &*b, &*c, &*d] {
+        assert_eq!(v.keyring().inbox_generation(), Some(1));
+    }
+    let purged = a.insert(passkey(1), 10).unwrap();
+    let kept = a.insert(passkey(2), 11).unwrap();
+    settle_keys(&mut [a, b, c, d]);
+    // A removal first: its epoch is wrapped to the inboxes, and every device then retires epoch 0.
+    let removal_epoch = a.remove_member(&id(d), 20).unwrap().expect("rotated");
+    settle_keys(&mut [a, b, c]);
+    for v in [&*a, &*b, &*c] {
+        assert_eq!(
+            v.keyring().epochs().collect::<Vec<_>>(),
+            vec![removal_epoch]
+        );
+        assert_eq!(v.keyring().inbox_generation(), Some(2));
+    }
+
+    // C is away when A purges a passkey; the purge makes a new epoch, and B and A destroy the old one.
+    a.trash(&purged, 30).unwrap();
+    sync(a, b);
+    let (n, purge_epoch) = a.purge(&[purged], 31).unwrap();
+    let purge_epoch = purge_epoch.expect("rotated");
+    assert_eq!(n, 1);
+    settle_keys(&mut [a, b]);
+    // C comes back: it learns the new epoch through its inbox and destroys the old one too.
+    settle_keys(&mut [a, b, c]);
+    let remaining = [id(a), id(b), id(c)];
+    for v in [&*a, &*b, &*c] {
+        assert_eq!(v.keyring().epochs().collect::<Vec<_>>(), vec![purge_epoch]);
+        for who in &remaining {
+            assert_eq!(
+                v.holds(who),
+                Some(purge_epoch),
+                "every device says it holds only the new epoch"
+            );
+        }
+        assert!(v.passkey(&kept).is_some());
+        assert!(v.passkey(&purged).is_none());
+    }
+    // Each device's disk: its sealed keyring, its identity and the document. Nothing there opens an epoch
+    // before the purge (the purged record's history is under them), and nothing is lost of what remains.
+    let bytes = a.save();
+    for (v, seed) in [(&*a, 1), (&*b, 2), (&*c, 3)] {
+        let disk = Keyring::decode(&v.keyring().encode()).unwrap();
+        let seen = Vault::load_as(&bytes, disk, Some(local(seed))).expect("load");
+        assert_eq!(
+            seen.keyring().epochs().collect::<Vec<_>>(),
+            vec![purge_epoch]
+        );
+        assert!(seen.passkey(&kept).is_some());
+    }
+    // The removed device, with its whole disk, opens neither the old epochs' wraps nor the new ones.
+    let thief = Vault::load_as(&bytes, d.keyring().clone(), Some(local(4))).expect("load");
+    assert!(thief.keyring().key(purge_epoch).is_none());
+    assert!(thief.keyring().key(removal_epoch).is_none());
+
+    // Life goes on: a passkey created now reaches everyone.
+    let later = b.insert(passkey(3), 40).unwrap();
+    settle_keys(&mut [a, b, c]);
+    assert!(a.passkey(&later).is_some() && c.passkey(&later).is_some());
+}

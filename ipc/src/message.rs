@@ -406,6 +406,10 @@ pub struct DeviceInfo {
     pub invalid_reason: Option<String>,
     /// Whether the entry is signed by the device that added it (entries from before signatures are not).
     pub signed: bool,
+    /// The one vault-key epoch the device keeps, as it last said: it has destroyed every older key (absent while
+    /// it keeps several, e.g. until everything is re-encrypted after a rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_epoch: Option<u32>,
 }
 
 /// Where a device stands in the vault.

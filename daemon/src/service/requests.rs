@@ -224,6 +224,7 @@ impl Session<'_> {
                     removed_at_ms,
                     invalid_reason,
                     signed: d.member.signed,
+                    key_epoch: d.key_epoch.map(|e| e.0),
                 }
             })
             .collect();

@@ -15,7 +15,7 @@ use super::replication::{Action, PeerStore, Replication};
 use super::{Command, Error, Outbound, PeerEvent, Reply, Status};
 use crate::custody::Custody;
 use crate::pin::{PinState, Policy};
-use crate::store::{Durability, Meta, Store};
+use crate::store::{self, Durability, Meta, Store};
 
 /// Commands applied per group commit at most.
 const BATCH: usize = 64;
@@ -350,6 +350,51 @@ impl Actor {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "vault key maintenance failed"),
+        }
+        self.keep_keys();
+    }
+
+    /// Seals a new keyring when one is due — a first inbox key, or only the current epoch with a fresh inbox key
+    /// once everything this device reads is under it (see `Vault::keyring_due`) — and only then publishes the
+    /// inbox key in the document: old epoch keys are destroyed here, on disk and in memory. A failure keeps
+    /// the old keyring (nothing is lost) and is tried again after the next change.
+    fn keep_keys(&mut self) {
+        let now = crate::now_ms();
+        let written = match self.vault.keyring_due() {
+            Some(next) => {
+                let dropped = self.vault.keyring().epochs().count() - next.epochs().count();
+                let sealed = store::read_keyring(&self.db)
+                    .map_err(Error::from)
+                    .and_then(|current| {
+                        self.custody
+                            .seal_like(current.as_deref(), &next.encode())
+                            .map_err(Error::from)
+                    })
+                    .and_then(|blob| store::write_keyring(&self.db, &blob).map_err(Error::from));
+                match sealed.and_then(|()| self.vault.use_keyring(next, now).map_err(Error::from)) {
+                    Ok(()) => {
+                        if dropped > 0 {
+                            tracing::info!(
+                                epochs = dropped,
+                                "destroyed old vault keys: everything is under the current one"
+                            );
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot seal a new keyring; the old one is kept");
+                        false
+                    }
+                }
+            }
+            None => self.vault.publish_inbox(now).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot publish this device's inbox key");
+                false
+            }),
+        };
+        if written {
+            self.dirty = true;
+            self.local_change();
         }
     }
 

@@ -180,7 +180,8 @@ impl Actor {
             .ok_or(Error::NotAMember)?;
         Ok(JoinInfo {
             vault_id: self.vault.id(),
-            keyring: self.vault.keyring().encode(),
+            // Never this device's inbox key: only the epoch keys.
+            keyring: self.vault.keyring().shareable().encode(),
             device,
             anchors: self
                 .vault
@@ -232,6 +233,7 @@ impl Actor {
                     });
                 DeviceEntry {
                     this_device: member.device.id == me,
+                    key_epoch: self.vault.holds(&member.device.id),
                     member,
                     connected,
                     last_seen_ms,

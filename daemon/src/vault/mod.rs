@@ -135,6 +135,8 @@ pub struct DeviceEntry {
     pub connected: bool,
     /// When a sync message from it was last applied (ms since the Unix epoch).
     pub last_seen_ms: Option<u64>,
+    /// The one key epoch it keeps, as it last said (it destroyed every older one); `None` while it keeps several.
+    pub key_epoch: Option<Epoch>,
 }
 
 /// A device-table entry with the addresses this device knows for it (handed to a joining device).

@@ -75,6 +75,8 @@ impl Actor {
         let result = self.vault.purge(ids, crate::now_ms());
         // Whatever happened, the document may have changed (the deletions are written before the rotation).
         self.dirty = true;
+        // The old epochs are to be destroyed once everything is under the new one (see `Actor::keep_keys`).
+        self.maintenance_due = true;
         self.local_change();
         let (n, epoch) = result?;
         Ok((n as u64, epoch))

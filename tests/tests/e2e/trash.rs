@@ -78,7 +78,7 @@ async fn devices(n: &Node) -> Vec<DeviceInfo> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter_was_removed() {
-    let nodes = mesh::paired(3)
+    let mut nodes = mesh::paired(3)
         .await
         .unwrap_or_else(|e| panic!("pairing failed: {e:#}"));
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -142,7 +142,7 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
         .expect("run the CLI");
     let v = out.json("trash purge");
     assert_eq!(v["purged"], 1, "{v}");
-    assert!(v["epoch"].is_u64(), "{v}");
+    let purge_epoch = u32::try_from(v["epoch"].as_u64().expect("an epoch")).expect("u32");
     wait_where(b, &purged, (false, false), "the purge on B").await;
     wait_where(a, &kept, (true, false), "the other passkey untouched").await;
 
@@ -203,6 +203,60 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
         text.contains("passkey-purged") && text.contains("0 not verified"),
         "{text}"
     );
+
+    // Both remaining devices say they keep the new epoch's key alone.
+    for n in [a, b] {
+        eventually(LIMIT, "old keys destroyed everywhere", async || {
+            let listed = devices(n).await;
+            [a, b]
+                .iter()
+                .all(|m| {
+                    listed
+                        .iter()
+                        .any(|d| d.device_id == m.peer_id && d.key_epoch == Some(purge_epoch))
+                })
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let text = b
+        .daemon
+        .cli(&["device", "list"])
+        .await
+        .expect("run the CLI");
+    assert!(
+        text.expect_success("device list")
+            .contains(&format!("epoch {purge_epoch} only")),
+        "{}",
+        text.stdout
+    );
+    // Each remaining device's whole disk — its sealed keyring and identity, unsealed, and its document — opens
+    // no epoch before the purge: the purged passkey's ciphertext in the document's history is under those.
+    drop(ca);
+    let tpm = TpmOptions::default();
+    for n in &mut nodes[..2] {
+        n.daemon.stop().await.expect("stop");
+        let disk = pairing::disk(n.state_dir(), Choice::Software, &tpm).expect("disk");
+        assert_eq!(
+            disk.keyring.epochs().map(|e| e.0).collect::<Vec<_>>(),
+            vec![purge_epoch],
+            "the sealed keyring keeps the new epoch alone"
+        );
+        let opened = Vault::load_as(
+            &disk.document,
+            disk.keyring.clone(),
+            Some(ids::local_device(&disk.identity)),
+        )
+        .expect("the vault");
+        assert_eq!(
+            opened.keyring().epochs().map(|e| e.0).collect::<Vec<_>>(),
+            vec![purge_epoch],
+            "no wrap in the document opens an older epoch with what is on this disk"
+        );
+        assert!(opened.find_by_credential_id(kept.id()).is_some());
+        assert_eq!((opened.len(), opened.trashed_len()), (1, 0));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

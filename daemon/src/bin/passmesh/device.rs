@@ -146,6 +146,9 @@ fn print_devices(devices: &[DeviceInfo]) {
             .as_deref()
             .map_or_else(|| "(first device)".to_owned(), name_of);
         println!("  added      {} by {by}", format_time(d.added_at_ms));
+        if let Some(epoch) = d.key_epoch {
+            println!("  keys       epoch {epoch} only (older vault keys destroyed)");
+        }
     }
     println!("{} device(s)", devices.len());
 }
