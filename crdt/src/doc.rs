@@ -652,13 +652,9 @@ impl<'a> RawRecord<'a> {
                 return;
             }
             field::TRASHED => {
-                match value {
-                    ValueRef::Scalar(ScalarValueRef::Uint(t)) => self.trashed = Some(t),
-                    _ => {
-                        self.error = Some(Error::Malformed(format!(
-                            "record {id}: trashed is not an unsigned integer"
-                        )));
-                    }
+                // Anything but a time is ignored: a bad trash mark must not make the record unreadable.
+                if let ValueRef::Scalar(ScalarValueRef::Uint(t)) = value {
+                    self.trashed = Some(t);
                 }
                 return;
             }
@@ -1177,6 +1173,66 @@ pub(crate) fn read_wraps(doc: &Automerge, obj: &ObjId, to: &str) -> Result<Vec<V
             Value::Object(_) => None,
         })
         .collect())
+}
+
+/// In an epoch's map: the prefix of a device's acknowledgement (`k/<device id>`, see `members::ack`).
+const ACK_PREFIX: &str = "k/";
+
+/// Writes device `by`'s acknowledgement of the epoch of map `obj`.
+pub(crate) fn put_ack(
+    tx: &mut impl Transactable,
+    obj: &ObjId,
+    by: &DeviceId,
+    value: Vec<u8>,
+) -> Result<(), automerge::AutomergeError> {
+    tx.put(obj, format!("{ACK_PREFIX}{by}"), ScalarValue::Bytes(value))
+}
+
+/// The acknowledgements in epoch map `obj`: (device, value), every conflicting value.
+pub(crate) fn read_acks(doc: &Automerge, obj: &ObjId) -> Vec<(DeviceId, Vec<u8>)> {
+    let mut out = Vec::new();
+    for key in doc.keys(obj) {
+        let Some(id) = key.strip_prefix(ACK_PREFIX) else {
+            continue;
+        };
+        for (value, _) in doc.get_all(obj, key.as_str()).unwrap_or_default() {
+            if let Value::Scalar(s) = value
+                && let ScalarValue::Bytes(b) = s.as_ref()
+            {
+                out.push((DeviceId::new(id.to_owned()), b.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Every epoch a sealed value of a record or device entry names, readable or not: the prefix of each v2 value
+/// and the `epoch` field of v1 objects. What decides whether an old epoch key may be destroyed (a record this
+/// replica cannot read may still be readable under it elsewhere, or later).
+pub(crate) fn sealed_epochs(doc: &Automerge, shape: &Shape) -> std::collections::HashSet<Epoch> {
+    let mut out = std::collections::HashSet::new();
+    for root in [&shape.records, &shape.devices] {
+        for item in doc.iter_at(root, None) {
+            let DocItem::Map(m) = item.item else { continue };
+            match (m.key.as_ref(), m.value) {
+                (
+                    field::CORE2 | field::META2 | field::NAME2 | field::ADDED_AT2,
+                    ValueRef::Scalar(ScalarValueRef::Bytes(b)),
+                ) => {
+                    if let Some((epoch, _)) = split_epoch(&b) {
+                        out.insert(epoch);
+                    }
+                }
+                (field::EPOCH, ValueRef::Scalar(ScalarValueRef::Uint(e))) => {
+                    if let Ok(e) = u32::try_from(e) {
+                        out.insert(Epoch(e));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// Where a wrap to a device is stored in an epoch map, after `w/`: the device id for a wrap to its

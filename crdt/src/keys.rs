@@ -59,6 +59,9 @@ pub struct Keyring {
     keys: BTreeMap<Epoch, VaultKey>,
     current: Epoch,
     inbox: Option<Inbox>,
+    /// Epochs of a generation below this one are never learnt again: their keys were destroyed here (a wrap of
+    /// one to a key this device still has, e.g. its identity-derived key, must not bring it back).
+    floor: u32,
 }
 
 /// This device's inbox: an x25519 key pair of one generation, published (signed) in the vault document so that
@@ -92,6 +95,7 @@ impl Keyring {
             keys: BTreeMap::from([(epoch, key)]),
             current: epoch,
             inbox: None,
+            floor: 0,
         }
     }
 
@@ -99,8 +103,14 @@ impl Keyring {
     pub fn shareable(&self) -> Keyring {
         Keyring {
             inbox: None,
+            floor: 0,
             ..self.clone()
         }
+    }
+
+    /// The generation below which this keyring learns no epoch (see [`retired`](Self::retired)).
+    pub(crate) fn floor(&self) -> u32 {
+        self.floor
     }
 
     /// The generation of this device's inbox key, if it has one.
@@ -127,10 +137,12 @@ impl Keyring {
     }
 
     /// The current epoch alone, with a fresh inbox key (see [`with_new_inbox`](Self::with_new_inbox)): every other
-    /// epoch key, and the old inbox key, are left out (and wiped when this keyring's source is dropped).
-    pub(crate) fn retired(&self, published: u32) -> Keyring {
+    /// epoch key, and the old inbox key, are left out (and wiped when this keyring's source is dropped); no epoch
+    /// of a generation below `generation` (the current one's) is learnt again.
+    pub(crate) fn retired(&self, published: u32, generation: u32) -> Keyring {
         let mut next = self.with_new_inbox(published);
         next.keys.retain(|e, _| *e == self.current);
+        next.floor = next.floor.max(generation);
         next
     }
 
@@ -174,7 +186,8 @@ impl Keyring {
 
 /// Version byte of [`Keyring::encode`]'s format without an inbox key.
 const KEYRING_FORMAT: u8 = 1;
-/// Version byte of the format with an inbox key: after the current epoch, the inbox generation (u32) and secret.
+/// Version byte of the format with an inbox key: after the current epoch, the floor generation (u32), the inbox
+/// generation (u32) and its secret.
 const KEYRING_FORMAT_INBOX: u8 = 2;
 /// Bytes of one (epoch, key) entry in the encoding.
 const KEYRING_ENTRY: usize = 4 + 32;
@@ -192,6 +205,7 @@ impl Keyring {
         });
         out.extend_from_slice(&self.current.0.to_be_bytes());
         if let Some(inbox) = &self.inbox {
+            out.extend_from_slice(&self.floor.to_be_bytes());
             out.extend_from_slice(&inbox.generation.to_be_bytes());
             out.extend_from_slice(&*inbox.secret);
         }
@@ -210,16 +224,18 @@ impl Keyring {
             return Err(bad());
         };
         let (current, mut entries) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
-        let inbox = match format {
-            KEYRING_FORMAT => None,
+        let (inbox, floor) = match format {
+            KEYRING_FORMAT => (None, 0),
             KEYRING_FORMAT_INBOX => {
-                let (generation, rest) = entries.split_first_chunk::<4>().ok_or_else(bad)?;
+                let (floor, rest) = entries.split_first_chunk::<4>().ok_or_else(bad)?;
+                let (generation, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
                 let (secret, rest) = rest.split_first_chunk::<32>().ok_or_else(bad)?;
                 entries = rest;
-                Some(Inbox {
+                let inbox = Inbox {
                     generation: u32::from_be_bytes(*generation),
                     secret: Zeroizing::new(*secret),
-                })
+                };
+                (Some(inbox), u32::from_be_bytes(*floor))
             }
             _ => return Err(bad()),
         };
@@ -244,6 +260,7 @@ impl Keyring {
             keys,
             current,
             inbox,
+            floor,
         })
     }
 }
@@ -314,12 +331,13 @@ mod tests {
         assert_eq!(shared[0], KEYRING_FORMAT);
         assert!(Keyring::decode(&shared).unwrap().inbox().is_none());
         // Retiring keeps the current epoch alone and makes a new inbox key, above the published generation.
-        let r = k.retired(3);
+        let r = k.retired(3, 2);
+        assert_eq!(Keyring::decode(&r.encode()).unwrap().floor(), 2);
         assert_eq!(r.epochs().collect::<Vec<_>>(), vec![Epoch(5)]);
         assert_eq!(r.inbox_generation(), Some(4));
         assert_ne!(r.inbox().unwrap().public(), k.inbox().unwrap().public());
         let b = k.encode();
-        for bad in [&b[..5], &b[..9], &b[..41], &b[..b.len() - 1]] {
+        for bad in [&b[..5], &b[..9], &b[..45], &b[..b.len() - 1]] {
             assert!(Keyring::decode(bad).is_err());
         }
         let printed = format!("{k:?}");

@@ -392,6 +392,37 @@ impl Reader<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Epoch acknowledgements
+
+const ACK_V1: u8 = 1;
+
+fn ack_message(vault: &VaultId, epoch: Epoch, device: &DeviceId) -> Vec<u8> {
+    let mut out = message(b"passmesh/v1/epoch-ack", vault);
+    out.extend_from_slice(&epoch.0.to_be_bytes());
+    push_str(&mut out, device.as_str());
+    out
+}
+
+/// `me`'s acknowledgement of `epoch`: it holds the epoch's key and everything it reads is under it, so it needs
+/// no older key any more. `1 ‖ sig(64)`.
+pub(crate) fn ack(vault: &VaultId, epoch: Epoch, me: &LocalDevice) -> Vec<u8> {
+    let mut out = vec![ACK_V1];
+    out.extend_from_slice(&me.sign(&ack_message(vault, epoch, me.id())));
+    out
+}
+
+/// Whether `value` is `device`'s acknowledgement of `epoch`.
+pub(crate) fn ack_verifies(vault: &VaultId, epoch: Epoch, device: &DeviceId, value: &[u8]) -> bool {
+    let mut r = Reader(value);
+    match (r.u8(), r.array::<64>(), r.end()) {
+        (Some(ACK_V1), Some(sig), Some(())) => {
+            verify(device, &ack_message(vault, epoch, device), &sig)
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Inboxes
 
 /// A device's published inbox key (`ext.inboxes[<device id>]`, every value ever written counts): generation,

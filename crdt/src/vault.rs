@@ -164,12 +164,14 @@ pub struct Maintenance {
     pub reencrypted: usize,
     /// Devices the current epoch's key was wrapped to because they had no wrap in it.
     pub wrapped: usize,
+    /// This device acknowledged the current epoch: it needs no older key any more (see [`Vault::keyring_due`]).
+    pub acknowledged: bool,
 }
 
 impl Maintenance {
     /// Whether the document changed.
     pub fn changed(&self) -> bool {
-        self.rotated.is_some() || self.reencrypted > 0 || self.wrapped > 0
+        self.rotated.is_some() || self.reencrypted > 0 || self.wrapped > 0 || self.acknowledged
     }
 }
 
@@ -793,7 +795,9 @@ impl Vault {
         for d in &recipients {
             // An entry from before devices had x25519 keys (all zeros) cannot be wrapped to: that device is
             // left out of the recipients, and the next rotation after its entry is fixed includes it.
-            let (slot, public) = self.wrap_target(d);
+            let Some((slot, public)) = self.wrap_target(d, true) else {
+                continue;
+            };
             if let Some(w) = members::wrap(&self.id, epoch, &d.id, &public, &key) {
                 wraps.push((slot, w));
                 given.insert(d.id.clone());
@@ -893,10 +897,12 @@ impl Vault {
         }
         if self.needs_rotation() {
             let epoch = self.rotate(now_ms)?;
+            let acknowledged = self.acknowledge_current()?;
             return Ok(Maintenance {
                 rotated: Some(epoch),
                 reencrypted: 0,
                 wrapped: 0,
+                acknowledged,
             });
         }
         let current = self.keyring.current();
@@ -916,25 +922,22 @@ impl Vault {
             .filter(|(_, e)| **e != current)
             .map(|(d, _)| d.clone())
             .collect();
-        if records.is_empty() && devices.is_empty() {
-            return Ok(Maintenance {
-                rotated: None,
-                reencrypted: 0,
-                wrapped,
-            });
+        if !records.is_empty() || !devices.is_empty() {
+            let keyring = self.keyring.clone();
+            self.reencrypt(&keyring, &records, &devices, |_| Ok(()))?;
+            for id in &records {
+                self.reindex_record(id);
+            }
+            for id in &devices {
+                self.reindex_device(id);
+            }
         }
-        let keyring = self.keyring.clone();
-        self.reencrypt(&keyring, &records, &devices, |_| Ok(()))?;
-        for id in &records {
-            self.reindex_record(id);
-        }
-        for id in &devices {
-            self.reindex_device(id);
-        }
+        let acknowledged = self.acknowledge_current()?;
         Ok(Maintenance {
             rotated: None,
             reencrypted: records.len() + devices.len(),
             wrapped,
+            acknowledged,
         })
     }
 
@@ -957,7 +960,8 @@ impl Vault {
             .active_devices()
             .into_iter()
             .filter_map(|d| {
-                let (slot, public) = self.wrap_target(&d);
+                // Healing waits for a device's inbox: a device paired meanwhile got the current key at pairing.
+                let (slot, public) = self.wrap_target(&d, false)?;
                 if have.contains(&slot) {
                     return None;
                 }
@@ -980,11 +984,13 @@ impl Vault {
     }
 
     /// Where (wrap slot) and to which x25519 key an epoch key is wrapped for device `d`: its published inbox key
-    /// of the highest generation, or, for a device that has published none, its identity-derived key.
-    fn wrap_target(&self, d: &Device) -> (String, [u8; 32]) {
+    /// of the highest generation; with `fallback`, for a device that has published none, its identity-derived key
+    /// (whatever is wrapped to that stays open to whoever holds the device's identity: only a rotation, which
+    /// must reach every remaining device, uses it).
+    fn wrap_target(&self, d: &Device, fallback: bool) -> Option<(String, [u8; 32])> {
         match self.inboxes.get(&d.id) {
-            Some(i) => (doc::wrap_slot(&d.id, Some(i.generation)), i.public),
-            None => (doc::wrap_slot(&d.id, None), d.x25519_public),
+            Some(i) => Some((doc::wrap_slot(&d.id, Some(i.generation)), i.public)),
+            None => fallback.then(|| (doc::wrap_slot(&d.id, None), d.x25519_public)),
         }
     }
 
@@ -1039,12 +1045,75 @@ impl Vault {
             Some(_) => {}
         }
         let current = self.keyring.current();
-        let retire = self.keyring.epochs().any(|e| e != current)
-            && self.epochs.current.map(|(_, e)| e) == Some(current)
-            && self.epochs.clean
-            && self.index.all().all(|p| p.epoch == current)
-            && self.device_epochs.values().all(|e| *e == current);
-        retire.then(|| self.keyring.retired(generation))
+        let (current_generation, judged) = self.epochs.current?;
+        if judged != current || !self.epochs.clean || self.keyring.epochs().all(|e| e == current) {
+            return None;
+        }
+        // Every active device holds the current epoch and reads everything under it (it acknowledged it): a
+        // record one of them wrote under an old epoch while away has been moved by then.
+        let acked = self.acknowledged(current);
+        if !self.active_devices().iter().all(|d| acked.contains(&d.id)) {
+            return None;
+        }
+        // And no sealed value in the document, readable here or not, is under a held epoch other than the current
+        // one: destroying that key could lose it for good.
+        let sealed = doc::sealed_epochs(&self.doc, &self.shape);
+        if sealed
+            .iter()
+            .any(|e| *e != current && self.keyring.key(*e).is_some())
+        {
+            return None;
+        }
+        Some(self.keyring.retired(generation, current_generation))
+    }
+
+    /// The devices whose acknowledgement of `epoch` verifies (see [`members::ack`]).
+    fn acknowledged(&self, epoch: Epoch) -> HashSet<DeviceId> {
+        let Some(obj) = self.epoch_obj(epoch) else {
+            return HashSet::new();
+        };
+        doc::read_acks(&self.doc, &obj)
+            .into_iter()
+            .filter(|(d, v)| members::ack_verifies(&self.id, epoch, d, v))
+            .map(|(d, _)| d)
+            .collect()
+    }
+
+    fn epoch_obj(&self, epoch: Epoch) -> Option<ObjId> {
+        doc::read_epochs(&self.doc, &self.shape.ext)
+            .ok()?
+            .into_iter()
+            .find(|e| e.epoch == epoch)
+            .map(|e| e.obj)
+    }
+
+    /// Acknowledges the current epoch (see [`members::ack`]) once this device holds it, writes under it and reads
+    /// everything under it, unless it has already. Returns whether it wrote.
+    fn acknowledge_current(&mut self) -> Result<bool, Error> {
+        let Ok(me) = self.active_me() else {
+            return Ok(false);
+        };
+        let current = self.keyring.current();
+        if self.epochs.current.map(|(_, e)| e) != Some(current)
+            || !self.epochs.clean
+            || !self.index.all().all(|p| p.epoch == current)
+            || !self.device_epochs.values().all(|e| *e == current)
+        {
+            return Ok(false);
+        }
+        let Some(obj) = self.epoch_obj(current) else {
+            // Epoch 0 of a vault that never rotated: nothing to retire, nothing to acknowledge.
+            return Ok(false);
+        };
+        if self.acknowledged(current).contains(me.id()) {
+            return Ok(false);
+        }
+        let value = members::ack(&self.id, current, me);
+        let id = me.id().clone();
+        self.doc
+            .transact(|tx| doc::put_ack(tx, &obj, &id, value))
+            .map_err(|f| Error::from(f.error))?;
+        Ok(true)
     }
 
     /// Takes `keyring` (from [`keyring_due`](Self::keyring_due), sealed by now) as this replica's, and publishes
@@ -1309,10 +1378,31 @@ impl Vault {
             return false;
         };
         let mut learned = false;
+        // Epochs below the keyring's floor were destroyed here: never learnt again.
+        let floor = self.keyring.floor();
+        let below: HashSet<Epoch> = if floor > 0 {
+            self.facts.refresh(&self.doc, &self.shape);
+            // The highest generation any verified description gives the epoch (a low one added later cannot
+            // hide an epoch).
+            let mut highest: HashMap<Epoch, u32> = HashMap::new();
+            for (e, bytes, _) in &self.facts.epochs {
+                if let Some(info) = EpochInfo::decode(bytes).filter(|i| i.verifies(&self.id, *e)) {
+                    let g = highest.entry(*e).or_default();
+                    *g = (*g).max(info.generation);
+                }
+            }
+            highest
+                .into_iter()
+                .filter(|(_, g)| *g < floor)
+                .map(|(e, _)| e)
+                .collect()
+        } else {
+            HashSet::new()
+        };
         for e in epochs {
             self.epoch_objs.insert(e.obj.clone());
             let Some(me) = &self.me else { continue };
-            if self.keyring.key(e.epoch).is_some() {
+            if self.keyring.key(e.epoch).is_some() || below.contains(&e.epoch) {
                 continue;
             }
             // Wraps to this device's inbox key, then to its identity-derived key (before it had an inbox).
@@ -1657,6 +1747,7 @@ impl Touched {
                     t.keycheck = true;
                 } else if obj == vault.shape.ext.removed
                     || obj == vault.shape.ext.epochs
+                    || obj == vault.shape.ext.inboxes
                     || vault.epoch_objs.contains(&obj)
                 {
                     t.ext = true;

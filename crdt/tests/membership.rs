@@ -133,8 +133,11 @@ fn a_removed_device_cannot_read_what_is_created_after_its_removal() {
     sync(a, b);
     assert_eq!(
         b.maintain(40).unwrap(),
-        Default::default(),
-        "B had nothing to do"
+        passmesh_crdt::Maintenance {
+            acknowledged: true,
+            ..Default::default()
+        },
+        "B had nothing to do but acknowledge the new epoch"
     );
     assert_eq!(b.keyring().current(), epoch, "B unwrapped the new key");
     assert!(removed(b, &c_id));
@@ -311,7 +314,7 @@ fn a_vault_of_the_previous_release_upgrades_identically_everywhere() {
 
 #[test]
 fn a_device_paired_during_a_partition_gets_the_key_of_a_rotation_it_missed() {
-    let mut w = world(3);
+    let mut w = signed_world(3);
     let [a, b, c] = &mut w[..] else {
         unreachable!()
     };
@@ -320,12 +323,17 @@ fn a_device_paired_during_a_partition_gets_the_key_of_a_rotation_it_missed() {
     let c_id = id(c);
     // Partition {A, N} | {B}: A pairs a new device N (its entry, and the keyring with it); B removes C.
     let n_local = local(9);
-    a.add_device(entry(&n_local, Some(&local(1)), "new"))
-        .unwrap();
+    // Signed, as pairing signs it: N stays a member in its own eyes even when its entry's name is re-encrypted
+    // under a key it does not have yet.
+    let mut n_entry = entry(&n_local, Some(&local(1)), "new");
+    a.sign_entry(&mut n_entry).unwrap();
+    a.add_device(n_entry).unwrap();
     let mut n = Vault::load_as(&a.save(), a.keyring().clone(), Some(n_local)).unwrap();
+    n.set_anchors(a.anchors().cloned());
     let rotated = b.remove_member(&c_id, 10).unwrap().unwrap();
     let made_on_b = b.insert(passkey(2), 11).unwrap();
-    settle(&mut [a, b, &mut n]);
+    // Healing waits for N's inbox key, which its daemon publishes at start.
+    settle_keys(&mut [a, b, &mut n]);
     // B's rotation did not know N; a device holding the key wrapped it to N since.
     assert_eq!(n.keyring().current(), a.keyring().current());
     assert!(n.keyring().key(rotated).is_some());
@@ -625,6 +633,12 @@ fn a_purge_destroys_old_epoch_keys_on_every_remaining_device() {
     let purge_epoch = purge_epoch.expect("rotated");
     assert_eq!(n, 1);
     settle_keys(&mut [a, b]);
+    // C has not acknowledged the new epoch yet: it may hold records under the old one that nobody else has seen,
+    // so A and B keep the old key meanwhile.
+    for v in [&*a, &*b] {
+        assert!(v.keyring().key(removal_epoch).is_some());
+        assert_ne!(v.holds(&id(v)), Some(purge_epoch));
+    }
     // C comes back: it learns the new epoch through its inbox and destroys the old one too.
     settle_keys(&mut [a, b, c]);
     let remaining = [id(a), id(b), id(c)];
@@ -661,4 +675,113 @@ fn a_purge_destroys_old_epoch_keys_on_every_remaining_device() {
     let later = b.insert(passkey(3), 40).unwrap();
     settle_keys(&mut [a, b, c]);
     assert!(a.passkey(&later).is_some() && c.passkey(&later).is_some());
+}
+
+/// Opens `v`'s document with automerge (as any program could), lets `f` write to it, and loads the result as
+/// device `seed`'s replica with `v`'s keys.
+fn raw_edit(
+    v: &mut Vault,
+    seed: u8,
+    f: impl FnOnce(&mut automerge::transaction::Transaction<'_>, &automerge::ObjId),
+) -> Vault {
+    use automerge::ReadDoc;
+    let mut doc = automerge::Automerge::load(&v.save()).expect("load");
+    let (_, records) = doc
+        .get(automerge::ROOT, "records")
+        .expect("read")
+        .expect("records");
+    let mut tx = doc.transaction();
+    f(&mut tx, &records);
+    tx.commit();
+    let mut out =
+        Vault::load_as(&doc.save(), v.keyring().clone(), Some(local(seed))).expect("load");
+    out.set_anchors(v.anchors().cloned());
+    out
+}
+
+#[test]
+fn an_old_key_is_kept_while_a_record_no_device_can_read_is_still_under_it() {
+    let mut w = signed_world(2);
+    let [a, b] = &mut w[..] else { unreachable!() };
+    settle_keys(&mut [a, b]);
+    let poisoned = a.insert(passkey(1), 10).unwrap();
+    let other = a.insert(passkey(2), 11).unwrap();
+    settle_keys(&mut [a, b]);
+    let old = a.keyring().current();
+    // Someone with write access to B's document breaks one record's label field (no key needed): the record
+    // becomes unreadable everywhere, so no rotation can move it.
+    let mut b2 = raw_edit(b, 2, |tx, records| {
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+        let (_, obj) = tx
+            .get(records, poisoned.to_string())
+            .expect("read")
+            .expect("record");
+        tx.put(&obj, "m", vec![0u8, 0]).expect("put");
+    });
+    settle_keys(&mut [a, &mut b2]);
+    assert!(a.passkey(&poisoned).is_none() && !a.problems().is_empty());
+    // A purge rotates; every device acknowledges the new epoch, but the broken record's core is still under
+    // the old one: no device destroys that key.
+    a.trash(&other, 20).unwrap();
+    let (_, new) = a.purge(&[other], 21).unwrap();
+    let new = new.expect("rotated");
+    settle_keys(&mut [a, &mut b2]);
+    for v in [&*a, &b2] {
+        assert_eq!(v.keyring().current(), new);
+        assert!(v.keyring().key(old).is_some(), "the old key is kept");
+    }
+    // Once the field is repaired, the record reads again, moves to the new epoch, and only then is the old key
+    // destroyed.
+    let mut b3 = raw_edit(&mut b2, 2, |tx, records| {
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+        let (_, obj) = tx
+            .get(records, poisoned.to_string())
+            .expect("read")
+            .expect("record");
+        tx.delete(&obj, "m").expect("delete");
+    });
+    settle_keys(&mut [a, &mut b3]);
+    for v in [&*a, &b3] {
+        assert!(v.passkey(&poisoned).is_some(), "nothing was lost");
+        assert_eq!(v.keyring().epochs().collect::<Vec<_>>(), vec![new]);
+    }
+}
+
+#[test]
+fn a_destroyed_epoch_is_not_learnt_again_from_a_wrap_to_the_identity_key() {
+    let mut w = signed_world(3);
+    let [a, b, c] = &mut w[..] else {
+        unreachable!()
+    };
+    settle(&mut [a, b, c]);
+    // No inboxes yet (devices of the release before them): the removal's epoch is wrapped to B's identity key.
+    let first = a.remove_member(&id(c), 10).unwrap().expect("rotated");
+    settle(&mut [a, b]);
+    assert!(b.keyring().key(first).is_some());
+    // Then inboxes, a purge, and every device retires everything but the purge's epoch.
+    let p = a.insert(passkey(1), 11).unwrap();
+    settle_keys(&mut [a, b]);
+    a.trash(&p, 12).unwrap();
+    let second = a.purge(&[p], 13).unwrap().1.expect("rotated");
+    settle_keys(&mut [a, b]);
+    assert_eq!(b.keyring().epochs().collect::<Vec<_>>(), vec![second]);
+    // B's next start: its sealed keyring and the document. The wrap of the first epoch to B's identity key is
+    // still in the document; B does not take that key back.
+    let restarted = Vault::load_as(
+        &b.save(),
+        Keyring::decode(&b.keyring().encode()).unwrap(),
+        Some(local(2)),
+    )
+    .expect("load");
+    assert_eq!(
+        restarted.keyring().epochs().collect::<Vec<_>>(),
+        vec![second]
+    );
+    assert_eq!(
+        restarted.keyring_due().map(|k| k.inbox_generation()),
+        None,
+        "nothing to retire again"
+    );
 }

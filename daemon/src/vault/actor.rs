@@ -143,7 +143,8 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            if self.maintenance_due {
+            let maintained = self.maintenance_due;
+            if maintained {
                 self.maintain();
             }
             let wrote = self.dirty;
@@ -158,6 +159,13 @@ impl Actor {
                 self.replication.persist_failed(now, &Peers(&self.store));
             } else if wrote {
                 self.replication.persisted();
+            }
+            if maintained && failure.is_none() {
+                // Only once the batch (a rotation, re-encrypted records) is on disk may old keys go.
+                self.keep_keys();
+                if let Err(e) = self.persist() {
+                    tracing::error!(error = %e, "persisting this device's inbox key failed");
+                }
             }
             let due = self.replication.push(&mut self.vault, now);
             self.act(due);
@@ -351,14 +359,18 @@ impl Actor {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "vault key maintenance failed"),
         }
-        self.keep_keys();
     }
 
     /// Seals a new keyring when one is due — a first inbox key, or only the current epoch with a fresh inbox key
     /// once everything this device reads is under it (see `Vault::keyring_due`) — and only then publishes the
     /// inbox key in the document: old epoch keys are destroyed here, on disk and in memory. A failure keeps
-    /// the old keyring (nothing is lost) and is tried again after the next change.
-    fn keep_keys(&mut self) {
+    /// the old keyring (nothing is lost) and is tried again after the next change. Runs only when the document
+    /// holds nothing unsaved: the keyring must never be ahead of what the document on disk needs (a crash
+    /// between a rotation and its write would otherwise leave every record under a destroyed key).
+    pub(super) fn keep_keys(&mut self) {
+        if self.dirty || self.vault.has_unsaved_changes() {
+            return;
+        }
         let now = crate::now_ms();
         let written = match self.vault.keyring_due() {
             Some(next) => {

@@ -64,6 +64,8 @@ impl Actor {
         // A vault from before the extension change got it while loading.
         self.dirty |= self.vault.has_unsaved_changes();
         self.maintain();
+        self.persist()?;
+        self.keep_keys();
         self.persist()
     }
 
@@ -303,7 +305,12 @@ impl Actor {
         if check_only {
             return Ok(());
         }
-        let ring = Keyring::decode(&keyring).map_err(|_| Error::Keyring)?;
+        // The epoch keys only: an inbox key in what the inviter sent would be the inviter's (it could open what
+        // is wrapped to this device later). This device makes its own.
+        let ring = Keyring::decode(&keyring)
+            .map_err(|_| Error::Keyring)?
+            .shareable();
+        let keyring = ring.encode();
         let mut vault = Vault::create(vault_id, ring)?;
         vault.set_local(ids::local_device(&self.identity));
         let my_id = ids::device_id(&self.me);
