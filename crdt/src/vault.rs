@@ -505,7 +505,9 @@ impl Vault {
                         if before_removal {
                             Verdict::Verified
                         } else {
-                            Verdict::Forged("its device had been removed when it wrote it")
+                            Verdict::Forged(
+                                "it was written after, or concurrently with, its device's removal",
+                            )
                         }
                     }
                     _ => Verdict::Forged("its device is not a member of this vault"),

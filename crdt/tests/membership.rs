@@ -497,7 +497,7 @@ fn the_audit_log_records_who_did_what_and_shows_forged_altered_and_late_entries(
             Event::Trashed,
             c_id.clone(),
             rs.clone(),
-            Verdict::Forged("its device had been removed when it wrote it"),
+            Verdict::Forged("it was written after, or concurrently with, its device's removal"),
         ),
         (Event::Restored, b_id.clone(), rs.clone(), Verdict::Verified),
     ];

@@ -61,6 +61,10 @@ pub enum Meta<'a> {
     /// The devices this device trusts without a signature chain (a JSON list of device ids): pinned here, not in
     /// the replicated document, where any member could change them.
     Anchors,
+    /// When this device first saw a passkey in the trash, ms since the Unix epoch, u64 big-endian
+    /// (`trash-seen/<record id>`): the trash's keeping time runs from here, not from the time in the document,
+    /// which any member (or its clock) could set in the past.
+    TrashSeen(&'a passmesh_crdt::RecordId),
 }
 
 const ADDRS_PREFIX: &str = "addrs/";
@@ -75,6 +79,7 @@ impl Meta<'_> {
             Meta::Addrs(peer) => format!("{ADDRS_PREFIX}{peer}"),
             Meta::LegacyKeyring => "keyring".to_owned(),
             Meta::Anchors => "anchors".to_owned(),
+            Meta::TrashSeen(id) => format!("trash-seen/{id}"),
         }
     }
 }
@@ -275,6 +280,12 @@ impl Store {
         if durability == Durability::Flushed {
             self.db.flush()?;
         }
+        Ok(())
+    }
+
+    /// Deletes a metadata entry (on disk with the next flush).
+    pub fn remove(&self, entry: Meta<'_>) -> Result<(), Error> {
+        self.db.remove(meta_key(&entry.name()))?;
         Ok(())
     }
 

@@ -37,6 +37,7 @@ impl Actor {
             .iter()
             .try_for_each(|(id, credential_id)| {
                 self.keys.remove(credential_id.as_slice());
+                self.note_seen(id, now);
                 self.vault.trash(id, now)
             })
             .and_then(|()| self.vault.insert(passkey, now).map(|_| ()))
@@ -109,9 +110,13 @@ impl Actor {
             Some(p) => {
                 let id = p.record_id;
                 self.keys.remove(credential_id.as_bytes());
+                let now = crate::now_ms();
                 self.vault
-                    .trash(&id, crate::now_ms())
-                    .map(|()| true)
+                    .trash(&id, now)
+                    .map(|()| {
+                        self.note_seen(&id, now);
+                        true
+                    })
                     .map_err(Error::from)
             }
             None => Ok(false),

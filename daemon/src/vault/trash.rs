@@ -7,12 +7,36 @@ use passmesh_ipc::{AuditInfo, TrashedPasskey};
 use super::Error;
 use super::actor::Actor;
 use super::passkeys::info;
+use crate::store::{Durability, Meta};
 
 impl Actor {
-    /// When this device purges a passkey trashed at `trashed_at_ms`.
-    fn purge_at(&self, trashed_at_ms: u64) -> u64 {
+    /// When this device first saw passkey `id` in the trash; `None` if it has not noted it yet.
+    fn seen(&self, id: &RecordId) -> Option<u64> {
+        self.store
+            .get(Meta::TrashSeen(id))
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+    }
+
+    /// Notes that this device saw passkey `id` in the trash at `now_ms` (a crash forgets it: noted again later,
+    /// which only delays the purge).
+    pub(super) fn note_seen(&self, id: &RecordId, now_ms: u64) {
+        if let Err(e) = self
+            .store
+            .put(Meta::TrashSeen(id), &now_ms.to_be_bytes(), Durability::Lazy)
+        {
+            tracing::warn!(error = %e, "cannot note when a passkey was seen in the trash");
+        }
+    }
+
+    /// When this device purges passkey `id`: `[vault] trash_days` after it first saw it in the trash (not after
+    /// the time in the document: a stolen device with its clock set back must not make every device purge at
+    /// once).
+    fn purge_at(&self, id: &RecordId, now_ms: u64) -> u64 {
         let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
-        trashed_at_ms.saturating_add(keep)
+        self.seen(id).unwrap_or(now_ms).saturating_add(keep)
     }
 
     /// One page of the trash (longest there first), with the number of trashed passkeys.
@@ -22,13 +46,10 @@ impl Actor {
             .trashed()
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))
             .take(limit)
-            .map(|p| {
-                let at = p.trashed_at_ms.unwrap_or_default();
-                TrashedPasskey {
-                    passkey: info(p, self.replication.held(&p.record_id)),
-                    trashed_at_ms: at,
-                    purge_at_ms: self.purge_at(at),
-                }
+            .map(|p| TrashedPasskey {
+                passkey: info(p, self.replication.held(&p.record_id)),
+                trashed_at_ms: p.trashed_at_ms.unwrap_or_default(),
+                purge_at_ms: self.purge_at(&p.record_id, crate::now_ms()),
             })
             .collect();
         (page, self.vault.trashed_len() as u64)
@@ -47,7 +68,10 @@ impl Actor {
             Some(id) => self
                 .vault
                 .restore(&id, crate::now_ms())
-                .map(|()| true)
+                .map(|()| {
+                    let _ = self.store.remove(Meta::TrashSeen(&id));
+                    true
+                })
                 .map_err(Error::from),
             None => Ok(false),
         };
@@ -73,6 +97,9 @@ impl Actor {
             return Ok((0, None));
         }
         let result = self.vault.purge(ids, crate::now_ms());
+        for id in ids {
+            let _ = self.store.remove(Meta::TrashSeen(id));
+        }
         // Whatever happened, the document may have changed (the deletions are written before the rotation).
         self.dirty = true;
         // The old epochs are to be destroyed once everything is under the new one (see `Actor::keep_keys`).
@@ -82,20 +109,26 @@ impl Actor {
         Ok((n as u64, epoch))
     }
 
-    /// Purges the passkeys kept in the trash longer than `[vault] trash_days`. Cheap when none is due: the trash
-    /// is ordered by time, so only its oldest entry is looked at.
+    /// Purges the passkeys this device has seen in the trash for longer than `[vault] trash_days`, and notes the
+    /// ones it sees there for the first time. Hourly, and at start: one look at each trashed passkey.
     pub(super) fn purge_expired(&mut self) {
         let now = crate::now_ms();
-        let due = |p: &Passkey| p.trashed_at_ms.is_some_and(|at| self.purge_at(at) <= now);
-        if !self.vault.trashed().next().is_some_and(due) {
-            return;
-        }
-        let ids: Vec<RecordId> = self
+        let mut ids = Vec::new();
+        let trashed: Vec<RecordId> = self
             .vault
             .trashed()
-            .take_while(|p| due(p))
-            .map(|p| p.record_id)
+            .map(|p: &Passkey| p.record_id)
             .collect();
+        for id in trashed {
+            match self.seen(&id) {
+                None => self.note_seen(&id, now),
+                Some(_) if self.purge_at(&id, now) <= now => ids.push(id),
+                Some(_) => {}
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
         match self.purge(&ids) {
             Ok((n, _)) => {
                 tracing::info!(passkeys = n, "purged passkeys kept in the trash too long")

@@ -267,10 +267,14 @@ async fn a_device_entry_and_an_audit_entry_forged_on_a_members_disk_are_refused(
     all_connected(&[&nodes[0], &nodes[1]], LIMIT)
         .await
         .expect("connected");
+    let rp = example_rp();
+    let victim = register_user(&mut connect(&nodes[0]).await, &rp, "victim").await;
+    wait_where(&nodes[1], &victim, (true, false), "the passkey on B").await;
     nodes[1].daemon.stop().await.expect("stop B");
 
-    // Someone with write access to B's disk (and its unsealed keys) adds a device of their own, unsigned, and an
-    // audit entry claiming that A removed B.
+    // Someone with write access to B's disk (and its unsealed keys) adds a device of their own, unsigned, an
+    // audit entry claiming that A removed B, and deletes a passkey with B's clock set back to 1970 (so that it
+    // would have expired from the trash decades ago).
     let tpm = TpmOptions::default();
     let disk = pairing::disk(nodes[1].state_dir(), Choice::Software, &tpm).expect("B's disk");
     let mut vault = Vault::load_as(
@@ -290,6 +294,11 @@ async fn a_device_entry_and_an_audit_entry_forged_on_a_members_disk_are_refused(
             signature: None,
         })
         .expect("add");
+    let record = vault
+        .find_by_credential_id(victim.id())
+        .expect("the passkey")
+        .record_id;
+    vault.trash(&record, 1_000).expect("trash");
     let mut chunk = vault.save_incremental();
     let mut doc = automerge::Automerge::load(&[disk.document.as_slice(), &chunk].concat())
         .expect("the document");
@@ -359,4 +368,30 @@ async fn a_device_entry_and_an_audit_entry_forged_on_a_members_disk_are_refused(
         a.daemon.log().contains(&intruder_id),
         "A did not refuse the intruder at its gate"
     );
+
+    // The passkey went to A's trash, to be purged 30 days after A saw it there, not after the time B claims;
+    // A's look at the trash at its next start leaves it there, restorable.
+    wait_where(a, &victim, (false, true), "the delete on A").await;
+    let trashed = connect(a).await.trash_all().await.expect("trash");
+    let now = passmesh_daemon::now_ms();
+    assert_eq!(trashed[0].trashed_at_ms, 1_000);
+    assert!(
+        trashed[0].purge_at_ms > now + 29 * 86_400_000,
+        "{trashed:?}"
+    );
+    nodes[0].daemon.restart().await.expect("restart A");
+    let a = &nodes[0];
+    eventually(LIMIT, "A's trash after its restart", async || {
+        where_is(a, &victim).await
+    })
+    .await
+    .map(|w| assert_eq!(w, (false, true), "still in the trash"))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let out = a
+        .daemon
+        .cli(&["trash", "restore", &credential(&victim)])
+        .await
+        .expect("run the CLI");
+    out.expect_success("trash restore");
+    wait_where(a, &victim, (true, false), "restored on A").await;
 }
