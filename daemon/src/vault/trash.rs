@@ -279,3 +279,82 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+mod joining {
+    use passmesh_crdt::{Device, Keyring};
+    use zeroize::Zeroizing;
+
+    use crate::custody::Custody;
+    use crate::custody::keystore::{Choice, TpmOptions};
+    use crate::vault::{self, Member, Rules};
+
+    /// A joining device seals only the epoch keys it was sent: an inbox key in them (the inviter's, which could
+    /// open what is later wrapped to this device) is dropped and a fresh one made.
+    #[test]
+    fn a_joining_device_keeps_no_inbox_key_the_inviter_sent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let custody = Custody::new(
+            Choice::Software,
+            TpmOptions {
+                tcti: "device:/nonexistent".into(),
+                pcrs: vec![],
+            },
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (inviter, _) = vault::open(&tmp.path().join("a"), &custody, Rules::default()).unwrap();
+        let info = rt.block_on(inviter.handle.join_info()).unwrap();
+        // The inviter's keyring with an inbox key planted in it: version 2, floor 0, generation 7, secret 0x42….
+        let planted = [0x42u8; 32];
+        let mut sent = vec![2u8];
+        sent.extend_from_slice(&info.keyring[1..5]);
+        sent.extend_from_slice(&0u32.to_be_bytes());
+        sent.extend_from_slice(&7u32.to_be_bytes());
+        sent.extend_from_slice(&planted);
+        sent.extend_from_slice(&info.keyring[5..]);
+        assert!(Keyring::decode(&sent).unwrap().inbox_generation() == Some(7));
+
+        let dir = tmp.path().join("b");
+        let (joiner, _) = vault::open(&dir, &custody, Rules::default()).unwrap();
+        let me = Device {
+            id: crate::ids::device_id(&joiner.identity.peer_id()),
+            name: "joiner".into(),
+            x25519_public: passmesh_transport::pairing::PairKey::derive(&joiner.identity).public(),
+            added_by: Some(info.device.id.clone()),
+            added_at_ms: 1,
+            signature: None,
+        };
+        let members = vec![Member {
+            device: info.device.clone(),
+            addrs: vec![],
+        }];
+        rt.block_on(joiner.handle.adopt(
+            info.vault_id,
+            Zeroizing::new(sent),
+            members,
+            me,
+            info.anchors.clone(),
+            false,
+        ))
+        .unwrap();
+        // A batch after the adoption: the joiner seals its own inbox key.
+        rt.block_on(joiner.handle.status()).unwrap();
+        for running in [joiner, inviter] {
+            drop(running.handle);
+            running.thread.join().unwrap();
+        }
+        let db = dir.join(crate::layout::DB);
+        let blob = crate::store::read_keyring(&db).unwrap().unwrap();
+        let mut opened = custody.open_for(Some(&blob)).unwrap();
+        let sealed = Keyring::decode(&opened.keystore.unseal(&blob).unwrap()).unwrap();
+        let bytes = sealed.encode();
+        assert!(
+            !bytes.windows(32).any(|w| w == planted),
+            "the inviter's inbox key was kept"
+        );
+        assert_eq!(sealed.inbox_generation(), Some(1));
+    }
+}
