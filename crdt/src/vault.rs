@@ -1302,7 +1302,9 @@ impl Vault {
                 if touched.ext || !touched.devices.is_empty() || touched.keycheck {
                     let current = self.keyring.current();
                     self.judge();
-                    if self.keyring.current() != current {
+                    // A device added in this batch may have made an epoch wrapped to this one.
+                    let learned = (touched.ext || !touched.devices.is_empty()) && self.learn_keys();
+                    if learned || self.keyring.current() != current {
                         self.rebuild();
                     }
                 }
@@ -1338,8 +1340,10 @@ impl Vault {
         self.rebuild_devices();
         let before = self.keyring.current();
         self.judge();
-        if self.keyring.current() != before {
-            // Which entries are due for re-encryption depends on the current epoch.
+        // The membership is known now: epochs made by devices it just judged can be learnt; and which entries
+        // are due for re-encryption depends on the current epoch.
+        let learned = self.learn_keys();
+        if learned || self.keyring.current() != before {
             self.rebuild_devices();
             self.judge();
         }
@@ -1380,31 +1384,32 @@ impl Vault {
             return false;
         };
         let mut learned = false;
-        // Epochs below the keyring's floor were destroyed here: never learnt again.
-        let floor = self.keyring.floor();
-        let below: HashSet<Epoch> = if floor > 0 {
-            self.facts.refresh(&self.doc, &self.shape);
-            // The highest generation any verified description gives the epoch (a low one added later cannot
-            // hide an epoch).
-            let mut highest: HashMap<Epoch, u32> = HashMap::new();
-            for (e, bytes, _) in &self.facts.epochs {
-                if let Some(info) = EpochInfo::decode(bytes).filter(|i| i.verifies(&self.id, *e)) {
-                    let g = highest.entry(*e).or_default();
-                    *g = (*g).max(info.generation);
-                }
+        // Only epochs described by a member (as judged last): a stranger's made-up epoch is not taken, with the
+        // highest generation any such description gives it (a low one added later cannot hide an epoch).
+        self.facts.refresh(&self.doc, &self.shape);
+        let mut generation: HashMap<Epoch, u32> = HashMap::new();
+        for (e, bytes, _) in &self.facts.epochs {
+            if let Some(info) = EpochInfo::decode(bytes).filter(|i| i.verifies(&self.id, *e))
+                && self
+                    .members
+                    .get(&info.by)
+                    .is_some_and(|m| !matches!(m.state, MemberState::Invalid(_)))
+            {
+                let g = generation.entry(*e).or_default();
+                *g = (*g).max(info.generation);
             }
-            highest
-                .into_iter()
-                .filter(|(_, g)| *g < floor)
-                .map(|(e, _)| e)
-                .collect()
-        } else {
-            HashSet::new()
-        };
+        }
+        // Epochs below the keyring's floor were destroyed here: never learnt again; one of the floor's own
+        // generation (a concurrent rotation's) only through this device's current inbox, where healing puts the
+        // current key, never again through an older wrap to its identity key.
+        let floor = self.keyring.floor();
         for e in epochs {
             self.epoch_objs.insert(e.obj.clone());
             let Some(me) = &self.me else { continue };
-            if self.keyring.key(e.epoch).is_some() || below.contains(&e.epoch) {
+            let Some(&g) = generation.get(&e.epoch) else {
+                continue;
+            };
+            if self.keyring.key(e.epoch).is_some() || g < floor {
                 continue;
             }
             // Wraps to this device's inbox key, then to its identity-derived key (before it had an inbox).
@@ -1422,7 +1427,7 @@ impl Vault {
                     });
                 }
             }
-            if found.is_none() {
+            if found.is_none() && (floor == 0 || g > floor) {
                 let slot = doc::wrap_slot(me.id(), None);
                 for wrapped in doc::read_wraps(&self.doc, &e.obj, &slot).unwrap_or_default() {
                     found = found.or_else(|| members::unwrap(&self.id, e.epoch, me, &wrapped));
@@ -2289,6 +2294,44 @@ mod tests {
         sync_pair(&mut a, &mut b);
         assert_eq!(a.epochs.current, Some((1, rotated)));
         assert_eq!(b.keyring().current(), rotated);
+    }
+
+    #[test]
+    fn an_epoch_made_up_by_a_stranger_is_not_learnt() {
+        let (mut a, mut b, _) = members3();
+        sync_pair(&mut a, &mut b);
+        // Someone who is no member (their own key) describes an epoch, wraps a key of theirs to B and writes its
+        // key check: B must not take the key (it would later have to be destroyed, again and again).
+        let forged = Epoch(78);
+        let stranger = local(9);
+        let b_me = local(2);
+        let info = EpochInfo::sign(
+            &b.id,
+            forged,
+            (Epoch(0), 0),
+            &stranger,
+            1,
+            BTreeSet::from([b_me.id().clone()]),
+        )
+        .encode();
+        let key = VaultKey::generate();
+        let wrap = members::wrap(&b.id, forged, b_me.id(), &b_me.x25519_public(), &key).unwrap();
+        let (ext, shape, vault) = (a.shape.ext.clone(), a.shape.clone(), a.id);
+        let mut tx = a.doc.transaction();
+        doc::put_epoch(
+            &mut tx,
+            &ext,
+            forged,
+            info,
+            vec![(b_me.id().to_string(), wrap)],
+        )
+        .unwrap();
+        doc::put_keycheck(&mut tx, &shape, &vault, forged, &key).unwrap();
+        tx.commit();
+        sync_pair(&mut a, &mut b);
+        assert!(b.keyring().key(forged).is_none());
+        let again = Vault::load_as(&b.save(), b.keyring().clone(), Some(local(2))).unwrap();
+        assert!(again.keyring().key(forged).is_none());
     }
 
     #[test]

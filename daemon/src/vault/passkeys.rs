@@ -37,7 +37,7 @@ impl Actor {
             .iter()
             .try_for_each(|(id, credential_id)| {
                 self.keys.remove(credential_id.as_slice());
-                self.note_seen(id, now);
+                self.note_seen(id, now, now);
                 self.vault.trash(id, now)
             })
             .and_then(|()| self.vault.insert(passkey, now).map(|_| ()))
@@ -114,7 +114,7 @@ impl Actor {
                 self.vault
                     .trash(&id, now)
                     .map(|()| {
-                        self.note_seen(&id, now);
+                        self.note_seen(&id, now, now);
                         true
                     })
                     .map_err(Error::from)

@@ -10,33 +10,38 @@ use super::passkeys::info;
 use crate::store::{Durability, Meta};
 
 impl Actor {
-    /// When this device first saw passkey `id` in the trash; `None` if it has not noted it yet.
-    fn seen(&self, id: &RecordId) -> Option<u64> {
-        self.store
-            .get(Meta::TrashSeen(id))
-            .ok()
-            .flatten()
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(u64::from_be_bytes)
+    /// When this device first saw passkey `id` in the trash with the deletion time `trashed_at_ms`; `None` if it
+    /// has not noted this deletion yet (a passkey restored and deleted again is a new deletion).
+    fn seen(&self, id: &RecordId, trashed_at_ms: u64) -> Option<u64> {
+        let b = self.store.get(Meta::TrashSeen(id)).ok().flatten()?;
+        let b = <[u8; 16]>::try_from(b.as_slice()).ok()?;
+        let (seen, at) = b.split_at(8);
+        let seen = u64::from_be_bytes(seen.try_into().ok()?);
+        let at = u64::from_be_bytes(at.try_into().ok()?);
+        (at == trashed_at_ms).then_some(seen)
     }
 
-    /// Notes that this device saw passkey `id` in the trash at `now_ms` (a crash forgets it: noted again later,
-    /// which only delays the purge).
-    pub(super) fn note_seen(&self, id: &RecordId, now_ms: u64) {
+    /// Notes that this device saw passkey `id` in the trash (deleted at `trashed_at_ms`) at `now_ms`; a crash
+    /// forgets it: it is noted again later, which only delays the purge.
+    pub(super) fn note_seen(&self, id: &RecordId, trashed_at_ms: u64, now_ms: u64) {
+        let mut value = now_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(&trashed_at_ms.to_be_bytes());
         if let Err(e) = self
             .store
-            .put(Meta::TrashSeen(id), &now_ms.to_be_bytes(), Durability::Lazy)
+            .put(Meta::TrashSeen(id), &value, Durability::Lazy)
         {
             tracing::warn!(error = %e, "cannot note when a passkey was seen in the trash");
         }
     }
 
-    /// When this device purges passkey `id`: `[vault] trash_days` after it first saw it in the trash (not after
-    /// the time in the document: a stolen device with its clock set back must not make every device purge at
-    /// once).
-    fn purge_at(&self, id: &RecordId, now_ms: u64) -> u64 {
+    /// When this device purges passkey `p`: `[vault] trash_days` after it first saw this deletion in the trash
+    /// (not after the time in the document: a stolen device with its clock set back must not make every device
+    /// purge at once).
+    fn purge_at(&self, p: &Passkey, now_ms: u64) -> u64 {
         let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
-        self.seen(id).unwrap_or(now_ms).saturating_add(keep)
+        self.seen(&p.record_id, p.trashed_at_ms.unwrap_or_default())
+            .unwrap_or(now_ms)
+            .saturating_add(keep)
     }
 
     /// One page of the trash (longest there first), with the number of trashed passkeys.
@@ -49,7 +54,7 @@ impl Actor {
             .map(|p| TrashedPasskey {
                 passkey: info(p, self.replication.held(&p.record_id)),
                 trashed_at_ms: p.trashed_at_ms.unwrap_or_default(),
-                purge_at_ms: self.purge_at(&p.record_id, crate::now_ms()),
+                purge_at_ms: self.purge_at(p, crate::now_ms()),
             })
             .collect();
         (page, self.vault.trashed_len() as u64)
@@ -114,17 +119,17 @@ impl Actor {
     pub(super) fn purge_expired(&mut self) {
         let now = crate::now_ms();
         let mut ids = Vec::new();
-        let trashed: Vec<RecordId> = self
-            .vault
-            .trashed()
-            .map(|p: &Passkey| p.record_id)
-            .collect();
-        for id in trashed {
-            match self.seen(&id) {
-                None => self.note_seen(&id, now),
-                Some(_) if self.purge_at(&id, now) <= now => ids.push(id),
+        let mut unseen = Vec::new();
+        for p in self.vault.trashed() {
+            let at = p.trashed_at_ms.unwrap_or_default();
+            match self.seen(&p.record_id, at) {
+                None => unseen.push((p.record_id, at)),
+                Some(_) if self.purge_at(p, now) <= now => ids.push(p.record_id),
                 Some(_) => {}
             }
+        }
+        for (id, at) in unseen {
+            self.note_seen(&id, at, now);
         }
         if ids.is_empty() {
             return;
