@@ -69,78 +69,76 @@ impl Client {
 
     /// Every passkey (optionally of one rpId), fetching `list` pages until `total` is reached.
     pub async fn list_all(&mut self, rp_id: Option<&str>) -> Result<Vec<PasskeyInfo>, ClientError> {
-        let mut all = Vec::new();
-        loop {
-            let body = RequestBody::List {
-                rp_id: rp_id.map(str::to_owned),
-                offset: all.len() as u64,
+        let rp_id = rp_id.map(str::to_owned);
+        self.all_pages(
+            "list",
+            |offset| RequestBody::List {
+                rp_id: rp_id.clone(),
+                offset,
                 limit: None,
-            };
-            match self.call(body).await? {
-                ResponseBody::List { passkeys, total } => {
-                    let empty = passkeys.is_empty();
-                    all.extend(passkeys);
-                    // An empty page ends it too: the vault may shrink between pages.
-                    if empty || all.len() as u64 >= total {
-                        return Ok(all);
-                    }
-                }
-                other => {
-                    return Err(ClientError::UnexpectedReply(format!(
-                        "expected a list reply, got {}",
-                        other.kind()
-                    )));
-                }
-            }
-        }
+            },
+            |reply| match reply {
+                ResponseBody::List { passkeys, total } => Ok((passkeys, total)),
+                other => Err(other.kind()),
+            },
+        )
+        .await
     }
 
     /// Every passkey in the trash, fetching `trashList` pages until `total` is reached.
     pub async fn trash_all(&mut self) -> Result<Vec<TrashedPasskey>, ClientError> {
-        let mut all = Vec::new();
-        loop {
-            let body = RequestBody::TrashList {
-                offset: all.len() as u64,
+        self.all_pages(
+            "trashList",
+            |offset| RequestBody::TrashList {
+                offset,
                 limit: None,
-            };
-            match self.call(body).await? {
-                ResponseBody::TrashList { passkeys, total } => {
-                    let empty = passkeys.is_empty();
-                    all.extend(passkeys);
-                    if empty || all.len() as u64 >= total {
-                        return Ok(all);
-                    }
-                }
-                other => {
-                    return Err(ClientError::UnexpectedReply(format!(
-                        "expected a trashList reply, got {}",
-                        other.kind()
-                    )));
-                }
-            }
-        }
+            },
+            |reply| match reply {
+                ResponseBody::TrashList { passkeys, total } => Ok((passkeys, total)),
+                other => Err(other.kind()),
+            },
+        )
+        .await
     }
 
     /// The whole audit log, fetching `audit` pages until `total` is reached.
     pub async fn audit_all(&mut self) -> Result<Vec<AuditInfo>, ClientError> {
+        self.all_pages(
+            "audit",
+            |offset| RequestBody::Audit {
+                offset,
+                limit: None,
+            },
+            |reply| match reply {
+                ResponseBody::Audit { entries, total } => Ok((entries, total)),
+                other => Err(other.kind()),
+            },
+        )
+        .await
+    }
+
+    /// Fetches the pages of a paged request (`page(offset)`) until the reply's `total` is reached or a page is
+    /// empty (what is listed may shrink between pages); `items` takes a page's items and total out of a reply, or
+    /// names the reply's type.
+    async fn all_pages<T>(
+        &mut self,
+        what: &str,
+        page: impl Fn(u64) -> RequestBody,
+        items: impl Fn(ResponseBody) -> Result<(Vec<T>, u64), &'static str>,
+    ) -> Result<Vec<T>, ClientError> {
         let mut all = Vec::new();
         loop {
-            let body = RequestBody::Audit {
-                offset: all.len() as u64,
-                limit: None,
-            };
-            match self.call(body).await? {
-                ResponseBody::Audit { entries, total } => {
-                    let empty = entries.is_empty();
-                    all.extend(entries);
+            match items(self.call(page(all.len() as u64)).await?) {
+                Ok((got, total)) => {
+                    let empty = got.is_empty();
+                    all.extend(got);
                     if empty || all.len() as u64 >= total {
                         return Ok(all);
                     }
                 }
-                other => {
+                Err(other) => {
                     return Err(ClientError::UnexpectedReply(format!(
-                        "expected an audit reply, got {}",
-                        other.kind()
+                        "expected a {what} reply, got {other}"
                     )));
                 }
             }
