@@ -226,16 +226,20 @@ mod tests {
         }
     }
 
-    /// Opens the vault in `dir`, runs `f` on it and stops it again.
-    fn with_vault(dir: &std::path::Path, rules: Rules, f: impl AsyncFnOnce(&vault::Handle)) {
-        let custody = Custody::new(
+    /// The software keystore, with no TPM to find.
+    pub(super) fn software() -> Custody {
+        Custody::new(
             Choice::Software,
             TpmOptions {
                 tcti: "device:/nonexistent".into(),
                 pcrs: vec![],
             },
-        );
-        let (running, _) = vault::open(dir, &custody, rules).unwrap();
+        )
+    }
+
+    /// Opens the vault in `dir`, runs `f` on it and stops it again.
+    fn with_vault(dir: &std::path::Path, rules: Rules, f: impl AsyncFnOnce(&vault::Handle)) {
+        let (running, _) = vault::open(dir, &software(), rules).unwrap();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -290,8 +294,6 @@ mod joining {
     use passmesh_crdt::{Device, Keyring};
     use zeroize::Zeroizing;
 
-    use crate::custody::Custody;
-    use crate::custody::keystore::{Choice, TpmOptions};
     use crate::vault::{self, Member, Rules};
 
     /// A joining device seals only the epoch keys it was sent: an inbox key in them (the inviter's, which could
@@ -299,13 +301,7 @@ mod joining {
     #[test]
     fn a_joining_device_keeps_no_inbox_key_the_inviter_sent() {
         let tmp = tempfile::tempdir().unwrap();
-        let custody = Custody::new(
-            Choice::Software,
-            TpmOptions {
-                tcti: "device:/nonexistent".into(),
-                pcrs: vec![],
-            },
-        );
+        let custody = super::tests::software();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
