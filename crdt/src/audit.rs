@@ -1,7 +1,8 @@
 //! The audit log: signed, append-only records of who did what to the vault.
 //!
 //! Every membership and deletion event (a device paired, renamed or removed, a key rotation, a passkey moved
-//! to the trash, restored or purged) appends one entry to `ROOT.ext.audit`, in the same change as the event
+//! to the trash, restored or purged, a PIN key published, a purge approved: see [`approval`](crate::approval))
+//! appends one entry to `ROOT.ext.audit`, in the same change as the event
 //! itself, signed with the acting device's identity key:
 //!
 //! ```text
@@ -46,6 +47,11 @@ pub enum Event {
     Restored,
     /// A passkey was purged for good (subject: its record id).
     Purged,
+    /// The device published a key derived from its PIN (subject: see [`approval`](crate::approval)).
+    PinKey,
+    /// The user approved, with the PIN, destroying the keys of epochs before one (subject: see
+    /// [`approval`](crate::approval)).
+    Approved,
     /// An event of a later release.
     Other(u8),
 }
@@ -60,6 +66,8 @@ impl Event {
             Event::Trashed => 5,
             Event::Restored => 6,
             Event::Purged => 7,
+            Event::PinKey => 8,
+            Event::Approved => 9,
             Event::Other(c) => c,
         }
     }
@@ -73,6 +81,8 @@ impl Event {
             5 => Event::Trashed,
             6 => Event::Restored,
             7 => Event::Purged,
+            8 => Event::PinKey,
+            9 => Event::Approved,
             c => Event::Other(c),
         }
     }
@@ -87,6 +97,8 @@ impl Event {
             Event::Trashed => "passkey-trashed".into(),
             Event::Restored => "passkey-restored".into(),
             Event::Purged => "passkey-purged".into(),
+            Event::PinKey => "pin-key-set".into(),
+            Event::Approved => "purge-approved".into(),
             Event::Other(c) => format!("event-{c}"),
         }
     }
@@ -226,6 +238,7 @@ pub fn fuzz_entry(bytes: &[u8]) {
             "an audit entry re-encodes to other bytes"
         );
         let _ = s.verifies(&VaultId::from_bytes([0; 16]));
+        crate::approval::fuzz_subject(&s.subject);
     }
     let _ = key_of(bytes);
 }

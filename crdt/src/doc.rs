@@ -692,6 +692,22 @@ pub(crate) fn read_record(
     open_record(&raw, vault, keyring, id)
 }
 
+/// Decrypts record `id` as map `obj` was at document heads `heads` (a version since deleted or overwritten).
+pub(crate) fn read_record_at(
+    doc: &Automerge,
+    obj: &ObjId,
+    heads: &[ChangeHash],
+    vault: &VaultId,
+    keyring: &Keyring,
+    id: &RecordId,
+) -> Result<Passkey, Error> {
+    let mut raw = RawRecord::default();
+    for item in doc.map_range_at(obj, .., heads) {
+        raw.absorb(id, &item.key, item.value);
+    }
+    open_record(&raw, vault, keyring, id)
+}
+
 /// Below this many records a load decrypts on the calling thread only.
 const PARALLEL_MIN: usize = 512;
 /// Upper bound on decryption threads during a load.

@@ -18,9 +18,11 @@
 //! - [`record`] — [`NewPasskey`], [`Passkey`], [`Device`].
 //! - [`members`] — [`LocalDevice`], [`Member`], [`MemberState`]: signed membership, removals, epoch-key wraps.
 //! - [`vault`] — [`Vault`], [`SyncState`].
+//! - [`audit`] — the signed audit log; [`approval`] — [`PinKey`]: the user's approval of a purge.
 //! - [`error`] — [`Error`].
 //! - private: `crypto` (field encryption), `doc` (document shape), `index` (the in-memory index).
 
+pub mod approval;
 pub mod audit;
 mod crypto;
 mod doc;
@@ -32,10 +34,11 @@ pub mod members;
 pub mod record;
 pub mod vault;
 
+pub use approval::PinKey;
 pub use audit::{AuditEntry, Event, Verdict};
 pub use error::Error;
 pub use ids::{CredentialId, DeviceId, RecordId, VaultId};
 pub use keys::{Epoch, Keyring, VaultKey};
 pub use members::{LocalDevice, Member, MemberState, device_id_of};
 pub use record::{Device, NewPasskey, Passkey};
-pub use vault::{Maintenance, SyncState, Vault};
+pub use vault::{Maintenance, SyncState, Vanished, Vault};

@@ -7,6 +7,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ChangeHash, ObjId, ReadDoc};
 
+use crate::approval::{self, PinKey};
 use crate::audit::{self, AuditEntry, Event, Verdict};
 use crate::doc::{self, AuditValue, Shape};
 use crate::index::Index;
@@ -58,6 +59,8 @@ pub struct Vault {
     removal_changes: HashMap<DeviceId, Vec<Option<ChangeHash>>>,
     /// Each device's published inbox of the highest generation whose signature verifies.
     inboxes: HashMap<DeviceId, InboxEntry>,
+    /// The approved epochs (see [`Vault::current_approved`]), with the sizes of the facts they were judged from.
+    approvals: Option<((usize, usize), Vec<Epoch>)>,
 }
 
 /// The signed removals and epoch descriptions ever written to the document, taken from its change history as
@@ -80,6 +83,8 @@ struct Facts {
     audit: Vec<(String, Vec<u8>, ChangeHash)>,
     /// (device, inbox entry bytes): every inbox ever published.
     inboxes: Vec<(DeviceId, Vec<u8>)>,
+    /// (record, the change that deleted it from the records map): every deletion of a record.
+    deletions: Vec<(RecordId, ChangeHash)>,
     /// The heads up to which the history has been read.
     heads: Vec<ChangeHash>,
 }
@@ -102,6 +107,11 @@ impl Facts {
                 let obj = ObjId::Id(id.0, id.1.clone(), 0);
                 let Key::Map(key) = &op.key else { continue };
                 match &op.action {
+                    OpType::Delete if obj == shape.records => {
+                        if let Ok(id) = key.parse::<RecordId>() {
+                            self.deletions.push((id, hash));
+                        }
+                    }
                     OpType::Put(automerge::ScalarValue::Bytes(b)) if obj == ext.removed => {
                         self.removals
                             .push((DeviceId::new(key.to_string()), b.clone(), hash));
@@ -175,6 +185,17 @@ impl Maintenance {
     }
 }
 
+/// A passkey another device deleted from the document, which this replica can still bring back (see
+/// [`Vault::vanished`]).
+#[derive(Debug, Clone)]
+pub struct Vanished {
+    /// Its last version before the deletion.
+    pub passkey: Passkey,
+    /// The device whose verified `passkey-purged` entry is in the deleting change; `None` when the change has
+    /// none (a deletion no honest client makes).
+    pub purged_by: Option<DeviceId>,
+}
+
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vault")
@@ -244,6 +265,7 @@ impl Vault {
             anchors: None,
             removal_changes: HashMap::new(),
             inboxes: HashMap::new(),
+            approvals: None,
         }
     }
 
@@ -417,10 +439,17 @@ impl Vault {
     /// member, makes a new key epoch (see [`rotate`](Self::rotate)), so that nothing written from now on is
     /// under a key that also opens the purged records. Returns how many were purged and the new epoch. Ids not
     /// in the document are skipped.
+    ///
+    /// With `approval` (the key of this device's PIN, see [`approval`](crate::approval)) the new epoch is
+    /// approved: every device may destroy the older keys as soon as all hold the new one, instead of keeping
+    /// them (and what others deleted, see [`vanished`](Self::vanished)) a while. With `approval` and nothing to
+    /// purge here but records others deleted that this replica still offers to bring back, it rotates and
+    /// approves all the same: that is the user confirming those deletions.
     pub fn purge(
         &mut self,
         ids: &[RecordId],
         now_ms: u64,
+        approval: Option<&PinKey>,
     ) -> Result<(usize, Option<Epoch>), Error> {
         let mut present = Vec::with_capacity(ids.len());
         for id in ids {
@@ -432,29 +461,234 @@ impl Vault {
                 present.push((*id, obj, logged));
             }
         }
-        if present.is_empty() {
+        if present.is_empty() && (approval.is_none() || self.vanished().is_empty()) {
             return Ok((0, None));
         }
-        let shape = &self.shape;
-        self.doc
-            .transact::<_, _, automerge::AutomergeError>(|tx| {
-                for (id, _, logged) in &present {
-                    tx.delete(&shape.records, id.to_string())?;
-                    doc::put_audit(tx, &shape.ext, logged.clone())?;
-                }
-                Ok(())
-            })
-            .map_err(|f| Error::from(f.error))?;
-        for (id, obj, _) in &present {
-            self.record_objs.remove(obj);
-            self.index.remove(id);
+        if !present.is_empty() {
+            let shape = &self.shape;
+            self.doc
+                .transact::<_, _, automerge::AutomergeError>(|tx| {
+                    for (id, _, logged) in &present {
+                        tx.delete(&shape.records, id.to_string())?;
+                        doc::put_audit(tx, &shape.ext, logged.clone())?;
+                    }
+                    Ok(())
+                })
+                .map_err(|f| Error::from(f.error))?;
+            for (id, obj, _) in &present {
+                self.record_objs.remove(obj);
+                self.index.remove(id);
+            }
         }
         let epoch = if self.active_me().is_ok() {
-            Some(self.rotate(now_ms)?)
+            let epoch = self.rotate(now_ms)?;
+            if let Some(key) = approval {
+                self.approve(epoch, key, now_ms)?;
+            }
+            Some(epoch)
         } else {
             None
         };
         Ok((present.len(), epoch))
+    }
+
+    /// Publishes `key` as this device's PIN key (see [`approval`](crate::approval)): its first one when it has
+    /// none, else signed by `previous`, which must be the last one published. Returns whether it wrote; writes
+    /// nothing if `key` is already the last one, or if it cannot extend the chain (`previous` is not its end, or
+    /// the device's chain is void): this device's approvals then count for nothing, so every device keeps old
+    /// keys longer, which loses nothing.
+    pub fn publish_pin_key(
+        &mut self,
+        key: &PinKey,
+        previous: Option<&PinKey>,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
+        let me = self.active_me()?.id().clone();
+        let log = self.audit_entries();
+        let tip = approval::tips(&self.id, &log).get(&me).copied();
+        if tip == Some(key.public()) {
+            return Ok(false);
+        }
+        let any = log
+            .iter()
+            .any(|e| e.event == Event::PinKey && e.device == me && e.verdict == Verdict::Verified);
+        let signer = match (tip, previous) {
+            (None, _) if !any => None,
+            (Some(t), Some(p)) if t == p.public() => Some(p),
+            _ => return Ok(false),
+        };
+        let subject = approval::key_subject(&self.id, &me, key, signer);
+        self.log_event(Event::PinKey, &subject, now_ms)?;
+        Ok(true)
+    }
+
+    /// Approves `epoch` with `key`, publishing `key` first if this device has no PIN key yet. Writes nothing if
+    /// `key` is not the end of this device's chain (see [`publish_pin_key`](Self::publish_pin_key)).
+    fn approve(&mut self, epoch: Epoch, key: &PinKey, now_ms: u64) -> Result<(), Error> {
+        self.publish_pin_key(key, None, now_ms)?;
+        let me = self.active_me()?.id().clone();
+        let log = self.audit_entries();
+        if approval::tips(&self.id, &log).get(&me) != Some(&key.public()) {
+            return Ok(());
+        }
+        let subject = approval::approval_subject(&self.id, &me, epoch, key);
+        self.log_event(Event::Approved, &subject, now_ms)
+    }
+
+    /// Appends an audit entry of this device, alone in its change.
+    fn log_event(&mut self, event: Event, subject: &str, now_ms: u64) -> Result<(), Error> {
+        let logged = self.audit_value(event, subject, now_ms);
+        let ext = &self.shape.ext;
+        self.doc
+            .transact(|tx| doc::put_audit(tx, ext, logged))
+            .map_err(|f| Error::from(f.error))?;
+        Ok(())
+    }
+
+    /// Whether the user approved the current epoch with the PIN on some active device (see
+    /// [`approval`](crate::approval)): then every device may destroy older keys as soon as all hold it. Checks
+    /// the audit log's signatures when it has changed since the last call (O(entries)), else answers from
+    /// memory.
+    pub fn current_approved(&mut self) -> bool {
+        let Some((_, current)) = self.epochs.current else {
+            return false;
+        };
+        self.facts.refresh(&self.doc, &self.shape);
+        let judged_from = (
+            self.facts.audit.len() + self.facts.entries.len() + self.facts.removals.len(),
+            self.members
+                .values()
+                .filter(|m| m.state == MemberState::Active)
+                .count(),
+        );
+        if self
+            .approvals
+            .as_ref()
+            .is_none_or(|(at, _)| *at != judged_from)
+        {
+            let log = self.audit_entries();
+            let approved = approval::approved(&self.id, &log, |d| self.is_active(d))
+                .into_iter()
+                .map(|(e, _)| e)
+                .collect();
+            self.approvals = Some((judged_from, approved));
+        }
+        self.approvals
+            .as_ref()
+            .is_some_and(|(_, approved)| approved.contains(&current))
+    }
+
+    fn is_active(&self, id: &DeviceId) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|m| m.state == MemberState::Active)
+    }
+
+    fn audit_entries(&mut self) -> Vec<AuditEntry> {
+        self.judged_audit().into_iter().map(|(e, _)| e).collect()
+    }
+
+    /// Passkeys another device deleted from the document — purged, or deleted outright (a modified client) —
+    /// that this replica can still read, from the document's history, with the keys it holds: what the trash
+    /// offers to bring back ([`bring_back`](Self::bring_back)). Left out: what this device purged itself, and
+    /// deletions the user approved afterwards (an approval, see [`approval`](crate::approval), written causally
+    /// after the deletion). Each is its last version before the deletion, with the device whose verified
+    /// `passkey-purged` entry is in the deleting change (`None`: deleted without one), newest deletion first.
+    /// Reads the document at an old point per deleted record and checks every audit entry: for listing, not
+    /// for a hot path.
+    pub fn vanished(&mut self) -> Vec<Vanished> {
+        let judged = self.judged_audit();
+        if self.facts.deletions.is_empty() {
+            return Vec::new();
+        }
+        let log: Vec<AuditEntry> = judged.iter().map(|(e, _)| e.clone()).collect();
+        let approvals: Vec<ChangeHash> = approval::approved(&self.id, &log, |d| self.is_active(d))
+            .into_iter()
+            .map(|(_, i)| judged[i].1)
+            .collect();
+        let me = self.me.as_ref().map(|m| m.id().clone());
+        let purged_in = |change: &ChangeHash, id: &str| -> Vec<DeviceId> {
+            judged
+                .iter()
+                .filter(|(e, c)| {
+                    c == change
+                        && e.event == Event::Purged
+                        && e.verdict == Verdict::Verified
+                        && e.subject == id
+                })
+                .map(|(e, _)| e.device.clone())
+                .collect()
+        };
+        let mut causality = doc::Causality::new(&self.doc);
+        let mut done = HashSet::new();
+        let mut out = Vec::new();
+        for (id, change) in self.facts.deletions.iter().rev() {
+            if !done.insert(*id)
+                || matches!(
+                    self.doc.get(&self.shape.records, id.to_string()),
+                    Ok(Some(_))
+                )
+            {
+                continue;
+            }
+            let key = id.to_string();
+            let mine = self.facts.deletions.iter().any(|(other, c)| {
+                other == id && me.as_ref().is_some_and(|m| purged_in(c, &key).contains(m))
+            });
+            if mine || approvals.iter().any(|a| causality.before(change, a)) {
+                continue;
+            }
+            if let Some(passkey) = self.version_before(id, change) {
+                out.push(Vanished {
+                    passkey,
+                    purged_by: purged_in(change, &key).into_iter().next(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Record `id` as it was just before `change` (which deleted it), decrypted; `None` if it cannot be read.
+    fn version_before(&self, id: &RecordId, change: &ChangeHash) -> Option<Passkey> {
+        let deps = self.doc.get_change_by_hash(change)?.deps().to_vec();
+        let (value, obj) = self
+            .doc
+            .get_at(&self.shape.records, id.to_string(), &deps)
+            .ok()??;
+        if value != automerge::Value::Object(automerge::ObjType::Map) {
+            return None;
+        }
+        doc::read_record_at(&self.doc, &obj, &deps, &self.id, &self.keyring, id).ok()
+    }
+
+    /// Brings back passkey `id`, one of [`vanished`](Self::vanished): its last version, re-encrypted under the
+    /// current epoch, live (out of the trash) again on every device the change reaches. Logged
+    /// (`passkey-restored`). `NotFound` if it is not among the vanished.
+    pub fn bring_back(&mut self, id: &RecordId, now_ms: u64) -> Result<(), Error> {
+        let mut p = self
+            .vanished()
+            .into_iter()
+            .find(|v| v.passkey.record_id == *id)
+            .ok_or(Error::NotFound(*id))?
+            .passkey;
+        p.epoch = self.keyring.current();
+        p.trashed_at_ms = None;
+        p.updated_at_ms = now_ms;
+        let sealed = doc::seal_record(&self.id, self.keyring.current_key(), &p)?;
+        let logged = self.audit_value(Event::Restored, &id.to_string(), now_ms);
+        let shape = &self.shape;
+        let obj = self
+            .doc
+            .transact(|tx| {
+                let obj = doc::put_record(tx, shape, id, sealed)?;
+                doc::put_audit(tx, &shape.ext, logged)?;
+                Ok::<_, automerge::AutomergeError>(obj)
+            })
+            .map_err(|f| Error::from(f.error))?
+            .result;
+        self.record_objs.insert(obj, *id);
+        self.index.upsert(p);
+        Ok(())
     }
 
     /// An audit entry by this device, if it has one.
@@ -469,6 +703,15 @@ impl Vault {
     /// device's entries of the same millisecond) as that device wrote them: the same order on every replica. Reads every
     /// entry and checks its signature: O(entries), for `passmesh audit`, not for a hot path.
     pub fn audit(&mut self) -> Vec<AuditEntry> {
+        let mut out: Vec<AuditEntry> = self.judged_audit().into_iter().map(|(e, _)| e).collect();
+        // Stable: one device's entries of the same millisecond stay in history order (a purge before the rotation
+        // it caused), which every replica agrees on; different devices' by device id.
+        out.sort_by(|a, b| (a.at_ms, &a.device).cmp(&(b.at_ms, &b.device)));
+        out
+    }
+
+    /// Every audit entry, judged, with the change that wrote it, in history order.
+    fn judged_audit(&mut self) -> Vec<(AuditEntry, ChangeHash)> {
         self.facts.refresh(&self.doc, &self.shape);
         let mut causality = doc::Causality::new(&self.doc);
         let mut seen: HashSet<(&str, &[u8])> = HashSet::new();
@@ -478,14 +721,17 @@ impl Vault {
                 continue;
             }
             let Some(s) = audit::decode(bytes) else {
-                out.push(AuditEntry {
-                    key: key.clone(),
-                    at_ms: 0,
-                    device: DeviceId::new(String::new()),
-                    event: Event::Other(0),
-                    subject: String::new(),
-                    verdict: Verdict::Forged("it is not a valid audit entry"),
-                });
+                out.push((
+                    AuditEntry {
+                        key: key.clone(),
+                        at_ms: 0,
+                        device: DeviceId::new(String::new()),
+                        event: Event::Other(0),
+                        subject: String::new(),
+                        verdict: Verdict::Forged("it is not a valid audit entry"),
+                    },
+                    *change,
+                ));
                 continue;
             };
             let verdict = if audit::key_of(bytes) != *key {
@@ -513,18 +759,18 @@ impl Vault {
                     _ => Verdict::Forged("its device is not a member of this vault"),
                 }
             };
-            out.push(AuditEntry {
-                key: key.clone(),
-                at_ms: s.at_ms,
-                device: s.device,
-                event: s.event,
-                subject: s.subject,
-                verdict,
-            });
+            out.push((
+                AuditEntry {
+                    key: key.clone(),
+                    at_ms: s.at_ms,
+                    device: s.device,
+                    event: s.event,
+                    subject: s.subject,
+                    verdict,
+                },
+                *change,
+            ));
         }
-        // Stable: one device's entries of the same millisecond stay in history order (a purge before the rotation
-        // it caused), which every replica agrees on; different devices' by device id.
-        out.sort_by(|a, b| (a.at_ms, &a.device).cmp(&(b.at_ms, &b.device)));
         out
     }
 
@@ -2037,8 +2283,8 @@ mod tests {
         assert_eq!(v.decrypt_record(&a).unwrap().trashed_at_ms, None);
         v.trash(&a, 9_000).unwrap();
 
-        assert_eq!(v.purge(&[a, a], 9_500).unwrap(), (1, None));
-        assert_eq!(v.purge(&[a], 9_600).unwrap(), (0, None));
+        assert_eq!(v.purge(&[a, a], 9_500, None).unwrap(), (1, None));
+        assert_eq!(v.purge(&[a], 9_600, None).unwrap(), (0, None));
         assert_eq!(v.trashed_len(), 0);
         assert!(v.passkey(&a).is_none());
         assert!(v.find_by_credential_id(&[1; 16]).is_none());
@@ -2176,7 +2422,7 @@ mod tests {
         file.extend(v.save_incremental());
         assert!(v.save_incremental().is_empty());
         v.trash(&b, 13).unwrap();
-        v.purge(&[a], 14).unwrap();
+        v.purge(&[a], 14, None).unwrap();
         file.extend(v.save_incremental());
 
         let w = Vault::load(&file, keyring()).unwrap();
@@ -2424,7 +2670,7 @@ mod tests {
         assert_index_fresh(&mut peer);
 
         // Deleting the broken record clears the problem.
-        assert_eq!(peer.purge(&[a], 5).unwrap().0, 1);
+        assert_eq!(peer.purge(&[a], 5, None).unwrap().0, 1);
         assert!(peer.problems().is_empty());
         assert_index_fresh(&mut peer);
     }
@@ -2685,7 +2931,7 @@ mod tests {
         assert_eq!(list(&a), list(&b));
 
         b.rename(&r1, "from b", 3).unwrap();
-        a.purge(&[r2], 4).unwrap();
+        a.purge(&[r2], 4, None).unwrap();
         let r3 = a.insert(new_passkey(3, "example.org"), 4).unwrap();
         a.add_device(device("peer-a", None)).unwrap();
         sync_pair(&mut a, &mut b);
@@ -2767,7 +3013,7 @@ mod tests {
         );
         assert_eq!(b.devices(), vec![renamed]);
         a.remove_device(&DeviceId::new("peer-a".into())).unwrap();
-        a.purge(&[r], 5).unwrap();
+        a.purge(&[r], 5, None).unwrap();
         sync_pair(&mut a, &mut b);
         assert!(b.is_empty());
         assert!(b.devices().is_empty());
@@ -2804,7 +3050,7 @@ mod tests {
         let r = a.insert(new_passkey(1, "example.com"), 1).unwrap();
         sync_pair(&mut a, &mut b);
         a.rename(&r, "renamed", 2).unwrap();
-        b.purge(&[r], 3).unwrap();
+        b.purge(&[r], 3, None).unwrap();
         let mut c = Vault::load(&a.save(), keyring()).unwrap();
         a.merge(&mut b).unwrap();
         sync_pair(&mut b, &mut c);

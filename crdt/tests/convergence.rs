@@ -185,7 +185,7 @@ impl World {
                         self.vaults[at].trash(&id, now).expect("trash");
                         assert!(self.vaults[at].passkeys().all(|p| p.record_id != id));
                     } else {
-                        assert_eq!(self.vaults[at].purge(&[id], now).expect("purge").0, 1);
+                        assert_eq!(self.vaults[at].purge(&[id], now, None).expect("purge").0, 1);
                         assert!(self.vaults[at].passkey(&id).is_none());
                     }
                 }

@@ -574,32 +574,42 @@ fn the_audit_log_records_who_did_what_and_shows_forged_altered_and_late_entries(
 }
 
 /// What the daemon does after each batch: seal (here: keep) a new keyring when one is due and publish its inbox.
-fn keep_keys(v: &mut Vault) -> bool {
+/// With `hold`, as the daemon does within its keeping time: old epochs are kept unless the user approved the
+/// current one.
+fn keep_keys_as(v: &mut Vault, hold: bool) -> bool {
     match v.keyring_due() {
-        Some(next) => {
+        Some(next)
+            if !hold
+                || next.epochs().count() == v.keyring().epochs().count()
+                || v.current_approved() =>
+        {
             // What the daemon seals to disk, and reads back at its next start.
             let sealed = next.encode();
             let next = Keyring::decode(&sealed).expect("decode");
             v.use_keyring(next, 2_000).expect("use keyring");
             true
         }
-        None => v.publish_inbox(2_000).expect("publish inbox"),
+        _ => v.publish_inbox(2_000).expect("publish inbox"),
     }
 }
 
-/// [`settle`], with the keyrings kept as the daemon keeps them.
-fn settle_keys(vaults: &mut [&mut Vault]) {
+/// [`settle`], with the keyrings kept as the daemon keeps them (`hold`: see [`keep_keys_as`]).
+fn settle_keys_as(vaults: &mut [&mut Vault], hold: bool) {
     for _ in 0..10 {
         settle(vaults);
         let mut changed = false;
         for v in vaults.iter_mut() {
-            changed |= keep_keys(v);
+            changed |= keep_keys_as(v, hold);
         }
         if !changed {
             return;
         }
     }
     panic!("keys did not settle");
+}
+
+fn settle_keys(vaults: &mut [&mut Vault]) {
+    settle_keys_as(vaults, false)
 }
 
 #[test]
@@ -629,7 +639,7 @@ fn a_purge_destroys_old_epoch_keys_on_every_remaining_device() {
     // C is away when A purges a passkey; the purge makes a new epoch, and B and A destroy the old one.
     a.trash(&purged, 30).unwrap();
     sync(a, b);
-    let (n, purge_epoch) = a.purge(&[purged], 31).unwrap();
+    let (n, purge_epoch) = a.purge(&[purged], 31, None).unwrap();
     let purge_epoch = purge_epoch.expect("rotated");
     assert_eq!(n, 1);
     settle_keys(&mut [a, b]);
@@ -724,7 +734,7 @@ fn an_old_key_is_kept_while_a_record_no_device_can_read_is_still_under_it() {
     // A purge rotates; every device acknowledges the new epoch, but the broken record's core is still under
     // the old one: no device destroys that key.
     a.trash(&other, 20).unwrap();
-    let (_, new) = a.purge(&[other], 21).unwrap();
+    let (_, new) = a.purge(&[other], 21, None).unwrap();
     let new = new.expect("rotated");
     settle_keys(&mut [a, &mut b2]);
     for v in [&*a, &b2] {
@@ -764,7 +774,7 @@ fn a_destroyed_epoch_is_not_learnt_again_from_a_wrap_to_the_identity_key() {
     let p = a.insert(passkey(1), 11).unwrap();
     settle_keys(&mut [a, b]);
     a.trash(&p, 12).unwrap();
-    let second = a.purge(&[p], 13).unwrap().1.expect("rotated");
+    let second = a.purge(&[p], 13, None).unwrap().1.expect("rotated");
     settle_keys(&mut [a, b]);
     assert_eq!(b.keyring().epochs().collect::<Vec<_>>(), vec![second]);
     // B's next start: its sealed keyring and the document. The wrap of the first epoch to B's identity key is
@@ -783,5 +793,97 @@ fn a_destroyed_epoch_is_not_learnt_again_from_a_wrap_to_the_identity_key() {
         restarted.keyring_due().map(|k| k.inbox_generation()),
         None,
         "nothing to retire again"
+    );
+}
+
+fn epochs(v: &Vault) -> Vec<Epoch> {
+    v.keyring().epochs().collect()
+}
+
+#[test]
+fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_approved_with_the_pin_is_final()
+ {
+    let mut w = signed_world(3);
+    let [a, b, c] = &mut w[..] else {
+        unreachable!()
+    };
+    settle_keys_as(&mut [a, b, c], true);
+    let first = a.insert(passkey(1), 10).unwrap();
+    let second = a.insert(passkey(2), 11).unwrap();
+    let original = a.passkey(&first).unwrap().private_key.clone();
+    settle_keys_as(&mut [a, b, c], true);
+
+    // C is stolen. Its thief purges a passkey without any PIN: the purge rotates the key, every device
+    // acknowledges the new epoch, and yet A and B keep the old key, and offer the passkey back, naming C.
+    let (n, thief_epoch) = c.purge(&[first], 20, None).unwrap();
+    assert_eq!(n, 1);
+    let thief_epoch = thief_epoch.expect("rotated");
+    settle_keys_as(&mut [a, b, c], true);
+    for v in [&mut *a, &mut *b] {
+        assert!(v.passkey(&first).is_none());
+        assert_eq!(v.keyring().current(), thief_epoch);
+        assert!(!v.current_approved());
+        assert!(epochs(v).len() > 1, "the old key is kept");
+        let back = v.vanished();
+        assert_eq!(back.len(), 1, "{back:?}");
+        assert_eq!(back[0].passkey.record_id, first);
+        assert_eq!(back[0].purged_by.as_ref(), Some(&id(c)));
+    }
+    assert!(
+        c.vanished().is_empty(),
+        "a device does not offer back its own purge"
+    );
+
+    // The user removes C and brings the passkey back on B: it is live again everywhere, key and all.
+    a.remove_member(&id(c), 30).unwrap();
+    settle_keys_as(&mut [a, b], true);
+    b.bring_back(&first, 31).unwrap();
+    assert!(b.vanished().is_empty());
+    settle_keys_as(&mut [a, b], true);
+    for v in [&*a, &*b] {
+        let p = v.passkey(&first).expect("back");
+        assert_eq!(p.private_key, original);
+        assert_eq!(
+            p.epoch,
+            v.keyring().current(),
+            "re-encrypted under the current epoch"
+        );
+    }
+    assert!(matches!(b.bring_back(&first, 32), Err(Error::NotFound(_))));
+
+    // A modified client deletes a record outright (no purge entry, no rotation): offered back all the same.
+    let mut edited = raw_edit(a, 1, |tx, records| {
+        use automerge::transaction::Transactable;
+        tx.delete(records, second.to_string()).unwrap();
+    });
+    sync(&mut edited, b);
+    let back = b.vanished();
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(
+        (back[0].passkey.record_id, back[0].purged_by.as_ref()),
+        (second, None)
+    );
+    b.bring_back(&second, 40).unwrap();
+    settle_keys_as(&mut [a, b], true);
+    assert!(a.passkey(&second).is_some());
+
+    // The user purges with the PIN on A: that purge is approved, so both destroy every older key at once,
+    // and nothing is offered back.
+    let pin = passmesh_crdt::PinKey::from_seed(&Zeroizing::new([77; 32]));
+    a.trash(&first, 50).unwrap();
+    let (_, approved) = a.purge(&[first], 51, Some(&pin)).unwrap();
+    let approved = approved.expect("rotated");
+    settle_keys_as(&mut [a, b], true);
+    for v in [&mut *a, &mut *b] {
+        assert!(v.current_approved());
+        assert_eq!(epochs(v), vec![approved]);
+        assert!(v.vanished().is_empty());
+        assert!(v.passkey(&second).is_some());
+    }
+    let log = log(a);
+    assert!(
+        log.iter()
+            .any(|(e, d, _, v)| *e == Event::Approved && *d == id(a) && *v == Verdict::Verified),
+        "{log:?}"
     );
 }

@@ -124,6 +124,30 @@ impl PinHash {
     }
 }
 
+/// The key derived from `pin` that approves purges for every device to check (see
+/// [`passmesh_crdt::approval`]): an ed25519 key whose seed is argon2id of the PIN with the same parameters as
+/// [`PinHash::new`] and a salt bound to the vault and the device, so one PIN gives one key per device and vault.
+/// Its public half is published in the vault, so it can be attacked offline like the PIN hash on this disk.
+/// Slow like [`PinHash::new`]: call it off the async runtime.
+pub fn approval_key(
+    pin: &str,
+    vault: &passmesh_crdt::VaultId,
+    device: &str,
+) -> Result<passmesh_crdt::PinKey, Error> {
+    use sha2::{Digest, Sha256};
+    validate(pin)?;
+    let mut h = Sha256::new();
+    h.update(b"passmesh/v1/pin-key-salt\0");
+    h.update(vault.as_bytes());
+    h.update(device.as_bytes());
+    let digest = h.finalize();
+    let mut seed = Zeroizing::new([0u8; 32]);
+    argon(Params::DEFAULT_M_COST, Params::DEFAULT_T_COST, 1)?
+        .hash_password_into(pin.as_bytes(), &digest[..16], seed.as_mut())
+        .map_err(|e| Error::Hash(e.to_string()))?;
+    Ok(passmesh_crdt::PinKey::from_seed(&seed))
+}
+
 /// The persisted PIN state of one vault on this device.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PinState {

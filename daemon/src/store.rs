@@ -65,6 +65,9 @@ pub enum Meta<'a> {
     /// (`trash-seen/<record id>`): the trash's keeping time runs from here, not from the time in the document,
     /// which any member (or its clock) could set in the past.
     TrashSeen(&'a passmesh_crdt::RecordId),
+    /// The current vault key epoch when this device first saw it, and when: u32 ‖ u64 ms, big-endian
+    /// (`epoch-seen`). Older epoch keys are kept `[vault] trash_days` from then, unless a purge was approved.
+    EpochSeen,
 }
 
 const ADDRS_PREFIX: &str = "addrs/";
@@ -80,6 +83,7 @@ impl Meta<'_> {
             Meta::LegacyKeyring => "keyring".to_owned(),
             Meta::Anchors => "anchors".to_owned(),
             Meta::TrashSeen(id) => format!("trash-seen/{id}"),
+            Meta::EpochSeen => "epoch-seen".to_owned(),
         }
     }
 }

@@ -342,8 +342,16 @@ pub struct TrashedPasskey {
     pub passkey: PasskeyInfo,
     /// When it was deleted, ms since the Unix epoch (the deleting device's clock).
     pub trashed_at_ms: u64,
-    /// When this device purges it unless it is restored, ms since the Unix epoch.
+    /// When this device purges it unless it is restored, ms since the Unix epoch (for a passkey another device
+    /// purged: when this device destroys the keys that still open it).
     pub purge_at_ms: u64,
+    /// Another device purged it (or deleted it outright); this device keeps it restorable for a while, unless
+    /// the purge was approved with the PIN.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub purged: bool,
+    /// The device that purged it (`None` for a deletion that names no device: no honest client makes one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_by: Option<String>,
 }
 
 /// One entry of the audit log.

@@ -157,10 +157,14 @@ impl Session<'_> {
                 Ok(ResponseBody::TrashRestore { restored })
             }
             RequestBody::TrashPurge { credential_id, pin } => {
-                self.require_pin(pin.as_ref(), "purging the trash").await?;
+                // With the PIN, the purge is approved: every device destroys the old keys at once.
+                let approval = match self.require_pin(pin.as_ref(), "purging the trash").await? {
+                    Some(pin) => Some(self.approval_key(pin).await?),
+                    None => None,
+                };
                 let (purged, epoch) = self
                     .vault
-                    .trash_purge(credential_id.map(|c| c.0.into()))
+                    .trash_purge(credential_id.map(|c| c.0.into()), approval)
                     .await
                     .map_err(internal)?;
                 Ok(ResponseBody::TrashPurge {
@@ -176,19 +180,23 @@ impl Session<'_> {
         }
     }
 
-    /// Verifies the PIN when one is set: what cannot be undone (`what`) needs it.
-    async fn require_pin(&self, pin: Option<&Pin>, what: &str) -> Result<(), ErrorBody> {
+    /// Verifies the PIN when one is set: what cannot be undone (`what`) needs it. Returns the PIN it verified.
+    async fn require_pin<'p>(
+        &self,
+        pin: Option<&'p Pin>,
+        what: &str,
+    ) -> Result<Option<&'p Pin>, ErrorBody> {
         let status = self.vault.status().await.map_err(internal)?;
-        if status.pin_set {
-            let Some(pin) = pin else {
-                return Err(e(
-                    ErrorName::NotAllowedError,
-                    format!("a PIN is set on this device: {what} needs it (--pin-stdin)"),
-                ));
-            };
-            self.check_pin(pin).await?;
+        if !status.pin_set {
+            return Ok(None);
         }
-        Ok(())
+        let Some(pin) = pin else {
+            return Err(e(
+                ErrorName::NotAllowedError,
+                format!("a PIN is set on this device: {what} needs it (--pin-stdin)"),
+            ));
+        };
+        Ok(self.check_pin(pin).await?.map(|_| pin))
     }
 
     async fn device_list(&self) -> Result<ResponseBody, ErrorBody> {

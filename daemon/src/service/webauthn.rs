@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use passmesh_crdt::CredentialId;
+use passmesh_crdt::{CredentialId, PinKey, VaultId};
 use passmesh_ipc::{
     CredentialDescriptor, ErrorBody, ErrorName, Pin, PublicKeyCredentialCreationOptionsJson,
     PublicKeyCredentialRequestOptionsJson, ResponseBody,
@@ -131,6 +131,20 @@ impl Session<'_> {
         }
     }
 
+    /// The approval key of `pin` for this device and vault (see [`pin::approval_key`]); slow, off the runtime.
+    pub(super) async fn approval_key(&self, pin: &Pin) -> Result<PinKey, ErrorBody> {
+        let status = self.vault.status().await.map_err(internal)?;
+        let vault_id: VaultId = status
+            .vault_id
+            .parse()
+            .map_err(|err: passmesh_crdt::Error| internal(vault::Error::from(err)))?;
+        let pin = pin.clone();
+        self.service
+            .hash_off_runtime(move || pin::approval_key(pin.as_str(), &vault_id, &status.device_id))
+            .await?
+            .map_err(|p| e(ErrorName::ConstraintError, p.to_string()))
+    }
+
     /// The verified hash when the PIN is right, `None` when no PIN is set; an error when it is wrong or locked.
     pub(super) async fn check_pin(&self, pin: &Pin) -> Result<Option<PinHash>, ErrorBody> {
         let hash = match self.vault.pin_begin().await {
@@ -186,6 +200,13 @@ impl Session<'_> {
         } else {
             None
         };
+        let keys = vault::PinKeys {
+            new: self.approval_key(new).await?,
+            previous: match (&previous, current) {
+                (Some(_), Some(current)) => Some(self.approval_key(current).await?),
+                _ => None,
+            },
+        };
         let new = new.clone();
         let hash = self
             .service
@@ -193,7 +214,7 @@ impl Session<'_> {
             .await?
             .map_err(|p| e(ErrorName::ConstraintError, p.to_string()))?;
         self.vault
-            .set_pin(hash, previous)
+            .set_pin(hash, previous, Some(keys))
             .await
             .map_err(|err| match err {
                 vault::Error::PinChanged => e(ErrorName::InvalidStateError, err.to_string()),

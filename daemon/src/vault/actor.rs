@@ -214,14 +214,22 @@ impl Actor {
             } => deferred.write(reply, self.trash_restore(&credential_id)),
             Command::TrashPurge {
                 credential_id,
+                approval,
                 reply,
-            } => deferred.write(reply, self.trash_purge(credential_id.as_ref())),
+            } => deferred.write(
+                reply,
+                self.trash_purge(credential_id.as_ref(), approval.as_deref()),
+            ),
             Command::Audit {
                 offset,
                 limit,
                 reply,
             } => deferred.read(reply, self.audit(offset, limit)),
-            Command::Tick => self.purge_expired(),
+            Command::Tick => {
+                self.purge_expired();
+                // Old keys kept for a while (see `Actor::keep_keys`) go once that while is over.
+                self.maintenance_due = true;
+            }
             Command::Peer(event) => self.peer_event(event),
             Command::AddDevice {
                 device,
@@ -250,10 +258,9 @@ impl Actor {
             Command::SetPin {
                 hash,
                 previous,
+                keys,
                 reply,
-            } => {
-                let _ = reply.send(self.set_pin(hash, previous));
-            }
+            } => deferred.write(reply, self.set_pin(hash, previous, keys.map(|k| *k))),
             Command::Devices { reply } => deferred.read(reply, self.device_entries()),
             Command::RenameDevice { id, name, reply } => {
                 deferred.write(reply, self.rename_device(&id, &name));
@@ -372,7 +379,11 @@ impl Actor {
             return;
         }
         let now = crate::now_ms();
-        let written = match self.vault.keyring_due() {
+        let due = self.vault.keyring_due().filter(|next| {
+            next.epochs().count() == self.vault.keyring().epochs().count()
+                || self.may_destroy_old_keys(now)
+        });
+        let written = match due {
             Some(next) => {
                 let dropped = self.vault.keyring().epochs().count() - next.epochs().count();
                 let sealed = store::read_keyring(&self.db)
@@ -408,6 +419,48 @@ impl Actor {
             self.dirty = true;
             self.local_change();
         }
+    }
+
+    /// Whether this device may destroy the keys of epochs before the current one (when nothing else needs
+    /// them, see [`passmesh_crdt::Vault::keyring_due`]): once the user approved the current epoch with the PIN
+    /// (a purge with the PIN, on any device), or once this device has known it as current for
+    /// `[vault] trash_days`. Until then what another device purged or deleted — a stolen one, say — stays
+    /// restorable here (see `trash_list`).
+    fn may_destroy_old_keys(&mut self, now_ms: u64) -> bool {
+        self.keys_kept_until(now_ms) <= now_ms || self.vault.current_approved()
+    }
+
+    /// When the keeping time of the epochs before the current one ends: `[vault] trash_days` after this device
+    /// first saw the current epoch (noted on disk the first time it asks).
+    pub(super) fn keys_kept_until(&self, now_ms: u64) -> u64 {
+        let current = self.vault.keyring().current();
+        let noted = self
+            .store
+            .get(Meta::EpochSeen)
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 12]>::try_from(b.as_slice()).ok())
+            .map(|b| {
+                let (epoch, at) = b.split_at(4);
+                (
+                    u32::from_be_bytes(epoch.try_into().unwrap_or_default()),
+                    u64::from_be_bytes(at.try_into().unwrap_or_default()),
+                )
+            });
+        let since = match noted {
+            Some((epoch, at)) if epoch == current.0 => at,
+            _ => {
+                let mut value = current.0.to_be_bytes().to_vec();
+                value.extend_from_slice(&now_ms.to_be_bytes());
+                // Lost in a crash, it is noted again later: that only keeps the old keys longer.
+                if let Err(e) = self.store.put(Meta::EpochSeen, &value, Durability::Lazy) {
+                    tracing::warn!(error = %e, "cannot note when the current vault key was first seen");
+                }
+                now_ms
+            }
+        };
+        let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
+        since.saturating_add(keep)
     }
 
     /// A local change: every connected peer gets it as soon as it is on disk.

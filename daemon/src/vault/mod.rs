@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use passmesh_crdt::{CredentialId, Device, DeviceId, Epoch, NewPasskey, VaultId};
+use passmesh_crdt::{CredentialId, Device, DeviceId, Epoch, NewPasskey, PinKey, VaultId};
 use passmesh_ipc::{AuditInfo, PasskeyInfo, TrashedPasskey};
 use passmesh_transport::{Identity, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -66,6 +66,16 @@ impl Default for Rules {
 
 /// Queue depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
+/// The approval key of a new PIN and, when it replaces one, of the previous PIN (see
+/// [`passmesh_crdt::approval`]).
+#[derive(Debug)]
+pub struct PinKeys {
+    /// The new PIN's key.
+    pub new: PinKey,
+    /// The replaced PIN's key.
+    pub previous: Option<PinKey>,
+}
+
 /// Queue depth from the actor to the network task; sync is ping-pong (at most one message in flight per peer),
 /// so this only fills if the network task stalls, and then the actor waits.
 pub const OUTBOX: usize = 1024;
@@ -328,6 +338,7 @@ enum Command {
     },
     TrashPurge {
         credential_id: Option<CredentialId>,
+        approval: Option<Box<PinKey>>,
         reply: Reply<Result<(u64, Option<Epoch>), Error>>,
     },
     Audit {
@@ -366,6 +377,7 @@ enum Command {
     SetPin {
         hash: PinHash,
         previous: Option<PinHash>,
+        keys: Option<Box<PinKeys>>,
         reply: Reply<Result<(), Error>>,
     },
     Devices {
@@ -519,13 +531,17 @@ impl Handle {
     }
 
     /// Purges one trashed passkey (or the whole trash) and rotates the vault key; returns how many were
-    /// purged and the new epoch, once on disk.
+    /// purged and the new epoch, once on disk. With `approval` (the key of the PIN the caller verified) the
+    /// purge is approved: every device destroys the old keys at once, and what other devices deleted and this
+    /// one kept restorable is purged too (and counted).
     pub async fn trash_purge(
         &self,
         credential_id: Option<CredentialId>,
+        approval: Option<PinKey>,
     ) -> Result<(u64, Option<Epoch>), Error> {
         self.ask(|reply| Command::TrashPurge {
             credential_id,
+            approval: approval.map(Box::new),
             reply,
         })
         .await?
@@ -644,11 +660,19 @@ impl Handle {
     }
 
     /// Sets a new PIN hash and clears the attempt counter, provided the current hash is still `previous`
-    /// (the one the caller verified, or none): two concurrent changes cannot both win.
-    pub async fn set_pin(&self, hash: PinHash, previous: Option<PinHash>) -> Result<(), Error> {
+    /// (the one the caller verified, or none): two concurrent changes cannot both win. With `keys`, publishes
+    /// the new PIN's approval key (signed by the previous PIN's, see [`passmesh_crdt::approval`]), on disk
+    /// before the reply.
+    pub async fn set_pin(
+        &self,
+        hash: PinHash,
+        previous: Option<PinHash>,
+        keys: Option<PinKeys>,
+    ) -> Result<(), Error> {
         self.ask(|reply| Command::SetPin {
             hash,
             previous,
+            keys: keys.map(Box::new),
             reply,
         })
         .await?

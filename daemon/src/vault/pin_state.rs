@@ -2,7 +2,7 @@
 //! crash or a kill cannot hand out free guesses), and a new PIN replaces only the one the caller verified.
 
 use super::actor::Actor;
-use super::{Error, PinCheck};
+use super::{Error, PinCheck, PinKeys};
 use crate::pin::{PinHash, PinState};
 use crate::store::{Durability, Meta};
 
@@ -29,11 +29,14 @@ impl Actor {
         self.save_pin()
     }
 
-    /// Sets a new PIN hash and clears the counter, provided the current hash is still `previous`.
+    /// Sets a new PIN hash and clears the counter, provided the current hash is still `previous`; then
+    /// publishes the new PIN's approval key (a failure there is logged: the PIN is set, and this device's
+    /// purges are only not approved).
     pub(super) fn set_pin(
         &mut self,
         hash: PinHash,
         previous: Option<PinHash>,
+        keys: Option<PinKeys>,
     ) -> Result<(), Error> {
         if self.pin.hash != previous {
             return Err(Error::PinChanged);
@@ -44,7 +47,18 @@ impl Actor {
             failures: 0,
             locked_until_ms: 0,
         };
-        self.save_pin().inspect_err(|_| self.pin = old)
+        self.save_pin().inspect_err(|_| self.pin = old)?;
+        if let Some(keys) = keys {
+            match self
+                .vault
+                .publish_pin_key(&keys.new, keys.previous.as_ref(), crate::now_ms())
+            {
+                Ok(wrote) => self.dirty |= wrote,
+                Err(e) => tracing::warn!(error = %e, "cannot publish the PIN's approval key"),
+            }
+            self.local_change();
+        }
+        Ok(())
     }
 
     fn save_pin(&self) -> Result<(), Error> {

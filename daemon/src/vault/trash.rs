@@ -1,7 +1,7 @@
 //! The trash and the audit log, as the vault actor serves them: listing, restoring and purging trashed
 //! passkeys, purging those kept longer than `[vault] trash_days`, and the audit log with names resolved.
 
-use passmesh_crdt::{AuditEntry, CredentialId, Epoch, Event, Passkey, RecordId, Verdict};
+use passmesh_crdt::{AuditEntry, CredentialId, Epoch, Event, Passkey, PinKey, RecordId, Verdict};
 use passmesh_ipc::{AuditInfo, TrashedPasskey};
 
 use super::Error;
@@ -44,20 +44,34 @@ impl Actor {
             .saturating_add(keep)
     }
 
-    /// One page of the trash (longest there first), with the number of trashed passkeys.
-    pub(super) fn trash_list(&self, offset: u64, limit: usize) -> (Vec<TrashedPasskey>, u64) {
-        let page = self
-            .vault
-            .trashed()
+    /// One page of the trash, with the number of passkeys in it: the trashed passkeys (longest there first),
+    /// then those other devices purged or deleted outright that this device can still bring back (see
+    /// [`passmesh_crdt::Vault::vanished`]; kept until the old keys go, see `Actor::keys_kept_until`).
+    pub(super) fn trash_list(&mut self, offset: u64, limit: usize) -> (Vec<TrashedPasskey>, u64) {
+        let now = crate::now_ms();
+        let vanished = self.vault.vanished();
+        let kept_until = self.keys_kept_until(now);
+        let total = (self.vault.trashed_len() + vanished.len()) as u64;
+        let trashed = self.vault.trashed().map(|p| TrashedPasskey {
+            passkey: info(p, self.replication.held(&p.record_id)),
+            trashed_at_ms: p.trashed_at_ms.unwrap_or_default(),
+            purge_at_ms: self.purge_at(p, now),
+            purged: false,
+            purged_by: None,
+        });
+        let purged = vanished.iter().map(|v| TrashedPasskey {
+            passkey: info(&v.passkey, false),
+            trashed_at_ms: v.passkey.trashed_at_ms.unwrap_or_default(),
+            purge_at_ms: kept_until,
+            purged: true,
+            purged_by: v.purged_by.as_ref().map(ToString::to_string),
+        });
+        let page = trashed
+            .chain(purged)
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))
             .take(limit)
-            .map(|p| TrashedPasskey {
-                passkey: info(p, self.replication.held(&p.record_id)),
-                trashed_at_ms: p.trashed_at_ms.unwrap_or_default(),
-                purge_at_ms: self.purge_at(p, crate::now_ms()),
-            })
             .collect();
-        (page, self.vault.trashed_len() as u64)
+        (page, total)
     }
 
     fn find_trashed(&self, credential_id: &CredentialId) -> Option<RecordId> {
@@ -67,41 +81,67 @@ impl Actor {
             .map(|p| p.record_id)
     }
 
-    /// Takes a passkey out of the trash; `false` if it is not there.
+    /// Takes a passkey out of the trash, or brings back one another device purged; `false` if it is in
+    /// neither.
     pub(super) fn trash_restore(&mut self, credential_id: &CredentialId) -> Result<bool, Error> {
+        let now = crate::now_ms();
         let result = match self.find_trashed(credential_id) {
             Some(id) => self
                 .vault
-                .restore(&id, crate::now_ms())
+                .restore(&id, now)
                 .map(|()| {
                     let _ = self.store.remove(Meta::TrashSeen(&id));
                     true
                 })
                 .map_err(Error::from),
-            None => Ok(false),
+            None => match self
+                .vault
+                .vanished()
+                .into_iter()
+                .find(|v| v.passkey.credential_id == credential_id.as_bytes())
+            {
+                Some(v) => self
+                    .vault
+                    .bring_back(&v.passkey.record_id, now)
+                    .map(|()| true)
+                    .map_err(Error::from),
+                None => Ok(false),
+            },
         };
         self.dirty |= matches!(result, Ok(true));
         self.local_change();
         result
     }
 
-    /// Purges one trashed passkey, or the whole trash, and rotates the vault key.
+    /// Purges one trashed passkey, or the whole trash, and rotates the vault key. With `approval` (the key of
+    /// the PIN the caller verified) the purge is approved, which also confirms what other devices purged: the
+    /// count includes those.
     pub(super) fn trash_purge(
         &mut self,
         credential_id: Option<&CredentialId>,
+        approval: Option<&PinKey>,
     ) -> Result<(u64, Option<Epoch>), Error> {
         let ids: Vec<RecordId> = match credential_id {
             Some(c) => self.find_trashed(c).into_iter().collect(),
             None => self.vault.trashed().map(|p| p.record_id).collect(),
         };
-        self.purge(&ids)
+        let confirmed = match approval {
+            Some(_) => self.vault.vanished().len() as u64,
+            None => 0,
+        };
+        let (n, epoch) = self.purge(&ids, approval)?;
+        Ok((n + if epoch.is_some() { confirmed } else { 0 }, epoch))
     }
 
-    fn purge(&mut self, ids: &[RecordId]) -> Result<(u64, Option<Epoch>), Error> {
-        if ids.is_empty() {
+    fn purge(
+        &mut self,
+        ids: &[RecordId],
+        approval: Option<&PinKey>,
+    ) -> Result<(u64, Option<Epoch>), Error> {
+        if ids.is_empty() && approval.is_none() {
             return Ok((0, None));
         }
-        let result = self.vault.purge(ids, crate::now_ms());
+        let result = self.vault.purge(ids, crate::now_ms(), approval);
         for id in ids {
             let _ = self.store.remove(Meta::TrashSeen(id));
         }
@@ -134,7 +174,7 @@ impl Actor {
         if ids.is_empty() {
             return;
         }
-        match self.purge(&ids) {
+        match self.purge(&ids, None) {
             Ok((n, _)) => {
                 tracing::info!(passkeys = n, "purged passkeys kept in the trash too long")
             }

@@ -135,9 +135,24 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
         .expect("run the CLI")
         .expect_success("delete");
     wait_where(a, &purged, (false, true), "B's delete on A").await;
+    // With A's PIN, so that the purge is approved and every device destroys the old keys at once.
+    a.daemon
+        .cli_with_stdin(&["pin", "set"], "482916\n")
+        .await
+        .expect("run the CLI")
+        .expect_success("pin set");
     let out = a
         .daemon
-        .cli(&["--json", "trash", "purge", &credential(&purged)[..12]])
+        .cli_with_stdin(
+            &[
+                "--json",
+                "trash",
+                "purge",
+                &credential(&purged)[..12],
+                "--pin-stdin",
+            ],
+            "482916\n",
+        )
         .await
         .expect("run the CLI");
     let v = out.json("trash purge");
@@ -159,8 +174,10 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
         ("key-rotated", &a.peer_id),
         ("passkey-restored", &b.peer_id),
         ("passkey-trashed", &b.peer_id),
+        ("pin-key-set", &a.peer_id),
         ("passkey-purged", &a.peer_id),
         ("key-rotated", &a.peer_id),
+        ("purge-approved", &a.peer_id),
     ];
     expect.sort_unstable();
     let mut logs = Vec::new();
@@ -257,6 +274,95 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
         assert!(opened.find_by_credential_id(kept.id()).is_some());
         assert_eq!((opened.len(), opened.trashed_len()), (1, 0));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_stolen_device_purges_without_a_pin_is_kept_restorable_on_the_others() {
+    let nodes = mesh::paired(2)
+        .await
+        .unwrap_or_else(|e| panic!("pairing failed: {e:#}"));
+    let (a, b) = (&nodes[0], &nodes[1]);
+    all_connected(&[a, b], LIMIT).await.expect("connected");
+    let rp = example_rp();
+    let mut ca = connect(a).await;
+    let victim = register_user(&mut ca, &rp, "victim").await;
+    wait_where(b, &victim, (true, false), "the passkey on B").await;
+
+    // B is stolen, its session unlocked and no PIN set: its thief deletes the passkey and purges it at once,
+    // which rotates the key everywhere.
+    b.daemon
+        .cli(&["delete", &credential(&victim)])
+        .await
+        .expect("run the CLI")
+        .expect_success("delete");
+    let out = b
+        .daemon
+        .cli(&["--json", "trash", "purge"])
+        .await
+        .expect("run the CLI");
+    let v = out.json("trash purge");
+    assert_eq!(v["purged"], 1, "{v}");
+    assert!(v["epoch"].is_u64(), "rotated: {v}");
+
+    // A follows the purge (the passkey leaves its list and sign-in fails), but keeps the old key and lists the
+    // passkey in its trash as purged by B, not approved.
+    let listed = eventually(LIMIT, "B's purge on A, kept restorable", async || {
+        let trash = connect(a).await.trash_all().await.ok()?;
+        let listed = connect(a).await.list_all(None).await.ok()?;
+        (listed.is_empty() && trash.len() == 1 && trash[0].purged).then_some(trash)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(listed[0].purged, "{listed:?}");
+    assert_eq!(listed[0].purged_by.as_deref(), Some(b.peer_id.as_str()));
+    assert_eq!(listed[0].passkey.credential_id.0, victim.id());
+    assert!(try_sign_in(&mut ca, &rp, &victim).await.is_none());
+    let text = a.daemon.cli(&["trash", "list"]).await.expect("run the CLI");
+    assert!(
+        text.expect_success("trash list")
+            .contains(&format!("purged by device {}", b.peer_id)),
+        "{}",
+        text.stdout
+    );
+    // The user removes B (a rotation that A alone acknowledges at once: without the keeping time it would
+    // destroy every older key right away) and brings the passkey back from A's trash: it signs in again.
+    a.daemon
+        .cli(&["device", "remove", &b.peer_id[..20]])
+        .await
+        .expect("run the CLI")
+        .expect_success("device remove");
+    let out = a
+        .daemon
+        .cli(&["trash", "restore", &credential(&victim)[..12]])
+        .await
+        .expect("run the CLI");
+    assert!(
+        out.expect_success("trash restore")
+            .contains("restored passkey"),
+        "{}",
+        out.stdout
+    );
+    eventually(
+        LIMIT,
+        "a sign-in on A with the passkey the thief purged",
+        async || try_sign_in(&mut ca, &rp, &victim).await,
+    )
+    .await
+    .expect("brought back");
+    assert!(
+        connect(a)
+            .await
+            .trash_all()
+            .await
+            .expect("trash")
+            .is_empty()
+    );
+    let log = audit(a).await;
+    assert!(
+        log.iter()
+            .any(|e| e.event == "passkey-restored" && e.device_id == a.peer_id && e.verified),
+        "{log:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,9 @@ pub(crate) enum TrashCommand {
     },
     /// Purge deleted passkeys for good: one (credential id, or a unique prefix of it), or the whole trash
     ///
-    /// The vault key is rotated with it. Needs the PIN when one is set.
+    /// The vault key is rotated with it. Needs the PIN when one is set; with the PIN the purge is approved:
+    /// every device destroys the old keys at once (without, each keeps them `trash_days`), and passkeys other
+    /// devices purged are confirmed too.
     Purge {
         /// Credential id (base64url) or a unique prefix [default: the whole trash]
         id: Option<String>,
@@ -128,11 +130,22 @@ fn print_trash(list: &[TrashedPasskey]) {
             p.rp_id,
             p.user_name
         );
-        println!(
-            "  deleted {}, purged {}",
-            format_time(t.trashed_at_ms),
-            format_time(t.purge_at_ms)
-        );
+        if t.purged {
+            let by = t.purged_by.as_deref().map_or_else(
+                || "deleted outright (no device named itself)".to_owned(),
+                |d| format!("purged by device {d}"),
+            );
+            println!(
+                "  {by}, not approved with a PIN; restorable here until {}",
+                format_time(t.purge_at_ms)
+            );
+        } else {
+            println!(
+                "  deleted {}, purged {}",
+                format_time(t.trashed_at_ms),
+                format_time(t.purge_at_ms)
+            );
+        }
     }
     println!("{} passkey(s) in the trash", list.len());
 }
