@@ -67,7 +67,8 @@ pub struct File {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultSection {
-    /// Days a deleted passkey stays in the trash before it is purged (default 30).
+    /// Days a deleted passkey stays in the trash before it is purged, and days this device keeps old vault keys
+    /// (what another device purged stays restorable) unless a purge was approved with the PIN (default 30).
     pub trash_days: Option<u32>,
 }
 
