@@ -584,8 +584,12 @@ impl Vault {
             .is_some_and(|m| m.state == MemberState::Active)
     }
 
+    /// The judged entries approvals are made of.
     fn audit_entries(&mut self) -> Vec<AuditEntry> {
-        self.judged_audit().into_iter().map(|(e, _)| e).collect()
+        self.judged_audit(Some(&[Event::PinKey, Event::Approved]))
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect()
     }
 
     /// Passkeys another device deleted from the document — purged, or deleted outright (a modified client) —
@@ -597,10 +601,11 @@ impl Vault {
     /// Reads the document at an old point per deleted record and checks every audit entry: for listing, not
     /// for a hot path.
     pub fn vanished(&mut self) -> Vec<Vanished> {
-        let judged = self.judged_audit();
+        self.facts.refresh(&self.doc, &self.shape);
         if self.facts.deletions.is_empty() {
             return Vec::new();
         }
+        let judged = self.judged_audit(Some(&[Event::Purged, Event::PinKey, Event::Approved]));
         let log: Vec<AuditEntry> = judged.iter().map(|(e, _)| e.clone()).collect();
         let approvals: Vec<ChangeHash> = approval::approved(&self.id, &log, |d| self.is_active(d))
             .into_iter()
@@ -703,7 +708,11 @@ impl Vault {
     /// device's entries of the same millisecond) as that device wrote them: the same order on every replica. Reads every
     /// entry and checks its signature: O(entries), for `passmesh audit`, not for a hot path.
     pub fn audit(&mut self) -> Vec<AuditEntry> {
-        let mut out: Vec<AuditEntry> = self.judged_audit().into_iter().map(|(e, _)| e).collect();
+        let mut out: Vec<AuditEntry> = self
+            .judged_audit(None)
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
         // Stable: one device's entries of the same millisecond stay in history order (a purge before the rotation
         // it caused), which every replica agrees on; different devices' by device id.
         out.sort_by(|a, b| (a.at_ms, &a.device).cmp(&(b.at_ms, &b.device)));
@@ -711,7 +720,8 @@ impl Vault {
     }
 
     /// Every audit entry, judged, with the change that wrote it, in history order.
-    fn judged_audit(&mut self) -> Vec<(AuditEntry, ChangeHash)> {
+    /// With `only`, just the entries of those events (checking a signature is what costs).
+    fn judged_audit(&mut self, only: Option<&[Event]>) -> Vec<(AuditEntry, ChangeHash)> {
         self.facts.refresh(&self.doc, &self.shape);
         let mut causality = doc::Causality::new(&self.doc);
         let mut seen: HashSet<(&str, &[u8])> = HashSet::new();
@@ -720,7 +730,13 @@ impl Vault {
             if !seen.insert((key.as_str(), bytes.as_slice())) {
                 continue;
             }
-            let Some(s) = audit::decode(bytes) else {
+            let decoded = audit::decode(bytes);
+            if let Some(only) = only
+                && decoded.as_ref().is_none_or(|s| !only.contains(&s.event))
+            {
+                continue;
+            }
+            let Some(s) = decoded else {
                 out.push((
                     AuditEntry {
                         key: key.clone(),
