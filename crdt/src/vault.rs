@@ -185,6 +185,23 @@ impl Maintenance {
     }
 }
 
+/// What keeps this replica's epoch keys before the current one (see [`Vault::old_keys`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OldKeys {
+    /// The keyring holds the current epoch alone.
+    None,
+    /// The current epoch is not settled here yet (a rotation is under way, or this device is not an active
+    /// member).
+    Rotating,
+    /// These active devices have not acknowledged the current epoch (they are away, or of an older release).
+    Unacknowledged(Vec<DeviceId>),
+    /// A value in the document is still sealed under an older epoch this device holds (a record no device can
+    /// read, or one written by a buggy or hostile member).
+    StillUsed,
+    /// Nothing in the document needs them: they can be destroyed.
+    Ready,
+}
+
 /// A passkey another device deleted from the document, which this replica can still bring back (see
 /// [`Vault::vanished`]).
 #[derive(Debug, Clone)]
@@ -1284,40 +1301,77 @@ impl Vault {
     }
 
     /// What this device's sealed keyring should become, if it should change: with a first inbox key (a keyring
-    /// without one), or **retired** — the current epoch alone, with a fresh inbox key — once this device holds the
-    /// current epoch and every record and device entry it can read is under it (older epoch keys then serve
-    /// nothing; dropping them, and the inbox key their wraps in the document open, destroys them on this
-    /// device). The caller seals the returned keyring durably, then hands it to [`use_keyring`](Self::use_keyring):
-    /// in that order, a crash never leaves an inbox published whose key is not on disk. `None` unless this device
-    /// is an active member.
+    /// without one, see [`inbox_due`](Self::inbox_due)), or **retired** — the current epoch alone, with a fresh
+    /// inbox key — once this device holds the current epoch and every record and device entry it can read is
+    /// under it ([`OldKeys::Ready`]: older epoch keys then serve nothing; dropping them, and the inbox key their
+    /// wraps in the document open, destroys them on this device). The caller seals the returned keyring
+    /// durably, then hands it to [`use_keyring`](Self::use_keyring): in that order, a crash never leaves an inbox
+    /// published whose key is not on disk. `None` unless this device is an active member.
     pub fn keyring_due(&self) -> Option<Keyring> {
+        if let Some(k) = self.inbox_due() {
+            return Some(k);
+        }
+        let generation = self
+            .active_me()
+            .ok()
+            .and_then(|me| self.inboxes.get(me.id()))?
+            .generation;
+        match self.old_keys() {
+            OldKeys::Ready => {
+                let (current_generation, _) = self.epochs.current?;
+                Some(self.keyring.retired(generation, current_generation))
+            }
+            _ => None,
+        }
+    }
+
+    /// The keyring with a new inbox key, when this device needs one: it has none, or the document lists a newer
+    /// inbox of this device than the keyring holds (a keyring restored from an older copy: wraps to it cannot be
+    /// opened here, so it starts a generation above it). Cheap; keeps every epoch. `None` unless this device is
+    /// an active member.
+    pub fn inbox_due(&self) -> Option<Keyring> {
         let me = self.active_me().ok()?;
         let published = self.inboxes.get(me.id());
         let generation = published.map_or(0, |p| p.generation);
         match self.keyring.inbox() {
-            None => return Some(self.keyring.with_new_inbox(generation)),
-            // The document lists a newer inbox of this device than the keyring holds (a keyring restored from an
-            // older copy): wraps to it cannot be opened here, so start a generation above it.
+            None => Some(self.keyring.with_new_inbox(generation)),
             Some(i)
                 if published.is_some_and(|p| {
                     p.generation > i.generation
                         || (p.generation == i.generation && p.public != i.public())
                 }) =>
             {
-                return Some(self.keyring.with_new_inbox(generation));
+                Some(self.keyring.with_new_inbox(generation))
             }
-            Some(_) => {}
+            Some(_) => None,
         }
+    }
+
+    /// Whether this replica's keyring holds epochs before the current one, and what keeps them (see
+    /// [`keyring_due`](Self::keyring_due)). Reads every acknowledgement and, once all are in, scans the
+    /// document's sealed values: O(records).
+    pub fn old_keys(&self) -> OldKeys {
         let current = self.keyring.current();
-        let (current_generation, judged) = self.epochs.current?;
-        if judged != current || !self.epochs.clean || self.keyring.epochs().all(|e| e == current) {
-            return None;
+        if self.keyring.epochs().all(|e| e == current) {
+            return OldKeys::None;
+        }
+        let Some((_, judged)) = self.epochs.current else {
+            return OldKeys::Rotating;
+        };
+        if judged != current || !self.epochs.clean || self.active_me().is_err() {
+            return OldKeys::Rotating;
         }
         // Every active device holds the current epoch and reads everything under it (it acknowledged it): a
         // record one of them wrote under an old epoch while away has been moved by then.
         let acked = self.acknowledged(current);
-        if !self.active_devices().iter().all(|d| acked.contains(&d.id)) {
-            return None;
+        let waiting: Vec<DeviceId> = self
+            .active_devices()
+            .into_iter()
+            .filter(|d| !acked.contains(&d.id))
+            .map(|d| d.id)
+            .collect();
+        if !waiting.is_empty() {
+            return OldKeys::Unacknowledged(waiting);
         }
         // And no sealed value in the document, readable here or not, is under a held epoch other than the current
         // one: destroying that key could lose it for good.
@@ -1326,9 +1380,9 @@ impl Vault {
             .iter()
             .any(|e| *e != current && self.keyring.key(*e).is_some())
         {
-            return None;
+            return OldKeys::StillUsed;
         }
-        Some(self.keyring.retired(generation, current_generation))
+        OldKeys::Ready
     }
 
     /// The devices whose acknowledgement of `epoch` verifies (see [`members::ack`]).

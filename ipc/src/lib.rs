@@ -32,8 +32,8 @@ pub use b64::{Base64Error, Base64Url};
 pub use client::{Client, ClientError};
 pub use frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN, read_frame, write_frame};
 pub use message::{
-    AuditInfo, DeviceInfo, DeviceState, ErrorBody, ErrorName, MAX_LIST_PAGE, PasskeyInfo, Request,
-    RequestBody, Response, ResponseBody, StatusInfo, TrashedPasskey,
+    AuditInfo, DeviceInfo, DeviceState, ErrorBody, ErrorName, MAX_LIST_PAGE, OldKeysInfo,
+    PasskeyInfo, Request, RequestBody, Response, ResponseBody, StatusInfo, TrashedPasskey,
 };
 pub use pin::Pin;
 pub use server::{Caller, Config, Handler, bind, bind_with_modes, serve};

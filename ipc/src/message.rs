@@ -568,6 +568,29 @@ pub struct StatusInfo {
     /// system service does not sync yet. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_off: Option<String>,
+    /// Vault keys of epochs before the current one that this device still keeps, and why. Absent when it keeps
+    /// the current one alone (and from older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_keys: Option<OldKeysInfo>,
+}
+
+/// Old vault keys a device keeps (what a purge destroys once nothing needs them; see docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OldKeysInfo {
+    /// How many epochs before the current one.
+    pub epochs: u64,
+    /// Why: `kept` (the keeping time, `trash_days`, until `untilMs`, unless a purge is approved with the PIN),
+    /// `unacknowledged` (devices in `waitingFor` have not acknowledged the current epoch), `still-used` (a value
+    /// in the document is still under an old epoch), `rotating` (the current epoch is not settled here yet) or
+    /// `pending` (to be destroyed after the next change).
+    pub reason: String,
+    /// For `kept`: when the keeping time ends, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+    /// For `unacknowledged`: the device ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
 }
 
 /// One paired device as `status` shows it.

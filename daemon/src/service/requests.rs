@@ -310,6 +310,7 @@ impl Session<'_> {
                 listen_addrs,
                 peers,
                 network_off: self.service.network_off.map(str::to_owned),
+                old_keys: s.old_keys,
             },
         })
     }

@@ -16,6 +16,7 @@ use super::{Command, Error, Outbound, PeerEvent, Reply, Status};
 use crate::custody::Custody;
 use crate::pin::{PinState, Policy};
 use crate::store::{self, Durability, Meta, Store};
+use passmesh_ipc::OldKeysInfo;
 
 /// Commands applied per group commit at most.
 const BATCH: usize = 64;
@@ -53,6 +54,20 @@ pub(super) struct Actor {
     pub(super) db: PathBuf,
     /// How to reopen the keystore, for the one write that needs it after start-up (adopting a vault).
     pub(super) custody: Custody,
+    /// What keeps old epoch keys on this device, as of the last [`Actor::keep_keys`] (for `status`).
+    pub(super) old_keys: OldKeysState,
+}
+
+/// What keeps this device's epoch keys before the current one.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum OldKeysState {
+    /// None kept (or not known yet).
+    #[default]
+    None,
+    /// Kept until then, unless a purge is approved with the PIN (see [`Actor::keys_kept_until`]).
+    Kept { until_ms: u64 },
+    /// The keeping time is over (or a purge was approved), and the document still needs them.
+    Waiting(passmesh_crdt::OldKeys),
 }
 
 /// The store as replication's [`PeerStore`]: sync states and last-sync times as metadata.
@@ -285,6 +300,7 @@ impl Actor {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             device_id: self.me.to_string(),
             peers: self.replication.status(&self.vault, &Peers(&self.store)),
+            old_keys: self.old_keys_info(),
         }
     }
 
@@ -379,10 +395,23 @@ impl Actor {
             return;
         }
         let now = crate::now_ms();
-        let due = self.vault.keyring_due().filter(|next| {
-            next.epochs().count() == self.vault.keyring().epochs().count()
-                || self.may_destroy_old_keys(now)
-        });
+        // Cheap checks first: while the old keys are kept anyway, the scan of the document that tells whether
+        // they could go is not made after every batch.
+        let holds_old = self.vault.keyring().epochs().nth(1).is_some();
+        let due = if holds_old && !self.may_destroy_old_keys(now) {
+            self.old_keys = OldKeysState::Kept {
+                until_ms: self.keys_kept_until(now),
+            };
+            self.vault.inbox_due()
+        } else {
+            let due = self.vault.keyring_due();
+            self.old_keys = match &due {
+                Some(next) if next.epochs().nth(1).is_none() => OldKeysState::None,
+                _ if !holds_old => OldKeysState::None,
+                _ => OldKeysState::Waiting(self.vault.old_keys()),
+            };
+            due
+        };
         let written = match due {
             Some(next) => {
                 let dropped = self.vault.keyring().epochs().count() - next.epochs().count();
@@ -461,6 +490,33 @@ impl Actor {
         };
         let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
         since.saturating_add(keep)
+    }
+
+    /// What `status` says about old keys kept on this device; `None` when it keeps none.
+    fn old_keys_info(&self) -> Option<OldKeysInfo> {
+        use passmesh_crdt::OldKeys;
+        let held = self.vault.keyring().epochs().count().saturating_sub(1);
+        if held == 0 {
+            return None;
+        }
+        let (reason, until_ms, waiting_for) = match &self.old_keys {
+            OldKeysState::Kept { until_ms } => ("kept", Some(*until_ms), Vec::new()),
+            OldKeysState::Waiting(OldKeys::Unacknowledged(devices)) => (
+                "unacknowledged",
+                None,
+                devices.iter().map(ToString::to_string).collect(),
+            ),
+            OldKeysState::Waiting(OldKeys::StillUsed) => ("still-used", None, Vec::new()),
+            OldKeysState::Waiting(OldKeys::Rotating) => ("rotating", None, Vec::new()),
+            // Due, or not looked at yet: the next batch decides.
+            _ => ("pending", None, Vec::new()),
+        };
+        Some(OldKeysInfo {
+            epochs: held as u64,
+            reason: reason.to_owned(),
+            until_ms,
+            waiting_for,
+        })
     }
 
     /// A local change: every connected peer gets it as soon as it is on disk.

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use passmesh_crdt::{CredentialId, Device, DeviceId, Epoch, NewPasskey, PinKey, VaultId};
-use passmesh_ipc::{AuditInfo, PasskeyInfo, TrashedPasskey};
+use passmesh_ipc::{AuditInfo, OldKeysInfo, PasskeyInfo, TrashedPasskey};
 use passmesh_transport::{Identity, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
@@ -175,6 +175,8 @@ pub struct Status {
     pub device_id: String,
     /// The other devices of the vault.
     pub peers: Vec<PeerStatus>,
+    /// Old vault keys this device keeps, and why (`None`: it keeps the current one alone).
+    pub old_keys: Option<OldKeysInfo>,
 }
 
 /// What `status` shows about one paired device.

@@ -155,6 +155,7 @@ pub fn open_seeded(
         pin,
         policy: rules.pin,
         trash_for: rules.trash,
+        old_keys: super::actor::OldKeysState::default(),
         dirty: false,
         full_save_needed: false,
         maintenance_due: true,

@@ -223,6 +223,14 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
 
     // Both remaining devices say they keep the new epoch's key alone.
     for n in [a, b] {
+        eventually(LIMIT, "no old keys in status", async || {
+            match call(n, RequestBody::Status).await? {
+                ResponseBody::Status { status } => status.old_keys.is_none().then_some(()),
+                _ => None,
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
         eventually(LIMIT, "old keys destroyed everywhere", async || {
             let listed = devices(n).await;
             [a, b]
@@ -324,6 +332,19 @@ async fn what_a_stolen_device_purges_without_a_pin_is_kept_restorable_on_the_oth
         "{}",
         text.stdout
     );
+    // A says why: the keeping time, about `trash_days` (30) from now.
+    let status = a
+        .daemon
+        .cli(&["--json", "status"])
+        .await
+        .expect("run the CLI")
+        .json("status");
+    let kept = &status["status"]["oldKeys"];
+    assert_eq!(kept["reason"], "kept", "{status}");
+    let until = kept["untilMs"].as_u64().expect("until");
+    let in_days = until.saturating_sub(listed[0].trashed_at_ms) / 86_400_000;
+    assert!((29..=30).contains(&in_days), "{status}");
+
     // The user removes B (a rotation that A alone acknowledges at once: without the keeping time it would
     // destroy every older key right away) and brings the passkey back from A's trash: it signs in again.
     a.daemon

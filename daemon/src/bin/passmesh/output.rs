@@ -43,6 +43,22 @@ pub(crate) fn print_status(s: &StatusInfo, socket: &Path) {
     if let Some(d) = &s.device_id {
         println!("device     {d}");
     }
+    if let Some(k) = &s.old_keys {
+        let why = match (k.reason.as_str(), k.until_ms) {
+            ("kept", Some(until)) => format!(
+                "kept until {} (what other devices purged stays restorable; a purge with the PIN ends it)",
+                format_time(until)
+            ),
+            ("unacknowledged", _) => format!(
+                "waiting for {} to acknowledge the current key (remove a device that will not come back)",
+                k.waiting_for.join(", ")
+            ),
+            ("still-used", _) => "a value in the vault is still under one of them".to_owned(),
+            ("rotating", _) => "a key rotation is under way".to_owned(),
+            _ => "to be destroyed".to_owned(),
+        };
+        println!("old keys   {} epoch(s): {why}", k.epochs);
+    }
     if let Some(why) = &s.network_off {
         println!("network    {why}");
     }
