@@ -51,6 +51,7 @@ impl Handler for TestHandler {
                     listen_addrs: Vec::new(),
                     peers: Vec::new(),
                     network_off: None,
+                    old_keys: None,
                 },
             }),
             RequestBody::List { rp_id, .. } => {
