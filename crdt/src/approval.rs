@@ -15,10 +15,13 @@
 //!
 //! Both are ordinary audit entries, signed by the device identity too, so only a verified entry counts. A
 //! device's PIN keys form a chain: one first key (an entry without a previous signature), then each next key
-//! signed by the one before it, followed in the order of their times. A device with two different first keys
-//! (a thief who writes one without knowing the PIN) has no PIN key at all: its approvals then count for
-//! nothing, which only makes every device keep keys longer. An approval counts when it is signed by the last
-//! key of its device's chain and its device is an active member.
+//! signed by the one before it, followed in history order. A device with two different first keys (a thief
+//! who writes one without knowing the PIN) has no PIN key at all: its approvals then count for nothing, which
+//! only makes every device keep keys longer. An approval counts when it is signed by the last key of its
+//! device's chain, its device is an active member, the epoch it names was made by that device, and the replica
+//! trusts the chain's first key: a thief who holds a device without a PIN can set one, so a first key counts
+//! only once the replica has known it for a while (the daemon's `[vault] trash_days`), or when the device that
+//! invited this one trusted it (see [`Vault::trust_pin_keys`](crate::Vault::trust_pin_keys)).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -135,13 +138,22 @@ fn verifies(public: &[u8; 32], message: &[u8], sig: &[u8; 64]) -> bool {
     })
 }
 
-/// The last PIN key of each device's chain, from the verified `pin-key-set` entries of `log` (see the module
-/// documentation). Devices with no first key, or with two different ones, are left out.
-pub(crate) fn tips(vault: &VaultId, log: &[AuditEntry]) -> HashMap<DeviceId, [u8; 32]> {
-    // Per device: (time, public key, the previous key's signature).
-    type Published = (u64, [u8; 32], Option<[u8; 64]>);
+/// A device's PIN-key chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Chain {
+    /// Its first key.
+    pub(crate) root: [u8; 32],
+    /// Its last key.
+    pub(crate) tip: [u8; 32],
+}
+
+/// Each device's PIN-key chain, from the verified `pin-key-set` entries of `log` (in history order, see the
+/// module documentation). Devices with no first key, or with two different ones, are left out.
+pub(crate) fn chains(vault: &VaultId, log: &[AuditEntry]) -> HashMap<DeviceId, Chain> {
+    // Per device: (index in the log, public key, the previous key's signature).
+    type Published = (usize, [u8; 32], Option<[u8; 64]>);
     let mut by_device: HashMap<&DeviceId, Vec<Published>> = HashMap::new();
-    for e in log {
+    for (i, e) in log.iter().enumerate() {
         if e.event == Event::PinKey
             && e.verdict == Verdict::Verified
             && let Some((public, prev)) = parse_key(&e.subject)
@@ -149,53 +161,67 @@ pub(crate) fn tips(vault: &VaultId, log: &[AuditEntry]) -> HashMap<DeviceId, [u8
             by_device
                 .entry(&e.device)
                 .or_default()
-                .push((e.at_ms, public, prev));
+                .push((i, public, prev));
         }
     }
     let mut out = HashMap::new();
-    for (device, mut keys) in by_device {
-        keys.sort_by_key(|k| (k.0, k.1));
-        let mut roots = keys.iter().filter(|k| k.2.is_none()).map(|k| k.1);
-        let Some(root) = roots.next() else { continue };
-        if roots.any(|r| r != root) {
+    for (device, keys) in by_device {
+        let mut roots = keys.iter().filter(|k| k.2.is_none());
+        let Some(&(root_index, root, _)) = roots.next() else {
+            continue;
+        };
+        if roots.any(|r| r.1 != root) {
             continue;
         }
-        let first_at = keys
-            .iter()
-            .filter(|k| k.2.is_none())
-            .map(|k| k.0)
-            .min()
-            .unwrap_or_default();
-        // Follow the chain forward in time: each step is the earliest later key the current one signed.
-        let (mut tip, mut at) = (root, first_at);
-        while let Some(next) = keys.iter().find(|(t, public, prev)| {
-            *t > at
+        // Follow the chain forward in history (not by the device's clock): each step is the next key, later in
+        // history, that the current one signed.
+        let (mut tip, mut at) = (root, root_index);
+        while let Some(next) = keys.iter().find(|(i, public, prev)| {
+            *i > at
                 && prev.is_some_and(|sig| verifies(&tip, &key_message(vault, device, public), &sig))
         }) {
             (tip, at) = (next.1, next.0);
         }
-        out.insert(device.clone(), tip);
+        out.insert(device.clone(), Chain { root, tip });
     }
     out
 }
 
-/// The epochs some device approved with the last key of its chain (see [`tips`]), among verified entries by
-/// devices for which `active` holds, each with the index of its entry in `log`.
-pub(crate) fn approved(
+/// An approval whose signature verifies against the last key of its device's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Approval {
+    pub(crate) epoch: Epoch,
+    /// Its index in the log.
+    pub(crate) index: usize,
+    pub(crate) device: DeviceId,
+    /// Its device's first PIN key (whether that key is trusted is the caller's call).
+    pub(crate) root: [u8; 32],
+}
+
+/// The approvals of `log` by devices for which `active` holds, signed by the last key of their device's chain
+/// (see [`chains`]).
+pub(crate) fn approvals(
     vault: &VaultId,
     log: &[AuditEntry],
     active: impl Fn(&DeviceId) -> bool,
-) -> Vec<(Epoch, usize)> {
-    let tips = tips(vault, log);
+) -> Vec<Approval> {
+    let chains = chains(vault, log);
     log.iter()
         .enumerate()
         .filter(|(_, e)| {
             e.event == Event::Approved && e.verdict == Verdict::Verified && active(&e.device)
         })
-        .filter_map(|(i, e)| {
+        .filter_map(|(index, e)| {
             let (epoch, sig) = parse_approval(&e.subject)?;
-            let tip = tips.get(&e.device)?;
-            verifies(tip, &approve_message(vault, &e.device, epoch), &sig).then_some((epoch, i))
+            let chain = chains.get(&e.device)?;
+            verifies(&chain.tip, &approve_message(vault, &e.device, epoch), &sig).then(|| {
+                Approval {
+                    epoch,
+                    index,
+                    device: e.device.clone(),
+                    root: chain.root,
+                }
+            })
         })
         .collect()
 }
@@ -219,9 +245,9 @@ mod tests {
         log: &[AuditEntry],
         active: impl Fn(&DeviceId) -> bool,
     ) -> Vec<Epoch> {
-        super::approved(vault, log, active)
+        approvals(vault, log, active)
             .into_iter()
-            .map(|(e, _)| e)
+            .map(|a| a.epoch)
             .collect()
     }
 

@@ -59,8 +59,19 @@ pub struct Vault {
     removal_changes: HashMap<DeviceId, Vec<Option<ChangeHash>>>,
     /// Each device's published inbox of the highest generation whose signature verifies.
     inboxes: HashMap<DeviceId, InboxEntry>,
-    /// The approved epochs (see [`Vault::current_approved`]), with the sizes of the facts they were judged from.
-    approvals: Option<((usize, usize), Vec<Epoch>)>,
+    /// The valid approvals and PIN-key chains (see [`Vault::current_approved`]), with the sizes of the facts
+    /// they were judged from.
+    approvals: Option<((usize, usize), Approvals)>,
+    /// First PIN keys the caller trusts (see [`Vault::trust_pin_keys`]).
+    trusted_pin_keys: HashSet<(DeviceId, [u8; 32])>,
+}
+
+/// The approvals that count but for the trust in their device's first PIN key, and every device's first key.
+#[derive(Clone, Default)]
+struct Approvals {
+    /// (approval, the change that wrote it).
+    valid: Vec<(approval::Approval, ChangeHash)>,
+    roots: Vec<(DeviceId, [u8; 32])>,
 }
 
 /// The signed removals and epoch descriptions ever written to the document, taken from its change history as
@@ -283,6 +294,7 @@ impl Vault {
             removal_changes: HashMap::new(),
             inboxes: HashMap::new(),
             approvals: None,
+            trusted_pin_keys: HashSet::new(),
         }
     }
 
@@ -325,6 +337,13 @@ impl Vault {
     pub fn set_local(&mut self, me: LocalDevice) {
         self.me = Some(me);
         self.rebuild();
+    }
+
+    /// How many deletions of records the document's history holds (any device's): the daemon restarts its
+    /// keeping time of old keys when it grows.
+    pub fn deletions_seen(&mut self) -> usize {
+        self.facts.refresh(&self.doc, &self.shape);
+        self.facts.deletions.len()
     }
 
     /// Whether the document holds changes that no `save`/`save_incremental` has returned yet.
@@ -522,7 +541,7 @@ impl Vault {
     ) -> Result<bool, Error> {
         let me = self.active_me()?.id().clone();
         let log = self.audit_entries();
-        let tip = approval::tips(&self.id, &log).get(&me).copied();
+        let tip = approval::chains(&self.id, &log).get(&me).map(|c| c.tip);
         if tip == Some(key.public()) {
             return Ok(false);
         }
@@ -545,7 +564,7 @@ impl Vault {
         self.publish_pin_key(key, None, now_ms)?;
         let me = self.active_me()?.id().clone();
         let log = self.audit_entries();
-        if approval::tips(&self.id, &log).get(&me) != Some(&key.public()) {
+        if approval::chains(&self.id, &log).get(&me).map(|c| c.tip) != Some(key.public()) {
             return Ok(());
         }
         let subject = approval::approval_subject(&self.id, &me, epoch, key);
@@ -562,37 +581,84 @@ impl Vault {
         Ok(())
     }
 
-    /// Whether the user approved the current epoch with the PIN on some active device (see
-    /// [`approval`](crate::approval)): then every device may destroy older keys as soon as all hold it. Checks
-    /// the audit log's signatures when it has changed since the last call (O(entries)), else answers from
-    /// memory.
+    /// Whether the user approved the current epoch with the PIN on some active device whose first PIN key this
+    /// replica trusts (see [`approval`](crate::approval)): then every device may destroy older keys as soon as
+    /// all hold it. Checks the audit log's PIN-key and approval entries when the log or the membership changed
+    /// since the last call, else answers from memory.
     pub fn current_approved(&mut self) -> bool {
         let Some((_, current)) = self.epochs.current else {
             return false;
         };
+        self.approvals()
+            .valid
+            .iter()
+            .any(|(a, _)| a.epoch == current && self.trusts(a))
+    }
+
+    /// Every device's first PIN key (devices with none, or with two, are left out): what the caller notes the
+    /// first sight of, to trust them after a while (see [`trust_pin_keys`](Self::trust_pin_keys)).
+    pub fn pin_key_roots(&mut self) -> Vec<(DeviceId, [u8; 32])> {
+        self.approvals().roots
+    }
+
+    /// Trusts these first PIN keys (device, key) from now on, besides its own device's. The daemon passes those
+    /// it has known for `[vault] trash_days`, and those the device that invited it trusted: a thief who sets a
+    /// PIN on a stolen device that had none cannot approve anything before the user has had that long to remove
+    /// the device.
+    pub fn trust_pin_keys(&mut self, keys: HashSet<(DeviceId, [u8; 32])>) {
+        self.trusted_pin_keys = keys;
+    }
+
+    /// Whether this replica trusts the first PIN key of approval `a`'s device: its own device's, or one the
+    /// caller trusts (see [`trust_pin_keys`](Self::trust_pin_keys)).
+    fn trusts(&self, a: &approval::Approval) -> bool {
+        self.me.as_ref().is_some_and(|me| a.device == *me.id())
+            || self.trusted_pin_keys.contains(&(a.device.clone(), a.root))
+    }
+
+    /// The approvals that count but for the trust in first PIN keys, judged anew when the facts changed.
+    fn approvals(&mut self) -> Approvals {
         self.facts.refresh(&self.doc, &self.shape);
         let judged_from = (
-            self.facts.audit.len() + self.facts.entries.len() + self.facts.removals.len(),
+            self.facts.audit.len()
+                + self.facts.entries.len()
+                + self.facts.removals.len()
+                + self.facts.epochs.len(),
             self.members
                 .values()
                 .filter(|m| m.state == MemberState::Active)
                 .count(),
         );
-        if self
-            .approvals
-            .as_ref()
-            .is_none_or(|(at, _)| *at != judged_from)
+        if let Some((at, cached)) = &self.approvals
+            && *at == judged_from
         {
-            let log = self.audit_entries();
-            let approved = approval::approved(&self.id, &log, |d| self.is_active(d))
-                .into_iter()
-                .map(|(e, _)| e)
-                .collect();
-            self.approvals = Some((judged_from, approved));
+            return cached.clone();
         }
-        self.approvals
-            .as_ref()
-            .is_some_and(|(_, approved)| approved.contains(&current))
+        let judged = self.judged_audit(Some(&[Event::PinKey, Event::Approved]));
+        let log: Vec<AuditEntry> = judged.iter().map(|(e, _)| e.clone()).collect();
+        // The epoch an approval names must have been made by the approving device.
+        let made_by = |epoch: Epoch, device: &DeviceId| {
+            self.facts.epochs.iter().any(|(e, bytes, _)| {
+                *e == epoch
+                    && EpochInfo::decode(bytes)
+                        .is_some_and(|i| i.by == *device && i.verifies(&self.id, epoch))
+            })
+        };
+        let valid = approval::approvals(&self.id, &log, |d| self.is_active(d))
+            .into_iter()
+            .filter(|a| made_by(a.epoch, &a.device))
+            .map(|a| {
+                let change = judged[a.index].1;
+                (a, change)
+            })
+            .collect();
+        let roots = approval::chains(&self.id, &log)
+            .into_iter()
+            .map(|(d, c)| (d, c.root))
+            .collect();
+        let approvals = Approvals { valid, roots };
+        self.approvals = Some((judged_from, approvals.clone()));
+        approvals
     }
 
     fn is_active(&self, id: &DeviceId) -> bool {
@@ -612,75 +678,97 @@ impl Vault {
     /// Passkeys another device deleted from the document — purged, or deleted outright (a modified client) —
     /// that this replica can still read, from the document's history, with the keys it holds: what the trash
     /// offers to bring back ([`bring_back`](Self::bring_back)). Left out: what this device purged itself, and
-    /// deletions the user approved afterwards (an approval, see [`approval`](crate::approval), written causally
-    /// after the deletion). Each is its last version before the deletion, with the device whose verified
-    /// `passkey-purged` entry is in the deleting change (`None`: deleted without one), newest deletion first.
-    /// Reads the document at an old point per deleted record and checks every audit entry: for listing, not
-    /// for a hot path.
+    /// deletions the user confirmed (every deletion of the record is causally before an approval that counts,
+    /// see [`current_approved`](Self::current_approved)). Each is its last readable version, with the device
+    /// whose verified `passkey-purged` entry is in a deleting change (`None`: deleted without one), most
+    /// recently updated first. Reads the document at old points per deleted record and the audit log's purge
+    /// entries: for listing, not for a hot path.
     pub fn vanished(&mut self) -> Vec<Vanished> {
         self.facts.refresh(&self.doc, &self.shape);
         if self.facts.deletions.is_empty() {
             return Vec::new();
         }
-        let judged = self.judged_audit(Some(&[Event::Purged, Event::PinKey, Event::Approved]));
-        let log: Vec<AuditEntry> = judged.iter().map(|(e, _)| e.clone()).collect();
-        let approvals: Vec<ChangeHash> = approval::approved(&self.id, &log, |d| self.is_active(d))
-            .into_iter()
-            .map(|(_, i)| judged[i].1)
-            .collect();
-        let me = self.me.as_ref().map(|m| m.id().clone());
-        let purged_in = |change: &ChangeHash, id: &str| -> Vec<DeviceId> {
-            judged
-                .iter()
-                .filter(|(e, c)| {
-                    c == change
-                        && e.event == Event::Purged
-                        && e.verdict == Verdict::Verified
-                        && e.subject == id
-                })
-                .map(|(e, _)| e.device.clone())
-                .collect()
+        let approvals = self.approvals();
+        let purges: HashMap<(ChangeHash, String), Vec<DeviceId>> = {
+            let mut out: HashMap<(ChangeHash, String), Vec<DeviceId>> = HashMap::new();
+            for (e, change) in self.judged_audit(Some(&[Event::Purged])) {
+                if e.verdict == Verdict::Verified {
+                    out.entry((change, e.subject)).or_default().push(e.device);
+                }
+            }
+            out
         };
+        let mut deletions: HashMap<RecordId, Vec<ChangeHash>> = HashMap::new();
+        for (id, change) in &self.facts.deletions {
+            deletions.entry(*id).or_default().push(*change);
+        }
+        let me = self.me.as_ref().map(|m| m.id().clone());
         let mut causality = doc::Causality::new(&self.doc);
-        let mut done = HashSet::new();
+        let approved: Vec<ChangeHash> = approvals
+            .valid
+            .iter()
+            .filter(|(a, _)| self.trusts(a))
+            .map(|(_, change)| *change)
+            .collect();
         let mut out = Vec::new();
-        for (id, change) in self.facts.deletions.iter().rev() {
-            if !done.insert(*id)
-                || matches!(
-                    self.doc.get(&self.shape.records, id.to_string()),
-                    Ok(Some(_))
-                )
-            {
+        for (id, changes) in &deletions {
+            if matches!(
+                self.doc.get(&self.shape.records, id.to_string()),
+                Ok(Some(_))
+            ) {
                 continue;
             }
             let key = id.to_string();
-            let mine = self.facts.deletions.iter().any(|(other, c)| {
-                other == id && me.as_ref().is_some_and(|m| purged_in(c, &key).contains(m))
-            });
-            if mine || approvals.iter().any(|a| causality.before(change, a)) {
+            let by = |c: &ChangeHash| purges.get(&(*c, key.clone()));
+            let mine = changes
+                .iter()
+                .any(|c| by(c).is_some_and(|d| me.as_ref().is_some_and(|m| d.contains(m))));
+            // Confirmed by an approval only if every deletion of it came before one (a thief's later, or
+            // concurrent, deletion keeps it listed).
+            let confirmed = changes
+                .iter()
+                .all(|c| approved.iter().any(|a| causality.before(c, a)));
+            if mine || confirmed {
                 continue;
             }
-            if let Some(passkey) = self.version_before(id, change) {
-                out.push(Vanished {
-                    passkey,
-                    purged_by: purged_in(change, &key).into_iter().next(),
-                });
+            if let Some(passkey) = self.last_version(id, changes) {
+                let purged_by = changes
+                    .iter()
+                    .rev()
+                    .find_map(|c| by(c).and_then(|d| d.first().cloned()));
+                out.push(Vanished { passkey, purged_by });
             }
         }
+        out.sort_by_key(|v| std::cmp::Reverse(v.passkey.updated_at_ms));
         out
     }
 
-    /// Record `id` as it was just before `change` (which deleted it), decrypted; `None` if it cannot be read.
-    fn version_before(&self, id: &RecordId, change: &ChangeHash) -> Option<Passkey> {
-        let deps = self.doc.get_change_by_hash(change)?.deps().to_vec();
-        let (value, obj) = self
-            .doc
-            .get_at(&self.shape.records, id.to_string(), &deps)
-            .ok()??;
-        if value != automerge::Value::Object(automerge::ObjType::Map) {
-            return None;
+    /// The last readable version of record `id`, deleted by `deletions`: its map as it is now (the deletion
+    /// unlinked it; the map keeps every later write, whatever point in history the deleting change claimed to
+    /// start from), else as it was just before each deletion, newest first. `None` if none decrypts.
+    fn last_version(&self, id: &RecordId, deletions: &[ChangeHash]) -> Option<Passkey> {
+        let mut objs: Vec<(ObjId, Vec<ChangeHash>)> = Vec::new();
+        for change in deletions.iter().rev() {
+            let Some(deps) = self
+                .doc
+                .get_change_by_hash(change)
+                .map(|c| c.deps().to_vec())
+            else {
+                continue;
+            };
+            if let Ok(Some((automerge::Value::Object(automerge::ObjType::Map), obj))) =
+                self.doc.get_at(&self.shape.records, id.to_string(), &deps)
+            {
+                objs.push((obj, deps));
+            }
         }
-        doc::read_record_at(&self.doc, &obj, &deps, &self.id, &self.keyring, id).ok()
+        let heads = self.doc.get_heads();
+        objs.iter()
+            .map(|(obj, _)| (obj, heads.as_slice()))
+            .chain(objs.iter().map(|(obj, deps)| (obj, deps.as_slice())))
+            .find_map(|(obj, at)| {
+                doc::read_record_at(&self.doc, obj, at, &self.id, &self.keyring, id).ok()
+            })
     }
 
     /// Brings back passkey `id`, one of [`vanished`](Self::vanished): its last version, re-encrypted under the

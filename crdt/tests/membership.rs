@@ -813,9 +813,12 @@ fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_appr
     let original = a.passkey(&first).unwrap().private_key.clone();
     settle_keys_as(&mut [a, b, c], true);
 
-    // C is stolen. Its thief purges a passkey without any PIN: the purge rotates the key, every device
-    // acknowledges the new epoch, and yet A and B keep the old key, and offer the passkey back, naming C.
-    let (n, thief_epoch) = c.purge(&[first], 20, None).unwrap();
+    // C is stolen; it had no PIN. Its thief sets one and purges a passkey with it: the purge rotates the key
+    // and approves the new epoch with a first PIN key published after A and B joined, which they do not trust
+    // yet. Every device acknowledges the new epoch, and yet A and B keep the old key, and offer the passkey
+    // back, naming C.
+    let thief_pin = passmesh_crdt::PinKey::from_seed(&Zeroizing::new([66; 32]));
+    let (n, thief_epoch) = c.purge(&[first], 20, Some(&thief_pin)).unwrap();
     assert_eq!(n, 1);
     let thief_epoch = thief_epoch.expect("rotated");
     settle_keys_as(&mut [a, b, c], true);
@@ -867,12 +870,20 @@ fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_appr
     settle_keys_as(&mut [a, b], true);
     assert!(a.passkey(&second).is_some());
 
-    // The user purges with the PIN on A: that purge is approved, so both destroy every older key at once,
-    // and nothing is offered back.
+    // The user purges with the PIN on A. Its PIN key was published after B joined too: B keeps the old keys
+    // until it has known that key for the keeping time (the daemon then tells it to trust it).
+    let third = a.insert(passkey(3), 45).unwrap();
+    let third_created = a.heads();
     let pin = passmesh_crdt::PinKey::from_seed(&Zeroizing::new([77; 32]));
     a.trash(&first, 50).unwrap();
     let (_, approved) = a.purge(&[first], 51, Some(&pin)).unwrap();
     let approved = approved.expect("rotated");
+    settle_keys_as(&mut [a, b], true);
+    assert!(!b.current_approved());
+    assert!(epochs(b).len() > 1);
+    let roots = b.pin_key_roots().into_iter().collect();
+    b.trust_pin_keys(roots);
+    // Now the purge is approved: both destroy every older key at once, and nothing is offered back.
     settle_keys_as(&mut [a, b], true);
     for v in [&mut *a, &mut *b] {
         assert!(v.current_approved());
@@ -886,4 +897,34 @@ fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_appr
             .any(|(e, d, _, v)| *e == Event::Approved && *d == id(a) && *v == Verdict::Verified),
         "{log:?}"
     );
+
+    // A modified client deletes a passkey with a change that claims to start from the passkey's creation,
+    // whose version is under an epoch destroyed since: the passkey is offered back all the same, as it is now.
+    let third_key = a.passkey(&third).unwrap().private_key.clone();
+    let mut doc = automerge::Automerge::load(&a.save()).expect("load");
+    let creation: Vec<automerge::ChangeHash> = third_created
+        .iter()
+        .map(|h| automerge::ChangeHash(*h))
+        .collect();
+    let mut old = doc.fork_at(&creation).expect("fork");
+    {
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+        let (_, records) = old.get(automerge::ROOT, "records").unwrap().unwrap();
+        let mut tx = old.transaction();
+        tx.delete(&records, third.to_string()).unwrap();
+        tx.commit();
+    }
+    let crafted = old.get_last_local_change().expect("the deletion").clone();
+    doc.apply_changes([crafted]).expect("apply");
+    let mut edited =
+        Vault::load_as(&doc.save(), a.keyring().clone(), Some(local(1))).expect("load");
+    edited.set_anchors(a.anchors().cloned());
+    assert!(edited.passkey(&third).is_none(), "deleted");
+    sync(&mut edited, b);
+    let back = b.vanished();
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].passkey.record_id, third);
+    assert_eq!(back[0].passkey.private_key, third_key);
+    assert_eq!(back[0].passkey.epoch, approved);
 }

@@ -27,6 +27,8 @@ pub struct Invitation {
     pub addrs: Vec<String>,
     /// The devices the inviter trusts without a signature chain.
     pub anchors: Vec<passmesh_crdt::DeviceId>,
+    /// The first PIN keys whose approvals the inviter trusts.
+    pub pin_keys: Vec<(passmesh_crdt::DeviceId, [u8; 32])>,
 }
 
 impl std::fmt::Debug for Invitation {
@@ -87,6 +89,7 @@ pub async fn export_invitation(
             inviter: info.device,
             addrs,
             anchors: info.anchors,
+            pin_keys: info.pin_keys,
         })
     })
     .await
@@ -109,6 +112,7 @@ pub async fn join(
             return Err(Error::OtherVault);
         }
         v.set_anchors(invitation.anchors.clone()).await?;
+        v.trust_pin_keys(invitation.pin_keys.clone()).await?;
         v.add_device(invitation.inviter.clone(), invitation.addrs.clone())
             .await?;
         let me = Device {

@@ -65,9 +65,13 @@ pub enum Meta<'a> {
     /// (`trash-seen/<record id>`): the trash's keeping time runs from here, not from the time in the document,
     /// which any member (or its clock) could set in the past.
     TrashSeen(&'a passmesh_crdt::RecordId),
-    /// The current vault key epoch when this device first saw it, and when: u32 ‖ u64 ms, big-endian
-    /// (`epoch-seen`). Older epoch keys are kept `[vault] trash_days` from then, unless a purge was approved.
+    /// The current vault key epoch, the number of record deletions in the document's history, and when this
+    /// device first saw both: u32 ‖ u64 ‖ u64 ms, big-endian (`epoch-seen`). Older epoch keys are kept
+    /// `[vault] trash_days` from then, unless a purge was approved.
     EpochSeen,
+    /// A device's first PIN key and when this device first saw it: 32 bytes ‖ u64 ms big-endian
+    /// (`pin-key-seen/<device id>`). Its approvals count `[vault] trash_days` from then.
+    PinKeySeen(&'a passmesh_crdt::DeviceId),
 }
 
 const ADDRS_PREFIX: &str = "addrs/";
@@ -84,6 +88,7 @@ impl Meta<'_> {
             Meta::Anchors => "anchors".to_owned(),
             Meta::TrashSeen(id) => format!("trash-seen/{id}"),
             Meta::EpochSeen => "epoch-seen".to_owned(),
+            Meta::PinKeySeen(device) => format!("pin-key-seen/{device}"),
         }
     }
 }

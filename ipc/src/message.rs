@@ -1162,6 +1162,7 @@ mod tests {
                     listen_addrs: Vec::new(),
                     peers: Vec::new(),
                     network_off: None,
+                    old_keys: None,
                 },
             },
         );
@@ -1194,6 +1195,7 @@ mod tests {
                     listen_addrs: Vec::new(),
                     peers: Vec::new(),
                     network_off: None,
+                    old_keys: None,
                 },
             },
         );

@@ -162,6 +162,24 @@ pub async fn paired_at(
     placements: Vec<Placement>,
     discovery: Discovery,
 ) -> anyhow::Result<Vec<Node>> {
+    paired_from(placements, discovery, None).await
+}
+
+/// Like [`paired`], with `pin` set on the first device (through its own daemon, before anyone joins): the PIN
+/// key it publishes then is in the vault every other device joins, so they trust its approvals at once.
+pub async fn paired_with_pin(n: usize, pin: &str) -> anyhow::Result<Vec<Node>> {
+    let mut placements = Vec::new();
+    for _ in 0..n {
+        placements.push(Placement::loopback_tcp(free_port()?));
+    }
+    paired_from(placements, Discovery::Pairing, Some(pin)).await
+}
+
+async fn paired_from(
+    placements: Vec<Placement>,
+    discovery: Discovery,
+    first_pin: Option<&str>,
+) -> anyhow::Result<Vec<Node>> {
     let tpm = TpmOptions::default();
     let n = placements.len();
     if n == 0 {
@@ -170,6 +188,19 @@ pub async fn paired_at(
     let mut states = Vec::new();
     for _ in 0..n {
         states.push(tempfile::tempdir()?);
+    }
+    if let Some(pin) = first_pin {
+        let options = DaemonOptions {
+            state_dir: Some(states[0].path().to_owned()),
+            config_toml: Some("[network]\nenabled = false\n".to_owned()),
+            ..DaemonOptions::default()
+        };
+        let mut first = while_locked(async || Daemon::start(options.clone()).await).await?;
+        first
+            .cli_with_stdin(&["pin", "set"], &format!("{pin}\n"))
+            .await?
+            .expect_success("pin set");
+        first.stop().await?;
     }
     let with_peer = |i: usize, peer: &str| -> Vec<String> {
         placements[i]

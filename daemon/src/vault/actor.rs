@@ -284,6 +284,9 @@ impl Actor {
             Command::SetAnchors { anchors, reply } => {
                 let _ = reply.send(self.set_anchors(&anchors));
             }
+            Command::TrustPinKeys { keys, reply } => {
+                let _ = reply.send(self.trust_pin_keys(&keys));
+            }
         }
     }
 
@@ -452,34 +455,40 @@ impl Actor {
 
     /// Whether this device may destroy the keys of epochs before the current one (when nothing else needs
     /// them, see [`passmesh_crdt::Vault::keyring_due`]): once the user approved the current epoch with the PIN
-    /// (a purge with the PIN, on any device), or once this device has known it as current for
-    /// `[vault] trash_days`. Until then what another device purged or deleted — a stolen one, say — stays
+    /// (a purge with the PIN, on a device whose PIN key this one trusts), or once the keeping time is over (see
+    /// [`Actor::keys_kept_until`]). Until then what another device purged or deleted — a stolen one, say — stays
     /// restorable here (see `trash_list`).
     fn may_destroy_old_keys(&mut self, now_ms: u64) -> bool {
-        self.keys_kept_until(now_ms) <= now_ms || self.vault.current_approved()
+        if self.keys_kept_until(now_ms) <= now_ms {
+            return true;
+        }
+        self.refresh_pin_trust(now_ms);
+        self.vault.current_approved()
     }
 
     /// When the keeping time of the epochs before the current one ends: `[vault] trash_days` after this device
-    /// first saw the current epoch (noted on disk the first time it asks).
-    pub(super) fn keys_kept_until(&self, now_ms: u64) -> u64 {
+    /// first saw the current epoch, or a record deletion in the document's history after that (noted on disk
+    /// the first time it asks).
+    pub(super) fn keys_kept_until(&mut self, now_ms: u64) -> u64 {
         let current = self.vault.keyring().current();
+        let deletions = self.vault.deletions_seen() as u64;
         let noted = self
             .store
             .get(Meta::EpochSeen)
             .ok()
             .flatten()
-            .and_then(|b| <[u8; 12]>::try_from(b.as_slice()).ok())
+            .and_then(|b| <[u8; 20]>::try_from(b.as_slice()).ok())
             .map(|b| {
-                let (epoch, at) = b.split_at(4);
-                (
-                    u32::from_be_bytes(epoch.try_into().unwrap_or_default()),
-                    u64::from_be_bytes(at.try_into().unwrap_or_default()),
-                )
+                let epoch = u32::from_be_bytes(b[..4].try_into().unwrap_or_default());
+                let count = u64::from_be_bytes(b[4..12].try_into().unwrap_or_default());
+                let at = u64::from_be_bytes(b[12..].try_into().unwrap_or_default());
+                (epoch, count, at)
             });
         let since = match noted {
-            Some((epoch, at)) if epoch == current.0 => at,
+            Some((epoch, count, at)) if epoch == current.0 && count >= deletions => at,
             _ => {
                 let mut value = current.0.to_be_bytes().to_vec();
+                value.extend_from_slice(&deletions.to_be_bytes());
                 value.extend_from_slice(&now_ms.to_be_bytes());
                 // Lost in a crash, it is noted again later: that only keeps the old keys longer.
                 if let Err(e) = self.store.put(Meta::EpochSeen, &value, Durability::Lazy) {
@@ -488,8 +497,63 @@ impl Actor {
                 now_ms
             }
         };
-        let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
-        since.saturating_add(keep)
+        since.saturating_add(self.keep_ms())
+    }
+
+    fn keep_ms(&self) -> u64 {
+        u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Tells the vault which devices' first PIN keys this device has known for `[vault] trash_days` (noting
+    /// the ones it sees for the first time): their approvals count (see [`passmesh_crdt::approval`]).
+    pub(super) fn refresh_pin_trust(
+        &mut self,
+        now_ms: u64,
+    ) -> Vec<(passmesh_crdt::DeviceId, [u8; 32])> {
+        let keep = self.keep_ms();
+        let me = crate::ids::device_id(&self.me);
+        let mut trusted = std::collections::HashSet::new();
+        for (device, root) in self.vault.pin_key_roots() {
+            let noted = self
+                .store
+                .get(Meta::PinKeySeen(&device))
+                .ok()
+                .flatten()
+                .and_then(|b| <[u8; 40]>::try_from(b.as_slice()).ok())
+                .filter(|b| b[..32] == root)
+                .map(|b| u64::from_be_bytes(b[32..].try_into().unwrap_or_default()));
+            let since = noted.unwrap_or_else(|| {
+                let mut value = root.to_vec();
+                value.extend_from_slice(&now_ms.to_be_bytes());
+                if let Err(e) = self
+                    .store
+                    .put(Meta::PinKeySeen(&device), &value, Durability::Lazy)
+                {
+                    tracing::warn!(error = %e, "cannot note when a PIN key was first seen");
+                }
+                now_ms
+            });
+            if device == me || since.saturating_add(keep) <= now_ms {
+                trusted.insert((device, root));
+            }
+        }
+        self.vault.trust_pin_keys(trusted.clone());
+        trusted.into_iter().collect()
+    }
+
+    /// Trusts these first PIN keys at once (noted as seen at time 0): those the inviting device trusted.
+    fn trust_pin_keys(
+        &mut self,
+        keys: &[(passmesh_crdt::DeviceId, [u8; 32])],
+    ) -> Result<(), Error> {
+        for (device, key) in keys {
+            let mut value = key.to_vec();
+            value.extend_from_slice(&0u64.to_be_bytes());
+            self.store
+                .put(Meta::PinKeySeen(device), &value, Durability::Flushed)?;
+        }
+        self.refresh_pin_trust(crate::now_ms());
+        Ok(())
     }
 
     /// What `status` says about old keys kept on this device; `None` when it keeps none.

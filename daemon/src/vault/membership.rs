@@ -171,7 +171,7 @@ impl Actor {
     }
 
     /// What a joining device gets: the vault id, the keyring and this device's entry.
-    pub(super) fn join_info(&self) -> Result<JoinInfo, Error> {
+    pub(super) fn join_info(&mut self) -> Result<JoinInfo, Error> {
         let me = ids::device_id(&self.me);
         let device = self
             .vault
@@ -190,6 +190,7 @@ impl Actor {
                 .anchors()
                 .map(|a| a.iter().cloned().collect())
                 .unwrap_or_default(),
+            pin_keys: self.refresh_pin_trust(crate::now_ms()),
         })
     }
 

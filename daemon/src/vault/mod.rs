@@ -261,6 +261,9 @@ pub struct JoinInfo {
     pub device: Device,
     /// The devices the inviting device trusts without a signature chain (the joiner pins them too).
     pub anchors: Vec<DeviceId>,
+    /// The first PIN keys whose approvals the inviting device trusts (the joiner trusts them too, see
+    /// [`Handle::trust_pin_keys`]).
+    pub pin_keys: Vec<(DeviceId, [u8; 32])>,
 }
 
 impl std::fmt::Debug for JoinInfo {
@@ -396,6 +399,10 @@ enum Command {
     },
     SetAnchors {
         anchors: Vec<DeviceId>,
+        reply: Reply<Result<(), Error>>,
+    },
+    TrustPinKeys {
+        keys: Vec<(DeviceId, [u8; 32])>,
         reply: Reply<Result<(), Error>>,
     },
 }
@@ -658,6 +665,13 @@ impl Handle {
     /// the device this one joined through.
     pub async fn set_anchors(&self, anchors: Vec<DeviceId>) -> Result<(), Error> {
         self.ask(|reply| Command::SetAnchors { anchors, reply })
+            .await?
+    }
+
+    /// Trusts the approvals signed with these devices' first PIN keys at once, and notes that on disk: those the
+    /// device this one joined through trusted (see [`passmesh_crdt::approval`]).
+    pub async fn trust_pin_keys(&self, keys: Vec<(DeviceId, [u8; 32])>) -> Result<(), Error> {
+        self.ask(|reply| Command::TrustPinKeys { keys, reply })
             .await?
     }
 

@@ -49,6 +49,7 @@ impl Actor {
     /// [`passmesh_crdt::Vault::vanished`]; kept until the old keys go, see `Actor::keys_kept_until`).
     pub(super) fn trash_list(&mut self, offset: u64, limit: usize) -> (Vec<TrashedPasskey>, u64) {
         let now = crate::now_ms();
+        self.refresh_pin_trust(now);
         let vanished = self.vault.vanished();
         let kept_until = self.keys_kept_until(now);
         let total = (self.vault.trashed_len() + vanished.len()) as u64;
@@ -85,6 +86,7 @@ impl Actor {
     /// neither.
     pub(super) fn trash_restore(&mut self, credential_id: &CredentialId) -> Result<bool, Error> {
         let now = crate::now_ms();
+        self.refresh_pin_trust(now);
         let result = match self.find_trashed(credential_id) {
             Some(id) => self
                 .vault
@@ -114,8 +116,8 @@ impl Actor {
     }
 
     /// Purges one trashed passkey, or the whole trash, and rotates the vault key. With `approval` (the key of
-    /// the PIN the caller verified) the purge is approved, which also confirms what other devices purged: the
-    /// count includes those.
+    /// the PIN the caller verified) the purge is approved, which also confirms what other devices purged (the
+    /// count includes those): so while there are such passkeys, only a purge of the whole trash is approved.
     pub(super) fn trash_purge(
         &mut self,
         credential_id: Option<&CredentialId>,
@@ -125,10 +127,12 @@ impl Actor {
             Some(c) => self.find_trashed(c).into_iter().collect(),
             None => self.vault.trashed().map(|p| p.record_id).collect(),
         };
-        let confirmed = match approval {
-            Some(_) => self.vault.vanished().len() as u64,
-            None => 0,
-        };
+        self.refresh_pin_trust(crate::now_ms());
+        let vanished = self.vault.vanished().len() as u64;
+        // An approval confirms what other devices purged as well: only a purge of the whole trash (whose list
+        // shows them) makes one while there are such passkeys.
+        let approval = approval.filter(|_| credential_id.is_none() || vanished == 0);
+        let confirmed = if approval.is_some() { vanished } else { 0 };
         let (n, epoch) = self.purge(&ids, approval)?;
         Ok((n + if epoch.is_some() { confirmed } else { 0 }, epoch))
     }

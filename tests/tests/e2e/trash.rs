@@ -78,7 +78,8 @@ async fn devices(n: &Node) -> Vec<DeviceInfo> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter_was_removed() {
-    let mut nodes = mesh::paired(3)
+    // A's PIN is set before the others join: they trust its approvals at once.
+    let mut nodes = mesh::paired_with_pin(3, "482916")
         .await
         .unwrap_or_else(|e| panic!("pairing failed: {e:#}"));
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -106,7 +107,10 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
     // C turns out to be stolen: A removes it. What C deleted is still B's to restore.
     let out = a
         .daemon
-        .cli(&["device", "remove", &c.peer_id[..20]])
+        .cli_with_stdin(
+            &["device", "remove", &c.peer_id[..20], "--pin-stdin"],
+            "482916\n",
+        )
         .await
         .expect("run the CLI");
     out.expect_success("device remove");
@@ -136,11 +140,6 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
         .expect_success("delete");
     wait_where(a, &purged, (false, true), "B's delete on A").await;
     // With A's PIN, so that the purge is approved and every device destroys the old keys at once.
-    a.daemon
-        .cli_with_stdin(&["pin", "set"], "482916\n")
-        .await
-        .expect("run the CLI")
-        .expect_success("pin set");
     let out = a
         .daemon
         .cli_with_stdin(
@@ -165,6 +164,7 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
     // member) included. The mesh was set up by each device admitting the others: A added B and C, B added C,
     // C added B.
     let mut expect: Vec<(&str, &str)> = vec![
+        ("pin-key-set", &a.peer_id),
         ("device-paired", &a.peer_id),
         ("device-paired", &a.peer_id),
         ("device-paired", &b.peer_id),
@@ -174,7 +174,6 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
         ("key-rotated", &a.peer_id),
         ("passkey-restored", &b.peer_id),
         ("passkey-trashed", &b.peer_id),
-        ("pin-key-set", &a.peer_id),
         ("passkey-purged", &a.peer_id),
         ("key-rotated", &a.peer_id),
         ("purge-approved", &a.peer_id),
@@ -285,7 +284,7 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_stolen_device_purges_without_a_pin_is_kept_restorable_on_the_others() {
+async fn what_a_stolen_device_purges_is_kept_restorable_on_the_others_even_with_a_pin_it_set() {
     let nodes = mesh::paired(2)
         .await
         .unwrap_or_else(|e| panic!("pairing failed: {e:#}"));
@@ -296,16 +295,22 @@ async fn what_a_stolen_device_purges_without_a_pin_is_kept_restorable_on_the_oth
     let victim = register_user(&mut ca, &rp, "victim").await;
     wait_where(b, &victim, (true, false), "the passkey on B").await;
 
-    // B is stolen, its session unlocked and no PIN set: its thief deletes the passkey and purges it at once,
-    // which rotates the key everywhere.
+    // B is stolen, its session unlocked and no PIN set: its thief deletes the passkey, sets a PIN of its own
+    // and purges with it at once, which rotates the key everywhere and approves the purge with a PIN key that
+    // A has not known for the keeping time.
     b.daemon
         .cli(&["delete", &credential(&victim)])
         .await
         .expect("run the CLI")
         .expect_success("delete");
+    b.daemon
+        .cli_with_stdin(&["pin", "set"], "1111\n")
+        .await
+        .expect("run the CLI")
+        .expect_success("pin set");
     let out = b
         .daemon
-        .cli(&["--json", "trash", "purge"])
+        .cli_with_stdin(&["--json", "trash", "purge", "--pin-stdin"], "1111\n")
         .await
         .expect("run the CLI");
     let v = out.json("trash purge");

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::{
     ACK_TEXT, Ack, CONFIRM_WAIT, Error, Failure, Grant, HANDSHAKE_STALE, Inner, MAX_ATTEMPTS,
-    Pairing, PairingId, Phase, WireMember, shareable,
+    Pairing, PairingId, Phase, WireMember, WirePinKey, shareable,
 };
 use crate::custody::wrap::wrap_keyring;
 use crate::names::DeviceName;
@@ -398,6 +398,14 @@ impl Inner {
             wrapped: Base64Url(wrapped),
             members,
             anchors: info.anchors.iter().map(ToString::to_string).collect(),
+            pin_keys: info
+                .pin_keys
+                .iter()
+                .map(|(device, key)| WirePinKey {
+                    device: device.to_string(),
+                    key: Base64Url(key.to_vec()),
+                })
+                .collect(),
         };
         let plain = Zeroizing::new(serde_json::to_vec(&grant)?);
         session.seal(&plain).map_err(|source| Failure::TooLarge {

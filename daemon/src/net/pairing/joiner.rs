@@ -145,6 +145,13 @@ impl Inner {
             .take(1024)
             .map(DeviceId::new)
             .collect();
+        // A key that is not 32 bytes is no PIN key: left out (approvals signed with it only count later).
+        let pin_keys: Vec<(DeviceId, [u8; 32])> = grant
+            .pin_keys
+            .into_iter()
+            .take(1024)
+            .filter_map(|k| Some((DeviceId::new(k.device), k.key.0.as_slice().try_into().ok()?)))
+            .collect();
         let mut members = Vec::new();
         let mut inviter_name = String::new();
         for m in grant.members.into_iter().take(1024) {
@@ -201,6 +208,10 @@ impl Inner {
         vault
             .adopt(vault_id, keyring, members, device, anchors, false)
             .await?;
+        if let Err(e) = vault.trust_pin_keys(pin_keys).await {
+            // The approvals of those keys then count only after the keeping time: nothing is lost.
+            tracing::warn!(error = %e, "cannot note the PIN keys the inviting device trusts");
+        }
         for addr in dial {
             // Remembered for redialling once the device table (sent to the transport) lists the peer.
             let _ = self.transport.dial(addr).await;

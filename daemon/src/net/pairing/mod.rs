@@ -275,6 +275,15 @@ struct Grant {
     /// The devices the inviter trusts without a signature chain (absent from older inviters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     anchors: Vec<String>,
+    /// The first PIN keys whose approvals the inviter trusts (absent from older inviters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pin_keys: Vec<WirePinKey>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WirePinKey {
+    device: String,
+    key: Base64Url,
 }
 
 #[derive(Serialize, Deserialize)]
