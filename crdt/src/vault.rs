@@ -64,6 +64,16 @@ pub struct Vault {
     approvals: Option<((usize, usize), Approvals)>,
     /// First PIN keys the caller trusts (see [`Vault::trust_pin_keys`]).
     trusted_pin_keys: HashSet<(DeviceId, [u8; 32])>,
+    /// Records remote changes altered (see [`Vault::take_altered`]), not yet taken.
+    altered: Vec<(RecordId, Vec<[u8; 32]>)>,
+}
+
+/// Whether two versions of a record are the same passkey (what no honest change alters).
+fn same_passkey(a: &Passkey, b: &Passkey) -> bool {
+    a.credential_id == b.credential_id
+        && a.private_key.as_slice() == b.private_key.as_slice()
+        && a.rp_id == b.rp_id
+        && a.user_handle == b.user_handle
 }
 
 /// The approvals that count but for the trust in their device's first PIN key, and every device's first key.
@@ -295,6 +305,7 @@ impl Vault {
             inboxes: HashMap::new(),
             approvals: None,
             trusted_pin_keys: HashSet::new(),
+            altered: Vec::new(),
         }
     }
 
@@ -781,24 +792,76 @@ impl Vault {
             .find(|v| v.passkey.record_id == *id)
             .ok_or(Error::NotFound(*id))?
             .passkey;
-        p.epoch = self.keyring.current();
         p.trashed_at_ms = None;
+        self.reinsert(p, now_ms)
+    }
+
+    /// Writes `p` (an earlier version of its record) as the record's whole map, re-encrypted under the current
+    /// epoch with `now_ms` as its update time, and logs it (`passkey-restored`), in one change.
+    fn reinsert(&mut self, mut p: Passkey, now_ms: u64) -> Result<(), Error> {
+        let id = p.record_id;
+        p.epoch = self.keyring.current();
         p.updated_at_ms = now_ms;
         let sealed = doc::seal_record(&self.id, self.keyring.current_key(), &p)?;
         let logged = self.audit_value(Event::Restored, &id.to_string(), now_ms);
+        let previous = doc::record_obj(&self.doc, &self.shape, &id).ok().flatten();
         let shape = &self.shape;
         let obj = self
             .doc
             .transact(|tx| {
-                let obj = doc::put_record(tx, shape, id, sealed)?;
+                let obj = doc::put_record(tx, shape, &id, sealed)?;
                 doc::put_audit(tx, &shape.ext, logged)?;
                 Ok::<_, automerge::AutomergeError>(obj)
             })
             .map_err(|f| Error::from(f.error))?
             .result;
-        self.record_objs.insert(obj, *id);
+        if let Some(previous) = previous {
+            self.record_objs.remove(&previous);
+        }
+        self.record_objs.insert(obj, id);
         self.index.upsert(p);
         Ok(())
+    }
+
+    /// Records whose content another device's changes replaced (credential, key, site or user no longer those
+    /// of the version before) or made unreadable since the last call, each with the document heads just before
+    /// the changes that did it: where its last good version is (see [`version_at`](Self::version_at)). No
+    /// honest device changes what a passkey is; a label, the trash mark and re-encryption do not count.
+    pub fn take_altered(&mut self) -> Vec<(RecordId, Vec<[u8; 32]>)> {
+        std::mem::take(&mut self.altered)
+    }
+
+    /// Record `id` as it was at document heads `heads`, decrypted with the keys held; `None` if it did not
+    /// exist then or cannot be read.
+    pub fn version_at(&self, id: &RecordId, heads: &[[u8; 32]]) -> Option<Passkey> {
+        let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+        if heads
+            .iter()
+            .any(|h| self.doc.get_change_meta_by_hash(h).is_none())
+        {
+            return None;
+        }
+        match self.doc.get_at(&self.shape.records, id.to_string(), &heads) {
+            Ok(Some((automerge::Value::Object(automerge::ObjType::Map), obj))) => {
+                doc::read_record_at(&self.doc, &obj, &heads, &self.id, &self.keyring, id).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// Puts back `version` (from [`version_at`](Self::version_at)) of a record whose content was replaced:
+    /// re-encrypted under the current epoch, live, in one change logged `passkey-restored`. `InvalidInput` if
+    /// the record as it is now has that very content already.
+    pub fn restore_version(&mut self, mut version: Passkey, now_ms: u64) -> Result<(), Error> {
+        if self
+            .index
+            .get(&version.record_id)
+            .is_some_and(|now| same_passkey(now, &version))
+        {
+            return Err(Error::InvalidInput("that version is the current one"));
+        }
+        version.trashed_at_ms = None;
+        self.reinsert(version, now_ms)
     }
 
     /// An audit entry by this device, if it has one.
@@ -1694,10 +1757,19 @@ impl Vault {
             return result.map_err(Error::from);
         }
         let keycheck = if bulk || result.is_err() {
+            let old = std::mem::take(&mut self.index);
             self.rebuild();
+            self.note_altered(&old, before);
             true
         } else {
             let touched = Touched::from_changes(&self.doc.get_changes(before), self);
+            // The versions these changes may alter (only touched records can be).
+            let mut old = Index::default();
+            for id in &touched.records {
+                if let Some(p) = self.index.get(id) {
+                    old.upsert(p.clone());
+                }
+            }
             // New epoch keys make records readable that were not, and a new current epoch changes which are
             // due for re-encryption: both need the whole index again (rare: rotations only).
             let learned = touched.ext && self.learn_keys();
@@ -1720,6 +1792,7 @@ impl Vault {
                     self.reindex_record(id);
                 }
             }
+            self.note_altered(&old, before);
             touched.keycheck
         };
         result?;
@@ -1739,6 +1812,21 @@ impl Vault {
             ));
         }
         Ok(())
+    }
+
+    /// Notes the records of `old` (versions before remote changes whose parents are `before`) that are still in
+    /// the document but no longer the same passkey, or no longer readable.
+    fn note_altered(&mut self, old: &Index, before: &[ChangeHash]) {
+        for p in old.all() {
+            let altered = match self.index.get(&p.record_id) {
+                Some(now) => !same_passkey(now, p),
+                None => self.index.problem(&p.record_id).is_some(),
+            };
+            if altered {
+                self.altered
+                    .push((p.record_id, before.iter().map(|h| h.0).collect()));
+            }
+        }
     }
 
     /// Rebuilds the whole index from the document: learns the epoch keys wrapped to this device, reads the

@@ -287,6 +287,9 @@ proptest! {
             prop_assert_eq!(&visible(v), &reference);
         }
         for v in &mut world.vaults {
+            // Honest edits never alter what a passkey is.
+            let altered = v.take_altered();
+            prop_assert!(altered.is_empty(), "altered: {:?}", altered);
             // The incrementally kept index equals a fresh one from the document.
             let reloaded = Vault::load(&v.save(), keyring()).expect("reload");
             prop_assert_eq!(&visible(&reloaded), &reference);

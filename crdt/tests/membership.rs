@@ -928,3 +928,53 @@ fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_appr
     assert_eq!(back[0].passkey.private_key, third_key);
     assert_eq!(back[0].passkey.epoch, approved);
 }
+
+#[test]
+fn a_record_a_member_overwrites_is_noted_and_its_last_good_version_restored() {
+    let mut w = signed_world(2);
+    let [a, b] = &mut w[..] else { unreachable!() };
+    settle_keys(&mut [a, b]);
+    let p = a.insert(passkey(1), 10).unwrap();
+    let original = a.passkey(&p).unwrap().private_key.clone();
+    a.rename(&p, "work", 11).unwrap();
+    settle_keys(&mut [a, b]);
+    assert!(
+        a.take_altered().is_empty() && b.take_altered().is_empty(),
+        "a label alters nothing"
+    );
+
+    // A modified client on B overwrites the record's sealed content with garbage.
+    let mut edited = raw_edit(b, 2, |tx, records| {
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+        let (_, obj) = tx.get(records, p.to_string()).unwrap().unwrap();
+        tx.put(&obj, "c", automerge::ScalarValue::Bytes(vec![7; 80]))
+            .unwrap();
+    });
+    sync(&mut edited, a);
+    assert!(a.passkey(&p).is_none(), "unreadable now");
+    let altered = a.take_altered();
+    assert_eq!(altered.len(), 1, "{altered:?}");
+    assert_eq!(altered[0].0, p);
+    assert!(a.take_altered().is_empty(), "taken once");
+
+    // The version before those changes is still there, with the key it was under: put it back.
+    let before = a
+        .version_at(&p, &altered[0].1)
+        .expect("the last good version");
+    assert_eq!(before.private_key, original);
+    assert_eq!(before.label.as_deref(), Some("work"));
+    a.restore_version(before.clone(), 20).unwrap();
+    assert!(matches!(
+        a.restore_version(before, 21),
+        Err(Error::InvalidInput(_))
+    ));
+    sync(&mut edited, a);
+    for v in [&*a, &edited] {
+        assert_eq!(v.passkey(&p).expect("back").private_key, original);
+    }
+    assert!(
+        edited.take_altered().is_empty(),
+        "restoring is not an alteration"
+    );
+}

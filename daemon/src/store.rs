@@ -72,9 +72,14 @@ pub enum Meta<'a> {
     /// A device's first PIN key and when this device first saw it: 32 bytes ‖ u64 ms big-endian
     /// (`pin-key-seen/<device id>`). Its approvals count `[vault] trash_days` from then.
     PinKeySeen(&'a passmesh_crdt::DeviceId),
+    /// A record whose content another device replaced, when this device saw it and the document heads just
+    /// before: u64 ms big-endian ‖ 32-byte hashes (`altered/<record id>`). Its last good version is offered
+    /// back for `[vault] trash_days`.
+    Altered(&'a passmesh_crdt::RecordId),
 }
 
 const ADDRS_PREFIX: &str = "addrs/";
+const ALTERED_PREFIX: &str = "altered/";
 
 impl Meta<'_> {
     /// The entry's name in the store.
@@ -89,6 +94,7 @@ impl Meta<'_> {
             Meta::TrashSeen(id) => format!("trash-seen/{id}"),
             Meta::EpochSeen => "epoch-seen".to_owned(),
             Meta::PinKeySeen(device) => format!("pin-key-seen/{device}"),
+            Meta::Altered(id) => format!("{ALTERED_PREFIX}{id}"),
         }
     }
 }
@@ -308,6 +314,21 @@ impl Store {
                 .and_then(|p| p.parse::<PeerId>().ok());
             if let Some(peer) = peer {
                 out.push((peer, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every [`Meta::Altered`] entry whose name is a record id, with its value.
+    pub fn altered(&self) -> Result<Vec<(passmesh_crdt::RecordId, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(meta_key(ALTERED_PREFIX)) {
+            let (k, v) = item?;
+            let id = std::str::from_utf8(&k[2 + ALTERED_PREFIX.len()..])
+                .ok()
+                .and_then(|p| p.parse().ok());
+            if let Some(id) = id {
+                out.push((id, v.to_vec()));
             }
         }
         Ok(out)

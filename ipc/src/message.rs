@@ -352,6 +352,10 @@ pub struct TrashedPasskey {
     /// The device that purged it (`None` for a deletion that names no device: no honest client makes one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged_by: Option<String>,
+    /// Another device's changes replaced this passkey's content (or made it unreadable): this is its last good
+    /// version (`trashedAtMs`: when this device saw it replaced), which restoring puts back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub altered: bool,
 }
 
 /// One entry of the audit log.

@@ -326,6 +326,9 @@ impl Actor {
                 );
                 self.dirty |= received.changed;
                 self.maintenance_due |= received.changed;
+                if received.changed {
+                    self.note_altered();
+                }
                 self.act(received.actions);
             }
         }

@@ -44,6 +44,65 @@ impl Actor {
             .saturating_add(keep)
     }
 
+    /// Notes (on disk) the records whose content the changes just applied replaced, with where their last good
+    /// version is; a record already noted keeps its first note (the version before the first alteration).
+    pub(super) fn note_altered(&mut self) {
+        let now = crate::now_ms();
+        for (id, heads) in self.vault.take_altered() {
+            if matches!(self.store.get(Meta::Altered(&id)), Ok(Some(_))) {
+                continue;
+            }
+            tracing::warn!(record = %id, "another device replaced a passkey's content; its last good version is in the trash");
+            let mut value = now.to_be_bytes().to_vec();
+            for h in &heads {
+                value.extend_from_slice(h);
+            }
+            if let Err(e) = self.store.put(Meta::Altered(&id), &value, Durability::Lazy) {
+                tracing::warn!(error = %e, "cannot note a replaced passkey");
+            }
+            // The keeping time of old keys starts over: the last good version may be under one.
+            let _ = self.store.remove(Meta::EpochSeen);
+        }
+    }
+
+    /// The altered records still offered back: (when noted, the last good version). Notes that no longer
+    /// serve (the record is that passkey again, the version cannot be read any more, or the keeping time is
+    /// over) are dropped.
+    fn altered_versions(&mut self, now_ms: u64) -> Vec<(u64, Passkey)> {
+        let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for (id, value) in self.store.altered().unwrap_or_default() {
+            let parsed = (value.len() >= 8 && (value.len() - 8).is_multiple_of(32)).then(|| {
+                let at = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
+                let heads: Vec<[u8; 32]> = value[8..]
+                    .chunks_exact(32)
+                    .filter_map(|c| c.try_into().ok())
+                    .collect();
+                (at, heads)
+            });
+            let version = parsed.as_ref().and_then(|(at, heads)| {
+                (at.saturating_add(keep) > now_ms)
+                    .then(|| self.vault.version_at(&id, heads))
+                    .flatten()
+            });
+            let current = self.vault.passkey(&id);
+            match (parsed, version) {
+                (Some((at, _)), Some(v))
+                    if current.is_none_or(|c| {
+                        c.credential_id != v.credential_id
+                            || c.private_key.as_slice() != v.private_key.as_slice()
+                    }) =>
+                {
+                    out.push((at, v));
+                }
+                _ => {
+                    let _ = self.store.remove(Meta::Altered(&id));
+                }
+            }
+        }
+        out
+    }
+
     /// One page of the trash, with the number of passkeys in it: the trashed passkeys (longest there first),
     /// then those other devices purged or deleted outright that this device can still bring back (see
     /// [`passmesh_crdt::Vault::vanished`]; kept until the old keys go, see `Actor::keys_kept_until`).
@@ -52,13 +111,16 @@ impl Actor {
         self.refresh_pin_trust(now);
         let vanished = self.vault.vanished();
         let kept_until = self.keys_kept_until(now);
-        let total = (self.vault.trashed_len() + vanished.len()) as u64;
+        let altered = self.altered_versions(now);
+        let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
+        let total = (self.vault.trashed_len() + vanished.len() + altered.len()) as u64;
         let trashed = self.vault.trashed().map(|p| TrashedPasskey {
             passkey: info(p, self.replication.held(&p.record_id)),
             trashed_at_ms: p.trashed_at_ms.unwrap_or_default(),
             purge_at_ms: self.purge_at(p, now),
             purged: false,
             purged_by: None,
+            altered: false,
         });
         let purged = vanished.iter().map(|v| TrashedPasskey {
             passkey: info(&v.passkey, false),
@@ -66,9 +128,19 @@ impl Actor {
             purge_at_ms: kept_until,
             purged: true,
             purged_by: v.purged_by.as_ref().map(ToString::to_string),
+            altered: false,
+        });
+        let replaced = altered.iter().map(|(at, v)| TrashedPasskey {
+            passkey: info(v, false),
+            trashed_at_ms: *at,
+            purge_at_ms: at.saturating_add(keep),
+            purged: false,
+            purged_by: None,
+            altered: true,
         });
         let page = trashed
             .chain(purged)
+            .chain(replaced)
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))
             .take(limit)
             .collect();
@@ -82,8 +154,8 @@ impl Actor {
             .map(|p| p.record_id)
     }
 
-    /// Takes a passkey out of the trash, or brings back one another device purged; `false` if it is in
-    /// neither.
+    /// Takes a passkey out of the trash, brings back one another device purged, or puts back the last good
+    /// version of one whose content another device replaced; `false` if it is none of these.
     pub(super) fn trash_restore(&mut self, credential_id: &CredentialId) -> Result<bool, Error> {
         let now = crate::now_ms();
         self.refresh_pin_trust(now);
@@ -107,7 +179,23 @@ impl Actor {
                     .bring_back(&v.passkey.record_id, now)
                     .map(|()| true)
                     .map_err(Error::from),
-                None => Ok(false),
+                None => match self
+                    .altered_versions(now)
+                    .into_iter()
+                    .find(|(_, v)| v.credential_id == credential_id.as_bytes())
+                {
+                    Some((_, v)) => {
+                        let id = v.record_id;
+                        self.vault
+                            .restore_version(v, now)
+                            .map(|()| {
+                                let _ = self.store.remove(Meta::Altered(&id));
+                                true
+                            })
+                            .map_err(Error::from)
+                    }
+                    None => Ok(false),
+                },
             },
         };
         self.dirty |= matches!(result, Ok(true));

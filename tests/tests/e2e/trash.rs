@@ -401,12 +401,13 @@ async fn a_device_entry_and_an_audit_entry_forged_on_a_members_disk_are_refused(
         .expect("connected");
     let rp = example_rp();
     let victim = register_user(&mut connect(&nodes[0]).await, &rp, "victim").await;
-    wait_where(&nodes[1], &victim, (true, false), "the passkey on B").await;
+    let overwritten = register_user(&mut connect(&nodes[0]).await, &rp, "overwritten").await;
+    wait_where(&nodes[1], &overwritten, (true, false), "the passkeys on B").await;
     nodes[1].daemon.stop().await.expect("stop B");
 
     // Someone with write access to B's disk (and its unsealed keys) adds a device of their own, unsigned, an
-    // audit entry claiming that A removed B, and deletes a passkey with B's clock set back to 1970 (so that it
-    // would have expired from the trash decades ago).
+    // audit entry claiming that A removed B, deletes a passkey with B's clock set back to 1970 (so that it
+    // would have expired from the trash decades ago), and overwrites another passkey's content.
     let tpm = TpmOptions::default();
     let disk = pairing::disk(nodes[1].state_dir(), Choice::Software, &tpm).expect("B's disk");
     let mut vault = Vault::load_as(
@@ -448,9 +449,27 @@ async fn a_device_entry_and_an_audit_entry_forged_on_a_members_disk_are_refused(
     forged.extend_from_slice(&[0x11; 64]);
     let (_, ext) = doc.get(automerge::ROOT, "ext").expect("read").expect("ext");
     let (_, log) = doc.get(&ext, "audit").expect("read").expect("audit");
+    let (_, records) = doc
+        .get(automerge::ROOT, "records")
+        .expect("read")
+        .expect("records");
+    let overwritten_id = vault
+        .find_by_credential_id(overwritten.id())
+        .expect("the other passkey")
+        .record_id;
+    let (_, overwritten_obj) = doc
+        .get(&records, overwritten_id.to_string())
+        .expect("read")
+        .expect("the record");
     let mut tx = doc.transaction();
     tx.put(&log, passmesh_crdt::audit::key_of(&forged), forged)
         .expect("put");
+    tx.put(
+        &overwritten_obj,
+        "c",
+        automerge::ScalarValue::Bytes(vec![7; 96]),
+    )
+    .expect("put");
     tx.commit();
     chunk.extend(doc.save_after(&heads));
     pairing::append_to_document(nodes[1].state_dir(), &chunk).expect("write B's disk");
@@ -526,4 +545,44 @@ async fn a_device_entry_and_an_audit_entry_forged_on_a_members_disk_are_refused(
         .expect("run the CLI");
     out.expect_success("trash restore");
     wait_where(a, &victim, (true, false), "restored on A").await;
+
+    // The overwritten passkey no longer signs in, but A's trash offers its last good version, which signs in
+    // again once restored, on both devices.
+    let mut ca = connect(a).await;
+    assert!(try_sign_in(&mut ca, &rp, &overwritten).await.is_none());
+    let trashed = connect(a).await.trash_all().await.expect("trash");
+    let offered = trashed
+        .iter()
+        .find(|t| t.passkey.credential_id.0 == overwritten.id())
+        .unwrap_or_else(|| panic!("the overwritten passkey is not offered: {trashed:?}"));
+    assert!(offered.altered && !offered.purged, "{offered:?}");
+    let out = a
+        .daemon
+        .cli(&["trash", "restore", &credential(&overwritten)])
+        .await
+        .expect("run the CLI");
+    out.expect_success("trash restore");
+    eventually(
+        LIMIT,
+        "the overwritten passkey signs in again on A",
+        async || try_sign_in(&mut ca, &rp, &overwritten).await,
+    )
+    .await
+    .expect("restored");
+    let mut cb = connect(&nodes[1]).await;
+    eventually(LIMIT, "and on B", async || {
+        try_sign_in(&mut cb, &rp, &overwritten).await
+    })
+    .await
+    .expect("restored on B");
+    assert!(
+        connect(a)
+            .await
+            .trash_all()
+            .await
+            .expect("trash")
+            .iter()
+            .all(|t| !t.altered),
+        "no longer offered"
+    );
 }

@@ -130,7 +130,13 @@ fn print_trash(list: &[TrashedPasskey]) {
             p.rp_id,
             p.user_name
         );
-        if t.purged {
+        if t.altered {
+            println!(
+                "  its content was replaced by another device on {}: this is the last good version, restorable until {}",
+                format_time(t.trashed_at_ms),
+                format_time(t.purge_at_ms)
+            );
+        } else if t.purged {
             let by = t.purged_by.as_deref().map_or_else(
                 || "deleted outright (no device named itself)".to_owned(),
                 |d| format!("purged by device {d}"),
