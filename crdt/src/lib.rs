@@ -41,4 +41,4 @@ pub use ids::{CredentialId, DeviceId, RecordId, VaultId};
 pub use keys::{Epoch, Keyring, VaultKey};
 pub use members::{LocalDevice, Member, MemberState, device_id_of};
 pub use record::{Device, NewPasskey, Passkey};
-pub use vault::{Maintenance, OldKeys, SyncState, Vanished, Vault};
+pub use vault::{Lost, Maintenance, OldKeys, SyncState, Vault};

@@ -64,8 +64,8 @@ pub struct Vault {
     approvals: Option<((usize, usize), Approvals)>,
     /// First PIN keys the caller trusts (see [`Vault::trust_pin_keys`]).
     trusted_pin_keys: HashSet<(DeviceId, [u8; 32])>,
-    /// Records remote changes altered (see [`Vault::take_altered`]), not yet taken.
-    altered: Vec<(RecordId, Vec<[u8; 32]>)>,
+    /// Passkeys remote changes lost (see [`Vault::take_lost`]), not yet taken.
+    lost: Vec<Lost>,
 }
 
 /// Whether two versions of a record are the same passkey (what no honest change alters).
@@ -223,15 +223,15 @@ pub enum OldKeys {
     Ready,
 }
 
-/// A passkey another device deleted from the document, which this replica can still bring back (see
-/// [`Vault::vanished`]).
-#[derive(Debug, Clone)]
-pub struct Vanished {
-    /// Its last version before the deletion.
-    pub passkey: Passkey,
-    /// The device whose verified `passkey-purged` entry is in the deleting change; `None` when the change has
-    /// none (a deletion no honest client makes).
-    pub purged_by: Option<DeviceId>,
+/// A passkey a batch of remote changes took away (see [`Vault::take_lost`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// Its record.
+    pub record_id: RecordId,
+    /// This replica's document heads just before the batch: where the last good version is.
+    pub before: Vec<[u8; 32]>,
+    /// The changes of the batch that deleted the record (empty: it is still there, altered or unreadable).
+    pub deleted_by: Vec<[u8; 32]>,
 }
 
 impl fmt::Debug for Vault {
@@ -305,7 +305,7 @@ impl Vault {
             inboxes: HashMap::new(),
             approvals: None,
             trusted_pin_keys: HashSet::new(),
-            altered: Vec::new(),
+            lost: Vec::new(),
         }
     }
 
@@ -348,13 +348,6 @@ impl Vault {
     pub fn set_local(&mut self, me: LocalDevice) {
         self.me = Some(me);
         self.rebuild();
-    }
-
-    /// How many deletions of records the document's history holds (any device's): the daemon restarts its
-    /// keeping time of old keys when it grows.
-    pub fn deletions_seen(&mut self) -> usize {
-        self.facts.refresh(&self.doc, &self.shape);
-        self.facts.deletions.len()
     }
 
     /// Whether the document holds changes that no `save`/`save_incremental` has returned yet.
@@ -489,9 +482,9 @@ impl Vault {
     ///
     /// With `approval` (the key of this device's PIN, see [`approval`](crate::approval)) the new epoch is
     /// approved: every device may destroy the older keys as soon as all hold the new one, instead of keeping
-    /// them (and what others deleted, see [`vanished`](Self::vanished)) a while. With `approval` and nothing to
-    /// purge here but records others deleted that this replica still offers to bring back, it rotates and
-    /// approves all the same: that is the user confirming those deletions.
+    /// them (and what others deleted, see [`take_lost`](Self::take_lost)) a while, and the deletions before it
+    /// are confirmed (see [`confirmed`](Self::confirmed)). With `approval` and nothing to purge it rotates and
+    /// approves all the same: the caller uses that to confirm others' deletions.
     pub fn purge(
         &mut self,
         ids: &[RecordId],
@@ -508,7 +501,7 @@ impl Vault {
                 present.push((*id, obj, logged));
             }
         }
-        if present.is_empty() && (approval.is_none() || self.vanished().is_empty()) {
+        if present.is_empty() && approval.is_none() {
             return Ok((0, None));
         }
         if !present.is_empty() {
@@ -647,17 +640,27 @@ impl Vault {
         }
         let judged = self.judged_audit(Some(&[Event::PinKey, Event::Approved]));
         let log: Vec<AuditEntry> = judged.iter().map(|(e, _)| e.clone()).collect();
-        // The epoch an approval names must have been made by the approving device.
-        let made_by = |epoch: Epoch, device: &DeviceId| {
-            self.facts.epochs.iter().any(|(e, bytes, _)| {
-                *e == epoch
-                    && EpochInfo::decode(bytes)
-                        .is_some_and(|i| i.by == *device && i.verifies(&self.id, epoch))
+        // The epoch an approval names must have been made by the approving device (each description checked
+        // once, only for the epochs some approval names).
+        let named: HashSet<Epoch> = log
+            .iter()
+            .filter(|e| e.event == Event::Approved)
+            .filter_map(|e| approval::parse_approval(&e.subject).map(|(epoch, _)| epoch))
+            .collect();
+        let made: HashSet<(Epoch, DeviceId)> = self
+            .facts
+            .epochs
+            .iter()
+            .filter(|(e, ..)| named.contains(e))
+            .filter_map(|(e, bytes, _)| {
+                EpochInfo::decode(bytes)
+                    .filter(|i| i.verifies(&self.id, *e))
+                    .map(|i| (*e, i.by))
             })
-        };
+            .collect();
         let valid = approval::approvals(&self.id, &log, |d| self.is_active(d))
             .into_iter()
-            .filter(|a| made_by(a.epoch, &a.device))
+            .filter(|a| made.contains(&(a.epoch, a.device.clone())))
             .map(|a| {
                 let change = judged[a.index].1;
                 (a, change)
@@ -684,116 +687,6 @@ impl Vault {
             .into_iter()
             .map(|(e, _)| e)
             .collect()
-    }
-
-    /// Passkeys another device deleted from the document — purged, or deleted outright (a modified client) —
-    /// that this replica can still read, from the document's history, with the keys it holds: what the trash
-    /// offers to bring back ([`bring_back`](Self::bring_back)). Left out: what this device purged itself, and
-    /// deletions the user confirmed (every deletion of the record is causally before an approval that counts,
-    /// see [`current_approved`](Self::current_approved)). Each is its last readable version, with the device
-    /// whose verified `passkey-purged` entry is in a deleting change (`None`: deleted without one), most
-    /// recently updated first. Reads the document at old points per deleted record and the audit log's purge
-    /// entries: for listing, not for a hot path.
-    pub fn vanished(&mut self) -> Vec<Vanished> {
-        self.facts.refresh(&self.doc, &self.shape);
-        if self.facts.deletions.is_empty() {
-            return Vec::new();
-        }
-        let approvals = self.approvals();
-        let purges: HashMap<(ChangeHash, String), Vec<DeviceId>> = {
-            let mut out: HashMap<(ChangeHash, String), Vec<DeviceId>> = HashMap::new();
-            for (e, change) in self.judged_audit(Some(&[Event::Purged])) {
-                if e.verdict == Verdict::Verified {
-                    out.entry((change, e.subject)).or_default().push(e.device);
-                }
-            }
-            out
-        };
-        let mut deletions: HashMap<RecordId, Vec<ChangeHash>> = HashMap::new();
-        for (id, change) in &self.facts.deletions {
-            deletions.entry(*id).or_default().push(*change);
-        }
-        let me = self.me.as_ref().map(|m| m.id().clone());
-        let mut causality = doc::Causality::new(&self.doc);
-        let approved: Vec<ChangeHash> = approvals
-            .valid
-            .iter()
-            .filter(|(a, _)| self.trusts(a))
-            .map(|(_, change)| *change)
-            .collect();
-        let mut out = Vec::new();
-        for (id, changes) in &deletions {
-            if matches!(
-                self.doc.get(&self.shape.records, id.to_string()),
-                Ok(Some(_))
-            ) {
-                continue;
-            }
-            let key = id.to_string();
-            let by = |c: &ChangeHash| purges.get(&(*c, key.clone()));
-            let mine = changes
-                .iter()
-                .any(|c| by(c).is_some_and(|d| me.as_ref().is_some_and(|m| d.contains(m))));
-            // Confirmed by an approval only if every deletion of it came before one (a thief's later, or
-            // concurrent, deletion keeps it listed).
-            let confirmed = changes
-                .iter()
-                .all(|c| approved.iter().any(|a| causality.before(c, a)));
-            if mine || confirmed {
-                continue;
-            }
-            if let Some(passkey) = self.last_version(id, changes) {
-                let purged_by = changes
-                    .iter()
-                    .rev()
-                    .find_map(|c| by(c).and_then(|d| d.first().cloned()));
-                out.push(Vanished { passkey, purged_by });
-            }
-        }
-        out.sort_by_key(|v| std::cmp::Reverse(v.passkey.updated_at_ms));
-        out
-    }
-
-    /// The last readable version of record `id`, deleted by `deletions`: its map as it is now (the deletion
-    /// unlinked it; the map keeps every later write, whatever point in history the deleting change claimed to
-    /// start from), else as it was just before each deletion, newest first. `None` if none decrypts.
-    fn last_version(&self, id: &RecordId, deletions: &[ChangeHash]) -> Option<Passkey> {
-        let mut objs: Vec<(ObjId, Vec<ChangeHash>)> = Vec::new();
-        for change in deletions.iter().rev() {
-            let Some(deps) = self
-                .doc
-                .get_change_by_hash(change)
-                .map(|c| c.deps().to_vec())
-            else {
-                continue;
-            };
-            if let Ok(Some((automerge::Value::Object(automerge::ObjType::Map), obj))) =
-                self.doc.get_at(&self.shape.records, id.to_string(), &deps)
-            {
-                objs.push((obj, deps));
-            }
-        }
-        let heads = self.doc.get_heads();
-        objs.iter()
-            .map(|(obj, _)| (obj, heads.as_slice()))
-            .chain(objs.iter().map(|(obj, deps)| (obj, deps.as_slice())))
-            .find_map(|(obj, at)| {
-                doc::read_record_at(&self.doc, obj, at, &self.id, &self.keyring, id).ok()
-            })
-    }
-
-    /// Brings back passkey `id`, one of [`vanished`](Self::vanished): its last version, re-encrypted under the
-    /// current epoch, live (out of the trash) again on every device the change reaches. Logged
-    /// (`passkey-restored`). `NotFound` if it is not among the vanished.
-    pub fn bring_back(&mut self, id: &RecordId, now_ms: u64) -> Result<(), Error> {
-        let mut p = self
-            .vanished()
-            .into_iter()
-            .find(|v| v.passkey.record_id == *id)
-            .ok_or(Error::NotFound(*id))?
-            .passkey;
-        p.trashed_at_ms = None;
-        self.reinsert(p, now_ms)
     }
 
     /// Writes `p` (an earlier version of its record) as the record's whole map, re-encrypted under the current
@@ -823,12 +716,48 @@ impl Vault {
         Ok(())
     }
 
-    /// Records whose content another device's changes replaced (credential, key, site or user no longer those
-    /// of the version before) or made unreadable since the last call, each with the document heads just before
-    /// the changes that did it: where its last good version is (see [`version_at`](Self::version_at)). No
-    /// honest device changes what a passkey is; a label, the trash mark and re-encryption do not count.
-    pub fn take_altered(&mut self) -> Vec<(RecordId, Vec<[u8; 32]>)> {
-        std::mem::take(&mut self.altered)
+    /// Passkeys that batches of remote changes deleted (a purge, or a modified client's deletion), made
+    /// unreadable or replaced (another credential, key, site or user: no honest change alters those; a label,
+    /// the trash mark and re-encryption do not count) since the last call, each with the document heads just
+    /// before the batch — this replica's own state, whatever points in history the changes claim to start
+    /// from — where its last good version is (see [`version_at`](Self::version_at)). What the caller offers
+    /// back (and keeps the keys for) until the user confirms or restores it, or it is old enough.
+    pub fn take_lost(&mut self) -> Vec<Lost> {
+        std::mem::take(&mut self.lost)
+    }
+
+    /// Whether the user confirmed deletions `deleted_by` (from [`Lost::deleted_by`]): every one of these changes
+    /// comes before an approval (see [`current_approved`](Self::current_approved)) that counts and that this
+    /// replica trusts. `false` for none.
+    pub fn confirmed(&mut self, deleted_by: &[[u8; 32]]) -> bool {
+        if deleted_by.is_empty() {
+            return false;
+        }
+        let approvals: Vec<ChangeHash> = self
+            .approvals()
+            .valid
+            .iter()
+            .filter(|(a, _)| self.trusts(a))
+            .map(|(_, c)| *c)
+            .collect();
+        let mut causality = doc::Causality::new(&self.doc);
+        deleted_by.iter().all(|d| {
+            approvals
+                .iter()
+                .any(|a| causality.before(&ChangeHash(*d), a))
+        })
+    }
+
+    /// The device whose verified `passkey-purged` entry for record `id` is in one of the changes `deleted_by`;
+    /// `None` if none (a deletion no honest client makes).
+    pub fn purged_by(&mut self, id: &RecordId, deleted_by: &[[u8; 32]]) -> Option<DeviceId> {
+        let subject = id.to_string();
+        self.judged_audit(Some(&[Event::Purged]))
+            .into_iter()
+            .find(|(e, c)| {
+                e.verdict == Verdict::Verified && e.subject == subject && deleted_by.contains(&c.0)
+            })
+            .map(|(e, _)| e.device)
     }
 
     /// Record `id` as it was at document heads `heads`, decrypted with the keys held; `None` if it did not
@@ -849,9 +778,9 @@ impl Vault {
         }
     }
 
-    /// Puts back `version` (from [`version_at`](Self::version_at)) of a record whose content was replaced:
-    /// re-encrypted under the current epoch, live, in one change logged `passkey-restored`. `InvalidInput` if
-    /// the record as it is now has that very content already.
+    /// Puts back `version` (from [`version_at`](Self::version_at)) of a record that was deleted or whose content
+    /// was replaced: re-encrypted under the current epoch, live, in one change logged `passkey-restored`.
+    /// `InvalidInput` if the record as it is now has that very content already.
     pub fn restore_version(&mut self, mut version: Passkey, now_ms: u64) -> Result<(), Error> {
         if self
             .index
@@ -1759,7 +1688,7 @@ impl Vault {
         let keycheck = if bulk || result.is_err() {
             let old = std::mem::take(&mut self.index);
             self.rebuild();
-            self.note_altered(&old, before);
+            self.note_lost(&old, before);
             true
         } else {
             let touched = Touched::from_changes(&self.doc.get_changes(before), self);
@@ -1792,7 +1721,7 @@ impl Vault {
                     self.reindex_record(id);
                 }
             }
-            self.note_altered(&old, before);
+            self.note_lost(&old, before);
             touched.keycheck
         };
         result?;
@@ -1814,18 +1743,47 @@ impl Vault {
         Ok(())
     }
 
-    /// Notes the records of `old` (versions before remote changes whose parents are `before`) that are still in
-    /// the document but no longer the same passkey, or no longer readable.
-    fn note_altered(&mut self, old: &Index, before: &[ChangeHash]) {
+    /// Notes the records of `old` (versions before remote changes whose parents are `before`) that the changes
+    /// deleted, made unreadable or replaced (see [`Vault::take_lost`]).
+    fn note_lost(&mut self, old: &Index, before: &[ChangeHash]) {
+        let mut deletions: Option<HashMap<RecordId, Vec<[u8; 32]>>> = None;
         for p in old.all() {
-            let altered = match self.index.get(&p.record_id) {
+            let id = p.record_id;
+            let lost = match self.index.get(&id) {
                 Some(now) => !same_passkey(now, p),
-                None => self.index.problem(&p.record_id).is_some(),
+                None => true,
             };
-            if altered {
-                self.altered
-                    .push((p.record_id, before.iter().map(|h| h.0).collect()));
+            if !lost {
+                continue;
             }
+            let present = matches!(doc::record_obj(&self.doc, &self.shape, &id), Ok(Some(_)));
+            let deleted_by = if present {
+                Vec::new()
+            } else {
+                // The deletions the batch brought (every one of them: they must all be confirmed).
+                let deletions = deletions.get_or_insert_with(|| {
+                    self.facts.refresh(&self.doc, &self.shape);
+                    let new: HashSet<ChangeHash> = self
+                        .doc
+                        .get_changes(before)
+                        .iter()
+                        .map(|c| c.hash())
+                        .collect();
+                    let mut out: HashMap<RecordId, Vec<[u8; 32]>> = HashMap::new();
+                    for (r, c) in &self.facts.deletions {
+                        if new.contains(c) {
+                            out.entry(*r).or_default().push(c.0);
+                        }
+                    }
+                    out
+                });
+                deletions.get(&id).cloned().unwrap_or_default()
+            };
+            self.lost.push(Lost {
+                record_id: id,
+                before: before.iter().map(|h| h.0).collect(),
+                deleted_by,
+            });
         }
     }
 

@@ -2,8 +2,8 @@
 //! ed25519 and x25519 keys) exchanging real sync messages.
 
 use passmesh_crdt::{
-    Device, DeviceId, Epoch, Error, Event, Keyring, LocalDevice, MemberState, NewPasskey,
-    SyncState, Vault, VaultId, VaultKey, Verdict,
+    Device, DeviceId, Epoch, Error, Event, Keyring, LocalDevice, Lost, MemberState, NewPasskey,
+    Passkey, RecordId, SyncState, Vault, VaultId, VaultKey, Verdict,
 };
 use zeroize::Zeroizing;
 
@@ -800,16 +800,64 @@ fn epochs(v: &Vault) -> Vec<Epoch> {
     v.keyring().epochs().collect()
 }
 
+/// What the daemon's trash offers back on `v` from the losses noted so far (kept in `notes`): each one's last
+/// good version and the device that purged it, unless the user confirmed the deletion or it is back.
+fn offered(v: &mut Vault, notes: &mut Vec<Lost>) -> Vec<(Passkey, Option<DeviceId>)> {
+    notes.extend(v.take_lost());
+    let mut out = Vec::new();
+    for n in notes.iter() {
+        if v.confirmed(&n.deleted_by) {
+            continue;
+        }
+        let Some(version) = v.version_at(&n.record_id, &n.before) else {
+            continue;
+        };
+        if v.passkey(&n.record_id).is_some_and(|now| {
+            now.private_key == version.private_key && now.credential_id == version.credential_id
+        }) {
+            continue;
+        }
+        let by = v.purged_by(&n.record_id, &n.deleted_by);
+        out.push((version, by));
+    }
+    out
+}
+
+/// A change that deletes record `id` from `v`'s document, made as if from document heads `at` (any point a
+/// modified client chooses), applied on top of `v`'s document; loaded as device `seed`'s replica.
+fn delete_from(v: &mut Vault, seed: u8, id: &RecordId, at: &[[u8; 32]]) -> Vault {
+    use automerge::ReadDoc;
+    use automerge::transaction::Transactable;
+    let mut doc = automerge::Automerge::load(&v.save()).expect("load");
+    let at: Vec<automerge::ChangeHash> = at.iter().map(|h| automerge::ChangeHash(*h)).collect();
+    let mut old = doc.fork_at(&at).expect("fork");
+    let (_, records) = old
+        .get(automerge::ROOT, "records")
+        .expect("read")
+        .expect("records");
+    let mut tx = old.transaction();
+    tx.delete(&records, id.to_string()).expect("delete");
+    tx.commit();
+    let crafted = old.get_last_local_change().expect("the deletion").clone();
+    doc.apply_changes([crafted]).expect("apply");
+    let mut out =
+        Vault::load_as(&doc.save(), v.keyring().clone(), Some(local(seed))).expect("load");
+    out.set_anchors(v.anchors().cloned());
+    out
+}
+
 #[test]
-fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_approved_with_the_pin_is_final()
+fn what_a_thief_purges_deletes_or_overwrites_is_offered_back_and_only_a_trusted_pin_approval_confirms()
  {
     let mut w = signed_world(3);
     let [a, b, c] = &mut w[..] else {
         unreachable!()
     };
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
     settle_keys_as(&mut [a, b, c], true);
     let first = a.insert(passkey(1), 10).unwrap();
     let second = a.insert(passkey(2), 11).unwrap();
+    let created = a.heads();
     let original = a.passkey(&first).unwrap().private_key.clone();
     settle_keys_as(&mut [a, b, c], true);
 
@@ -822,26 +870,29 @@ fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_appr
     assert_eq!(n, 1);
     let thief_epoch = thief_epoch.expect("rotated");
     settle_keys_as(&mut [a, b, c], true);
-    for v in [&mut *a, &mut *b] {
+    for (v, notes) in [(&mut *a, &mut on_a), (&mut *b, &mut on_b)] {
         assert!(v.passkey(&first).is_none());
         assert_eq!(v.keyring().current(), thief_epoch);
         assert!(!v.current_approved());
         assert!(epochs(v).len() > 1, "the old key is kept");
-        let back = v.vanished();
+        let back = offered(v, notes);
         assert_eq!(back.len(), 1, "{back:?}");
-        assert_eq!(back[0].passkey.record_id, first);
-        assert_eq!(back[0].purged_by.as_ref(), Some(&id(c)));
+        assert_eq!(back[0].0.record_id, first);
+        assert_eq!(back[0].1.as_ref(), Some(&id(c)));
     }
     assert!(
-        c.vanished().is_empty(),
-        "a device does not offer back its own purge"
+        c.take_lost().is_empty(),
+        "a device's own purge is no loss to it"
     );
 
     // The user removes C and brings the passkey back on B: it is live again everywhere, key and all.
     a.remove_member(&id(c), 30).unwrap();
     settle_keys_as(&mut [a, b], true);
-    b.bring_back(&first, 31).unwrap();
-    assert!(b.vanished().is_empty());
+    let back = offered(b, &mut on_b).remove(0).0;
+    b.restore_version(back, 31).unwrap();
+    // As the daemon does: a restored passkey's note is dropped.
+    on_b.clear();
+    assert!(offered(b, &mut on_b).is_empty());
     settle_keys_as(&mut [a, b], true);
     for v in [&*a, &*b] {
         let p = v.passkey(&first).expect("back");
@@ -852,28 +903,48 @@ fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_appr
             "re-encrypted under the current epoch"
         );
     }
-    assert!(matches!(b.bring_back(&first, 32), Err(Error::NotFound(_))));
 
-    // A modified client deletes a record outright (no purge entry, no rotation): offered back all the same.
-    let mut edited = raw_edit(a, 1, |tx, records| {
+    // A modified client deletes a record with a change that claims to start from the record's creation (whose
+    // version is under an epoch that may be gone), and writes garbage into the map it unlinked: B offers back
+    // what it had just before, as it was then.
+    let mut edited = delete_from(a, 1, &second, &created);
+    {
+        let mut doc = automerge::Automerge::load(&edited.save()).expect("load");
+        let obj = {
+            use automerge::ReadDoc;
+            let (_, records) = doc.get(automerge::ROOT, "records").unwrap().unwrap();
+            let heads = [created
+                .iter()
+                .map(|h| automerge::ChangeHash(*h))
+                .collect::<Vec<_>>()];
+            doc.get_at(&records, second.to_string(), &heads[0])
+                .unwrap()
+                .unwrap()
+                .1
+        };
         use automerge::transaction::Transactable;
-        tx.delete(records, second.to_string()).unwrap();
-    });
+        let mut tx = doc.transaction();
+        tx.put(&obj, "c", automerge::ScalarValue::Bytes(vec![9; 80]))
+            .unwrap();
+        tx.commit();
+        edited = Vault::load_as(&doc.save(), a.keyring().clone(), Some(local(1))).expect("load");
+        edited.set_anchors(a.anchors().cloned());
+    }
+    assert!(edited.passkey(&second).is_none(), "deleted");
+    let second_key = b.passkey(&second).unwrap().private_key.clone();
     sync(&mut edited, b);
-    let back = b.vanished();
+    let back = offered(b, &mut on_b);
     assert_eq!(back.len(), 1, "{back:?}");
-    assert_eq!(
-        (back[0].passkey.record_id, back[0].purged_by.as_ref()),
-        (second, None)
-    );
-    b.bring_back(&second, 40).unwrap();
+    assert_eq!((back[0].0.record_id, back[0].1.as_ref()), (second, None));
+    assert_eq!(back[0].0.private_key, second_key);
+    b.restore_version(back[0].0.clone(), 40).unwrap();
+    on_b.clear();
     settle_keys_as(&mut [a, b], true);
     assert!(a.passkey(&second).is_some());
+    let before_approval = a.heads();
 
     // The user purges with the PIN on A. Its PIN key was published after B joined too: B keeps the old keys
     // until it has known that key for the keeping time (the daemon then tells it to trust it).
-    let third = a.insert(passkey(3), 45).unwrap();
-    let third_created = a.heads();
     let pin = passmesh_crdt::PinKey::from_seed(&Zeroizing::new([77; 32]));
     a.trash(&first, 50).unwrap();
     let (_, approved) = a.purge(&[first], 51, Some(&pin)).unwrap();
@@ -881,14 +952,19 @@ fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_appr
     settle_keys_as(&mut [a, b], true);
     assert!(!b.current_approved());
     assert!(epochs(b).len() > 1);
+    assert_eq!(
+        offered(b, &mut on_b).len(),
+        1,
+        "A's purge is offered back on B, for now"
+    );
     let roots = b.pin_key_roots().into_iter().collect();
     b.trust_pin_keys(roots);
-    // Now the purge is approved: both destroy every older key at once, and nothing is offered back.
+    // Now the purge is approved: its deletion is confirmed, and both destroy every older key at once.
+    assert!(offered(b, &mut on_b).is_empty());
     settle_keys_as(&mut [a, b], true);
     for v in [&mut *a, &mut *b] {
         assert!(v.current_approved());
         assert_eq!(epochs(v), vec![approved]);
-        assert!(v.vanished().is_empty());
         assert!(v.passkey(&second).is_some());
     }
     let log = log(a);
@@ -898,35 +974,14 @@ fn what_a_thief_purges_or_deletes_outright_is_brought_back_and_only_a_purge_appr
         "{log:?}"
     );
 
-    // A modified client deletes a passkey with a change that claims to start from the passkey's creation,
-    // whose version is under an epoch destroyed since: the passkey is offered back all the same, as it is now.
-    let third_key = a.passkey(&third).unwrap().private_key.clone();
-    let mut doc = automerge::Automerge::load(&a.save()).expect("load");
-    let creation: Vec<automerge::ChangeHash> = third_created
-        .iter()
-        .map(|h| automerge::ChangeHash(*h))
-        .collect();
-    let mut old = doc.fork_at(&creation).expect("fork");
-    {
-        use automerge::ReadDoc;
-        use automerge::transaction::Transactable;
-        let (_, records) = old.get(automerge::ROOT, "records").unwrap().unwrap();
-        let mut tx = old.transaction();
-        tx.delete(&records, third.to_string()).unwrap();
-        tx.commit();
-    }
-    let crafted = old.get_last_local_change().expect("the deletion").clone();
-    doc.apply_changes([crafted]).expect("apply");
-    let mut edited =
-        Vault::load_as(&doc.save(), a.keyring().clone(), Some(local(1))).expect("load");
-    edited.set_anchors(a.anchors().cloned());
-    assert!(edited.passkey(&third).is_none(), "deleted");
-    sync(&mut edited, b);
-    let back = b.vanished();
-    assert_eq!(back.len(), 1, "{back:?}");
-    assert_eq!(back[0].passkey.record_id, third);
-    assert_eq!(back[0].passkey.private_key, third_key);
-    assert_eq!(back[0].passkey.epoch, approved);
+    // A deletion made after the approval, even one claiming to start from before it, is not confirmed by it.
+    let late = delete_from(a, 1, &second, &before_approval);
+    let mut late = late;
+    sync(&mut late, b);
+    let lost = b.take_lost();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(!lost[0].deleted_by.is_empty());
+    assert!(!b.confirmed(&lost[0].deleted_by));
 }
 
 #[test]
@@ -939,8 +994,8 @@ fn a_record_a_member_overwrites_is_noted_and_its_last_good_version_restored() {
     a.rename(&p, "work", 11).unwrap();
     settle_keys(&mut [a, b]);
     assert!(
-        a.take_altered().is_empty() && b.take_altered().is_empty(),
-        "a label alters nothing"
+        a.take_lost().is_empty() && b.take_lost().is_empty(),
+        "a label takes nothing away"
     );
 
     // A modified client on B overwrites the record's sealed content with garbage.
@@ -953,14 +1008,15 @@ fn a_record_a_member_overwrites_is_noted_and_its_last_good_version_restored() {
     });
     sync(&mut edited, a);
     assert!(a.passkey(&p).is_none(), "unreadable now");
-    let altered = a.take_altered();
+    let altered = a.take_lost();
     assert_eq!(altered.len(), 1, "{altered:?}");
-    assert_eq!(altered[0].0, p);
-    assert!(a.take_altered().is_empty(), "taken once");
+    assert_eq!(altered[0].record_id, p);
+    assert!(altered[0].deleted_by.is_empty(), "still there, altered");
+    assert!(a.take_lost().is_empty(), "taken once");
 
     // The version before those changes is still there, with the key it was under: put it back.
     let before = a
-        .version_at(&p, &altered[0].1)
+        .version_at(&p, &altered[0].before)
         .expect("the last good version");
     assert_eq!(before.private_key, original);
     assert_eq!(before.label.as_deref(), Some("work"));
@@ -974,7 +1030,7 @@ fn a_record_a_member_overwrites_is_noted_and_its_last_good_version_restored() {
         assert_eq!(v.passkey(&p).expect("back").private_key, original);
     }
     assert!(
-        edited.take_altered().is_empty(),
-        "restoring is not an alteration"
+        edited.take_lost().is_empty(),
+        "restoring takes nothing away"
     );
 }

@@ -65,21 +65,20 @@ pub enum Meta<'a> {
     /// (`trash-seen/<record id>`): the trash's keeping time runs from here, not from the time in the document,
     /// which any member (or its clock) could set in the past.
     TrashSeen(&'a passmesh_crdt::RecordId),
-    /// The current vault key epoch, the number of record deletions in the document's history, and when this
-    /// device first saw both: u32 ‖ u64 ‖ u64 ms, big-endian (`epoch-seen`). Older epoch keys are kept
-    /// `[vault] trash_days` from then, unless a purge was approved.
+    /// The current vault key epoch and when this device first saw it, or last noted a passkey another device
+    /// took away: u32 ‖ u64 ms, big-endian (`epoch-seen`). Older epoch keys are kept `[vault] trash_days` from
+    /// then, unless a purge was approved.
     EpochSeen,
     /// A device's first PIN key and when this device first saw it: 32 bytes ‖ u64 ms big-endian
     /// (`pin-key-seen/<device id>`). Its approvals count `[vault] trash_days` from then.
     PinKeySeen(&'a passmesh_crdt::DeviceId),
-    /// A record whose content another device replaced, when this device saw it and the document heads just
-    /// before: u64 ms big-endian ‖ 32-byte hashes (`altered/<record id>`). Its last good version is offered
-    /// back for `[vault] trash_days`.
-    Altered(&'a passmesh_crdt::RecordId),
+    /// A passkey another device deleted or replaced: when this device saw it, where its last good version is
+    /// (`lost/<record id>`, see `vault::trash::LossNote`). Offered back for `[vault] trash_days`.
+    Lost(&'a passmesh_crdt::RecordId),
 }
 
 const ADDRS_PREFIX: &str = "addrs/";
-const ALTERED_PREFIX: &str = "altered/";
+const LOST_PREFIX: &str = "lost/";
 
 impl Meta<'_> {
     /// The entry's name in the store.
@@ -94,7 +93,7 @@ impl Meta<'_> {
             Meta::TrashSeen(id) => format!("trash-seen/{id}"),
             Meta::EpochSeen => "epoch-seen".to_owned(),
             Meta::PinKeySeen(device) => format!("pin-key-seen/{device}"),
-            Meta::Altered(id) => format!("{ALTERED_PREFIX}{id}"),
+            Meta::Lost(id) => format!("{LOST_PREFIX}{id}"),
         }
     }
 }
@@ -319,12 +318,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Every [`Meta::Altered`] entry whose name is a record id, with its value.
-    pub fn altered(&self) -> Result<Vec<(passmesh_crdt::RecordId, Vec<u8>)>, Error> {
+    /// Every [`Meta::Lost`] entry whose name is a record id, with its value.
+    pub fn losses(&self) -> Result<Vec<(passmesh_crdt::RecordId, Vec<u8>)>, Error> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(meta_key(ALTERED_PREFIX)) {
+        for item in self.db.scan_prefix(meta_key(LOST_PREFIX)) {
             let (k, v) = item?;
-            let id = std::str::from_utf8(&k[2 + ALTERED_PREFIX.len()..])
+            let id = std::str::from_utf8(&k[2 + LOST_PREFIX.len()..])
                 .ok()
                 .and_then(|p| p.parse().ok());
             if let Some(id) = id {

@@ -327,7 +327,7 @@ impl Actor {
                 self.dirty |= received.changed;
                 self.maintenance_due |= received.changed;
                 if received.changed {
-                    self.note_altered();
+                    self.note_lost();
                 }
                 self.act(received.actions);
             }
@@ -457,41 +457,39 @@ impl Actor {
     }
 
     /// Whether this device may destroy the keys of epochs before the current one (when nothing else needs
-    /// them, see [`passmesh_crdt::Vault::keyring_due`]): once the user approved the current epoch with the PIN
-    /// (a purge with the PIN, on a device whose PIN key this one trusts), or once the keeping time is over (see
-    /// [`Actor::keys_kept_until`]). Until then what another device purged or deleted — a stolen one, say — stays
-    /// restorable here (see `trash_list`).
+    /// them, see [`passmesh_crdt::Vault::keyring_due`]): once the keeping time is over (see
+    /// [`Actor::keys_kept_until`]), or once the user approved the current epoch with the PIN (a purge with the
+    /// PIN, on a device whose PIN key this one trusts) and nothing another device took away is still offered
+    /// back here (an approval confirms only the deletions before it). Until then what another device purged,
+    /// deleted or replaced — a stolen one, say — stays restorable here (see `trash_list`).
     fn may_destroy_old_keys(&mut self, now_ms: u64) -> bool {
         if self.keys_kept_until(now_ms) <= now_ms {
             return true;
         }
         self.refresh_pin_trust(now_ms);
-        self.vault.current_approved()
+        self.vault.current_approved() && !self.losses_pending(now_ms)
     }
 
     /// When the keeping time of the epochs before the current one ends: `[vault] trash_days` after this device
-    /// first saw the current epoch, or a record deletion in the document's history after that (noted on disk
-    /// the first time it asks).
+    /// first saw the current epoch, or noted a passkey another device took away after that (noted on disk the
+    /// first time it asks).
     pub(super) fn keys_kept_until(&mut self, now_ms: u64) -> u64 {
         let current = self.vault.keyring().current();
-        let deletions = self.vault.deletions_seen() as u64;
         let noted = self
             .store
             .get(Meta::EpochSeen)
             .ok()
             .flatten()
-            .and_then(|b| <[u8; 20]>::try_from(b.as_slice()).ok())
+            .and_then(|b| <[u8; 12]>::try_from(b.as_slice()).ok())
             .map(|b| {
                 let epoch = u32::from_be_bytes(b[..4].try_into().unwrap_or_default());
-                let count = u64::from_be_bytes(b[4..12].try_into().unwrap_or_default());
-                let at = u64::from_be_bytes(b[12..].try_into().unwrap_or_default());
-                (epoch, count, at)
+                let at = u64::from_be_bytes(b[4..].try_into().unwrap_or_default());
+                (epoch, at)
             });
         let since = match noted {
-            Some((epoch, count, at)) if epoch == current.0 && count >= deletions => at,
+            Some((epoch, at)) if epoch == current.0 => at,
             _ => {
                 let mut value = current.0.to_be_bytes().to_vec();
-                value.extend_from_slice(&deletions.to_be_bytes());
                 value.extend_from_slice(&now_ms.to_be_bytes());
                 // Lost in a crash, it is noted again later: that only keeps the old keys longer.
                 if let Err(e) = self.store.put(Meta::EpochSeen, &value, Durability::Lazy) {
@@ -503,7 +501,7 @@ impl Actor {
         since.saturating_add(self.keep_ms())
     }
 
-    fn keep_ms(&self) -> u64 {
+    pub(super) fn keep_ms(&self) -> u64 {
         u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX)
     }
 

@@ -9,6 +9,60 @@ use super::actor::Actor;
 use super::passkeys::info;
 use crate::store::{Durability, Meta};
 
+/// What this device noted about a passkey another device took away (sled `lost/<record id>`): when (u64 ms),
+/// the document heads before (u16 count, 32 bytes each) and the changes that deleted it (32 bytes each, the
+/// rest; none: it was replaced or made unreadable).
+pub(super) struct LossNote {
+    pub(super) at_ms: u64,
+    pub(super) before: Vec<[u8; 32]>,
+    pub(super) deleted_by: Vec<[u8; 32]>,
+}
+
+impl LossNote {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.at_ms.to_be_bytes().to_vec();
+        out.extend_from_slice(
+            &u16::try_from(self.before.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        for h in self.before.iter().take(usize::from(u16::MAX)) {
+            out.extend_from_slice(h);
+        }
+        for h in &self.deleted_by {
+            out.extend_from_slice(h);
+        }
+        out
+    }
+
+    /// `None` for bytes that are not a note (a damaged store: the note is dropped, nothing else changes).
+    fn decode(bytes: &[u8]) -> Option<LossNote> {
+        let at_ms = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let n = usize::from(u16::from_be_bytes(bytes.get(8..10)?.try_into().ok()?));
+        let rest = bytes.get(10..)?;
+        if rest.len() % 32 != 0 || rest.len() / 32 < n {
+            return None;
+        }
+        let hashes: Vec<[u8; 32]> = rest
+            .chunks_exact(32)
+            .filter_map(|c| c.try_into().ok())
+            .collect();
+        Some(LossNote {
+            at_ms,
+            before: hashes[..n].to_vec(),
+            deleted_by: hashes[n..].to_vec(),
+        })
+    }
+}
+
+/// Whether two versions of a record are the same passkey (what no honest change alters).
+fn same_passkey(a: &Passkey, b: &Passkey) -> bool {
+    a.credential_id == b.credential_id
+        && a.private_key.as_slice() == b.private_key.as_slice()
+        && a.rp_id == b.rp_id
+        && a.user_handle == b.user_handle
+}
+
 impl Actor {
     /// When this device first saw passkey `id` in the trash with the deletion time `trashed_at_ms`; `None` if it
     /// has not noted this deletion yet (a passkey restored and deleted again is a new deletion).
@@ -44,76 +98,107 @@ impl Actor {
             .saturating_add(keep)
     }
 
-    /// Notes (on disk) the records whose content the changes just applied replaced, with where their last good
-    /// version is; a record already noted keeps its first note (the version before the first alteration).
-    pub(super) fn note_altered(&mut self) {
-        let now = crate::now_ms();
-        for (id, heads) in self.vault.take_altered() {
-            if matches!(self.store.get(Meta::Altered(&id)), Ok(Some(_))) {
-                continue;
-            }
-            tracing::warn!(record = %id, "another device replaced a passkey's content; its last good version is in the trash");
-            let mut value = now.to_be_bytes().to_vec();
-            for h in &heads {
-                value.extend_from_slice(h);
-            }
-            if let Err(e) = self.store.put(Meta::Altered(&id), &value, Durability::Lazy) {
-                tracing::warn!(error = %e, "cannot note a replaced passkey");
-            }
-            // The keeping time of old keys starts over: the last good version may be under one.
-            let _ = self.store.remove(Meta::EpochSeen);
+    /// Notes (on disk) the passkeys the remote changes just applied took away (see
+    /// [`passmesh_crdt::Vault::take_lost`]), with where their last good version is. A passkey already noted
+    /// keeps its first version (the last good one) and gets the new time; every loss starts the keeping time of
+    /// old keys over (the last good version may be under one).
+    pub(super) fn note_lost(&mut self) {
+        let lost = self.vault.take_lost();
+        if lost.is_empty() {
+            return;
         }
+        let now = crate::now_ms();
+        for l in &lost {
+            let previous = self
+                .store
+                .get(Meta::Lost(&l.record_id))
+                .ok()
+                .flatten()
+                .and_then(|v| LossNote::decode(&v));
+            let note = match previous {
+                Some(mut first) => {
+                    first.at_ms = now;
+                    first.deleted_by.extend(l.deleted_by.iter().copied());
+                    first
+                }
+                None => LossNote {
+                    at_ms: now,
+                    before: l.before.clone(),
+                    deleted_by: l.deleted_by.clone(),
+                },
+            };
+            if let Err(e) =
+                self.store
+                    .put(Meta::Lost(&l.record_id), &note.encode(), Durability::Lazy)
+            {
+                tracing::warn!(error = %e, "cannot note a passkey another device took away");
+            }
+        }
+        let _ = self.store.remove(Meta::EpochSeen);
+        tracing::warn!(
+            passkeys = lost.len(),
+            "another device deleted or replaced passkeys; they are restorable from the trash"
+        );
     }
 
-    /// The altered records still offered back: (when noted, the last good version). Notes that no longer
-    /// serve (the record is that passkey again, the version cannot be read any more, or the keeping time is
-    /// over) are dropped.
-    fn altered_versions(&mut self, now_ms: u64) -> Vec<(u64, Passkey)> {
-        let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
+    /// The passkeys other devices took away that this device still offers back, with their notes. Notes that no
+    /// longer serve are dropped: the passkey is back as it was, the user confirmed the deletion (an approved
+    /// purge after it, see [`passmesh_crdt::Vault::confirmed`]), the keeping time is over, or the version can
+    /// no longer be read. O(notes) reads of old versions from the document's history.
+    fn losses(&mut self, now_ms: u64) -> Vec<(LossNote, Passkey)> {
+        let keep = self.keep_ms();
         let mut out = Vec::new();
-        for (id, value) in self.store.altered().unwrap_or_default() {
-            let parsed = (value.len() >= 8 && (value.len() - 8).is_multiple_of(32)).then(|| {
-                let at = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
-                let heads: Vec<[u8; 32]> = value[8..]
-                    .chunks_exact(32)
-                    .filter_map(|c| c.try_into().ok())
-                    .collect();
-                (at, heads)
-            });
-            let version = parsed.as_ref().and_then(|(at, heads)| {
-                (at.saturating_add(keep) > now_ms)
-                    .then(|| self.vault.version_at(&id, heads))
-                    .flatten()
-            });
-            let current = self.vault.passkey(&id);
-            match (parsed, version) {
-                (Some((at, _)), Some(v))
-                    if current.is_none_or(|c| {
-                        c.credential_id != v.credential_id
-                            || c.private_key.as_slice() != v.private_key.as_slice()
-                    }) =>
+        for (id, value) in self.store.losses().unwrap_or_default() {
+            let kept = LossNote::decode(&value).and_then(|note| {
+                if note.at_ms.saturating_add(keep) <= now_ms
+                    || self.vault.confirmed(&note.deleted_by)
                 {
-                    out.push((at, v));
+                    return None;
                 }
-                _ => {
-                    let _ = self.store.remove(Meta::Altered(&id));
+                let version = self.vault.version_at(&id, &note.before)?;
+                let back = self
+                    .vault
+                    .passkey(&id)
+                    .is_some_and(|now| same_passkey(now, &version));
+                (!back).then_some((note, version))
+            });
+            match kept {
+                Some(k) => out.push(k),
+                None => {
+                    let _ = self.store.remove(Meta::Lost(&id));
                 }
             }
         }
+        out.sort_by_key(|(note, _)| std::cmp::Reverse(note.at_ms));
         out
     }
 
     /// One page of the trash, with the number of passkeys in it: the trashed passkeys (longest there first),
-    /// then those other devices purged or deleted outright that this device can still bring back (see
-    /// [`passmesh_crdt::Vault::vanished`]; kept until the old keys go, see `Actor::keys_kept_until`).
+    /// then those other devices purged, deleted outright or replaced that this device still offers back (see
+    /// `Actor::losses`).
     pub(super) fn trash_list(&mut self, offset: u64, limit: usize) -> (Vec<TrashedPasskey>, u64) {
         let now = crate::now_ms();
         self.refresh_pin_trust(now);
-        let vanished = self.vault.vanished();
-        let kept_until = self.keys_kept_until(now);
-        let altered = self.altered_versions(now);
-        let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
-        let total = (self.vault.trashed_len() + vanished.len() + altered.len()) as u64;
+        let losses = self.losses(now);
+        let keep = self.keep_ms();
+        let total = (self.vault.trashed_len() + losses.len()) as u64;
+        let lost: Vec<TrashedPasskey> = losses
+            .iter()
+            .map(|(note, v)| {
+                let deleted = !note.deleted_by.is_empty();
+                TrashedPasskey {
+                    passkey: info(v, false),
+                    trashed_at_ms: note.at_ms,
+                    purge_at_ms: note.at_ms.saturating_add(keep),
+                    purged: deleted,
+                    purged_by: deleted
+                        .then(|| self.vault.purged_by(&v.record_id, &note.deleted_by))
+                        .flatten()
+                        .map(|d| d.to_string()),
+                    altered: !deleted,
+                }
+            })
+            .collect();
         let trashed = self.vault.trashed().map(|p| TrashedPasskey {
             passkey: info(p, self.replication.held(&p.record_id)),
             trashed_at_ms: p.trashed_at_ms.unwrap_or_default(),
@@ -122,29 +207,18 @@ impl Actor {
             purged_by: None,
             altered: false,
         });
-        let purged = vanished.iter().map(|v| TrashedPasskey {
-            passkey: info(&v.passkey, false),
-            trashed_at_ms: v.passkey.trashed_at_ms.unwrap_or_default(),
-            purge_at_ms: kept_until,
-            purged: true,
-            purged_by: v.purged_by.as_ref().map(ToString::to_string),
-            altered: false,
-        });
-        let replaced = altered.iter().map(|(at, v)| TrashedPasskey {
-            passkey: info(v, false),
-            trashed_at_ms: *at,
-            purge_at_ms: at.saturating_add(keep),
-            purged: false,
-            purged_by: None,
-            altered: true,
-        });
         let page = trashed
-            .chain(purged)
-            .chain(replaced)
+            .chain(lost)
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))
             .take(limit)
             .collect();
         (page, total)
+    }
+
+    /// Whether some passkey another device took away is still offered back (and its keys must stay).
+    pub(super) fn losses_pending(&mut self, now_ms: u64) -> bool {
+        self.refresh_pin_trust(now_ms);
+        !self.losses(now_ms).is_empty()
     }
 
     fn find_trashed(&self, credential_id: &CredentialId) -> Option<RecordId> {
@@ -154,11 +228,10 @@ impl Actor {
             .map(|p| p.record_id)
     }
 
-    /// Takes a passkey out of the trash, brings back one another device purged, or puts back the last good
-    /// version of one whose content another device replaced; `false` if it is none of these.
+    /// Takes a passkey out of the trash, or puts back the last good version of one another device took away;
+    /// `false` if it is neither.
     pub(super) fn trash_restore(&mut self, credential_id: &CredentialId) -> Result<bool, Error> {
         let now = crate::now_ms();
-        self.refresh_pin_trust(now);
         let result = match self.find_trashed(credential_id) {
             Some(id) => self
                 .vault
@@ -168,19 +241,10 @@ impl Actor {
                     true
                 })
                 .map_err(Error::from),
-            None => match self
-                .vault
-                .vanished()
-                .into_iter()
-                .find(|v| v.passkey.credential_id == credential_id.as_bytes())
-            {
-                Some(v) => self
-                    .vault
-                    .bring_back(&v.passkey.record_id, now)
-                    .map(|()| true)
-                    .map_err(Error::from),
-                None => match self
-                    .altered_versions(now)
+            None => {
+                self.refresh_pin_trust(now);
+                match self
+                    .losses(now)
                     .into_iter()
                     .find(|(_, v)| v.credential_id == credential_id.as_bytes())
                 {
@@ -189,14 +253,14 @@ impl Actor {
                         self.vault
                             .restore_version(v, now)
                             .map(|()| {
-                                let _ = self.store.remove(Meta::Altered(&id));
+                                let _ = self.store.remove(Meta::Lost(&id));
                                 true
                             })
                             .map_err(Error::from)
                     }
                     None => Ok(false),
-                },
-            },
+                }
+            }
         };
         self.dirty |= matches!(result, Ok(true));
         self.local_change();
@@ -204,25 +268,33 @@ impl Actor {
     }
 
     /// Purges one trashed passkey, or the whole trash, and rotates the vault key. With `approval` (the key of
-    /// the PIN the caller verified) the purge is approved, which also confirms what other devices purged (the
-    /// count includes those): so while there are such passkeys, only a purge of the whole trash is approved.
+    /// the PIN the caller verified) the purge is approved, which confirms what other devices took away, too: so
+    /// while there is some, only a purge of the whole trash (whose list shows it) is approved, and it counts
+    /// those passkeys and drops what this device offered back.
     pub(super) fn trash_purge(
         &mut self,
         credential_id: Option<&CredentialId>,
         approval: Option<&PinKey>,
     ) -> Result<(u64, Option<Epoch>), Error> {
+        let now = crate::now_ms();
         let ids: Vec<RecordId> = match credential_id {
             Some(c) => self.find_trashed(c).into_iter().collect(),
             None => self.vault.trashed().map(|p| p.record_id).collect(),
         };
-        self.refresh_pin_trust(crate::now_ms());
-        let vanished = self.vault.vanished().len() as u64;
-        // An approval confirms what other devices purged as well: only a purge of the whole trash (whose list
-        // shows them) makes one while there are such passkeys.
-        let approval = approval.filter(|_| credential_id.is_none() || vanished == 0);
-        let confirmed = if approval.is_some() { vanished } else { 0 };
+        self.refresh_pin_trust(now);
+        let losses = self.losses(now);
+        let approval = approval.filter(|_| credential_id.is_none() || losses.is_empty());
+        if ids.is_empty() && (approval.is_none() || losses.is_empty()) {
+            return Ok((0, None));
+        }
         let (n, epoch) = self.purge(&ids, approval)?;
-        Ok((n + if epoch.is_some() { confirmed } else { 0 }, epoch))
+        if approval.is_some() && epoch.is_some() {
+            for (_, v) in &losses {
+                let _ = self.store.remove(Meta::Lost(&v.record_id));
+            }
+            return Ok((n + losses.len() as u64, epoch));
+        }
+        Ok((n, epoch))
     }
 
     fn purge(
