@@ -323,6 +323,10 @@ pub enum ResponseBody {
         /// The new key epoch (absent if nothing was purged).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<u32>,
+        /// The purge was approved with the PIN: devices that trust this one's PIN key destroy the old keys as
+        /// soon as all hold the new one (otherwise each keeps them `[vault] trash_days`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        approved: bool,
     },
     /// One page of the audit log.
     Audit {

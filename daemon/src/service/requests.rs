@@ -162,7 +162,11 @@ impl Session<'_> {
                     Some(pin) => Some(self.approval_key(pin).await?),
                     None => None,
                 };
-                let (purged, epoch) = self
+                let vault::Purged {
+                    count: purged,
+                    epoch,
+                    approved,
+                } = self
                     .vault
                     .trash_purge(credential_id.map(|c| c.0.into()), approval)
                     .await
@@ -170,6 +174,7 @@ impl Session<'_> {
                 Ok(ResponseBody::TrashPurge {
                     purged,
                     epoch: epoch.map(|e| e.0),
+                    approved,
                 })
             }
             RequestBody::Audit { offset, limit } => {

@@ -66,6 +66,17 @@ impl Default for Rules {
 
 /// Queue depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
+/// What a purge of the trash did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Passkeys purged (with an approval: also those other devices took away that it confirmed).
+    pub count: u64,
+    /// The new key epoch (none if nothing was purged).
+    pub epoch: Option<Epoch>,
+    /// The purge was approved with the PIN (see [`passmesh_crdt::approval`]).
+    pub approved: bool,
+}
+
 /// The approval key of a new PIN and, when it replaces one, of the previous PIN (see
 /// [`passmesh_crdt::approval`]).
 #[derive(Debug)]
@@ -344,7 +355,7 @@ enum Command {
     TrashPurge {
         credential_id: Option<CredentialId>,
         approval: Option<Box<PinKey>>,
-        reply: Reply<Result<(u64, Option<Epoch>), Error>>,
+        reply: Reply<Result<Purged, Error>>,
     },
     Audit {
         offset: u64,
@@ -540,14 +551,15 @@ impl Handle {
     }
 
     /// Purges one trashed passkey (or the whole trash) and rotates the vault key; returns how many were
-    /// purged and the new epoch, once on disk. With `approval` (the key of the PIN the caller verified) the
+    /// purged, the new epoch and whether the purge is approved, once on disk. With `approval` (the key of the PIN
+    /// the caller verified) the
     /// purge is approved: every device destroys the old keys at once, and what other devices deleted and this
     /// one kept restorable is purged too (and counted).
     pub async fn trash_purge(
         &self,
         credential_id: Option<CredentialId>,
         approval: Option<PinKey>,
-    ) -> Result<(u64, Option<Epoch>), Error> {
+    ) -> Result<Purged, Error> {
         self.ask(|reply| Command::TrashPurge {
             credential_id,
             approval: approval.map(Box::new),

@@ -4,9 +4,9 @@
 use passmesh_crdt::{AuditEntry, CredentialId, Epoch, Event, Passkey, PinKey, RecordId, Verdict};
 use passmesh_ipc::{AuditInfo, TrashedPasskey};
 
-use super::Error;
 use super::actor::Actor;
 use super::passkeys::info;
+use super::{Error, Purged};
 use crate::store::{Durability, Meta};
 
 /// What this device noted about a passkey another device took away (sled `lost/<record id>`): when (u64 ms),
@@ -275,7 +275,7 @@ impl Actor {
         &mut self,
         credential_id: Option<&CredentialId>,
         approval: Option<&PinKey>,
-    ) -> Result<(u64, Option<Epoch>), Error> {
+    ) -> Result<Purged, Error> {
         let now = crate::now_ms();
         let ids: Vec<RecordId> = match credential_id {
             Some(c) => self.find_trashed(c).into_iter().collect(),
@@ -285,16 +285,30 @@ impl Actor {
         let losses = self.losses(now);
         let approval = approval.filter(|_| credential_id.is_none() || losses.is_empty());
         if ids.is_empty() && (approval.is_none() || losses.is_empty()) {
-            return Ok((0, None));
+            return Ok(Purged {
+                count: 0,
+                epoch: None,
+                approved: false,
+            });
         }
         let (n, epoch) = self.purge(&ids, approval)?;
-        if approval.is_some() && epoch.is_some() {
+        // Written and counting (this device trusts its own PIN key): not when the chain could not be extended.
+        let approved = approval.is_some() && epoch.is_some() && self.vault.current_approved();
+        if approved {
             for (_, v) in &losses {
                 let _ = self.store.remove(Meta::Lost(&v.record_id));
             }
-            return Ok((n + losses.len() as u64, epoch));
+            return Ok(Purged {
+                count: n + losses.len() as u64,
+                epoch,
+                approved: true,
+            });
         }
-        Ok((n, epoch))
+        Ok(Purged {
+            count: n,
+            epoch,
+            approved: false,
+        })
     }
 
     fn purge(

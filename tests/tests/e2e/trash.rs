@@ -156,6 +156,7 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
         .expect("run the CLI");
     let v = out.json("trash purge");
     assert_eq!(v["purged"], 1, "{v}");
+    assert_eq!(v["approved"], true, "{v}");
     let purge_epoch = u32::try_from(v["epoch"].as_u64().expect("an epoch")).expect("u32");
     wait_where(b, &purged, (false, false), "the purge on B").await;
     wait_where(a, &kept, (true, false), "the other passkey untouched").await;

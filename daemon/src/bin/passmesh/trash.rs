@@ -79,8 +79,19 @@ pub(crate) async fn trash(
                 return print_json(&body);
             }
             match body {
-                ResponseBody::TrashPurge { purged, .. } if purged > 0 => {
-                    println!("purged {purged} passkey(s) for good; the vault key was rotated")
+                ResponseBody::TrashPurge {
+                    purged, approved, ..
+                } if purged > 0 => {
+                    println!("purged {purged} passkey(s) for good; the vault key was rotated");
+                    if approved {
+                        println!(
+                            "approved with the PIN: the other devices destroy the old keys once all hold the new one"
+                        );
+                    } else {
+                        println!(
+                            "not approved with a PIN: each other device keeps the old keys for its trash_days (`passmesh trash list` there offers these passkeys back)"
+                        );
+                    }
                 }
                 _ => println!("nothing to purge"),
             }
