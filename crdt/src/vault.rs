@@ -726,38 +726,54 @@ impl Vault {
         std::mem::take(&mut self.lost)
     }
 
-    /// Whether the user confirmed deletions `deleted_by` (from [`Lost::deleted_by`]): every one of these changes
-    /// comes before an approval (see [`current_approved`](Self::current_approved)) that counts and that this
-    /// replica trusts. `false` for none.
-    pub fn confirmed(&mut self, deleted_by: &[[u8; 32]]) -> bool {
-        if deleted_by.is_empty() {
-            return false;
+    /// For each noted loss (record, [`Lost::deleted_by`]): whether the user confirmed it, and the device whose
+    /// verified `passkey-purged` entry for it is in a deleting change (`None`: deleted without one, or not
+    /// deleted). A deletion is confirmed when every deleting change holds such an entry by a device that later
+    /// approved (see [`current_approved`](Self::current_approved)) in another change, causally after it, with a
+    /// PIN key this replica trusts: a user's approval confirms that device's own purges, never what some other
+    /// device (a thief's) deleted, nor a replacement. One pass over the audit log's purge entries for all.
+    pub fn confirmations(
+        &mut self,
+        losses: &[(RecordId, &[[u8; 32]])],
+    ) -> Vec<(bool, Option<DeviceId>)> {
+        if losses.iter().all(|(_, d)| d.is_empty()) {
+            return vec![(false, None); losses.len()];
         }
-        let approvals: Vec<ChangeHash> = self
+        let approvals: Vec<(DeviceId, ChangeHash)> = self
             .approvals()
             .valid
             .iter()
             .filter(|(a, _)| self.trusts(a))
-            .map(|(_, c)| *c)
+            .map(|(a, c)| (a.device.clone(), *c))
             .collect();
+        let mut purges: HashMap<(ChangeHash, String), Vec<DeviceId>> = HashMap::new();
+        for (e, change) in self.judged_audit(Some(&[Event::Purged])) {
+            if e.verdict == Verdict::Verified {
+                purges
+                    .entry((change, e.subject))
+                    .or_default()
+                    .push(e.device);
+            }
+        }
         let mut causality = doc::Causality::new(&self.doc);
-        deleted_by.iter().all(|d| {
-            approvals
-                .iter()
-                .any(|a| causality.before(&ChangeHash(*d), a))
-        })
-    }
-
-    /// The device whose verified `passkey-purged` entry for record `id` is in one of the changes `deleted_by`;
-    /// `None` if none (a deletion no honest client makes).
-    pub fn purged_by(&mut self, id: &RecordId, deleted_by: &[[u8; 32]]) -> Option<DeviceId> {
-        let subject = id.to_string();
-        self.judged_audit(Some(&[Event::Purged]))
-            .into_iter()
-            .find(|(e, c)| {
-                e.verdict == Verdict::Verified && e.subject == subject && deleted_by.contains(&c.0)
+        losses
+            .iter()
+            .map(|(id, deleted_by)| {
+                let subject = id.to_string();
+                let by = |d: &[u8; 32]| purges.get(&(ChangeHash(*d), subject.clone()));
+                let purged_by = deleted_by.iter().find_map(|d| by(d)?.first().cloned());
+                let confirmed = !deleted_by.is_empty()
+                    && deleted_by.iter().all(|d| {
+                        let d = ChangeHash(d.to_owned());
+                        by(&d.0).is_some_and(|devices| {
+                            approvals.iter().any(|(device, a)| {
+                                devices.contains(device) && *a != d && causality.before(&d, a)
+                            })
+                        })
+                    });
+                (confirmed, purged_by)
             })
-            .map(|(e, _)| e.device)
+            .collect()
     }
 
     /// Record `id` as it was at document heads `heads`, decrypted with the keys held; `None` if it did not

@@ -804,9 +804,14 @@ fn epochs(v: &Vault) -> Vec<Epoch> {
 /// good version and the device that purged it, unless the user confirmed the deletion or it is back.
 fn offered(v: &mut Vault, notes: &mut Vec<Lost>) -> Vec<(Passkey, Option<DeviceId>)> {
     notes.extend(v.take_lost());
+    let asked: Vec<(RecordId, &[[u8; 32]])> = notes
+        .iter()
+        .map(|n| (n.record_id, n.deleted_by.as_slice()))
+        .collect();
+    let answers = v.confirmations(&asked);
     let mut out = Vec::new();
-    for n in notes.iter() {
-        if v.confirmed(&n.deleted_by) {
+    for (n, (confirmed, by)) in notes.iter().zip(answers) {
+        if confirmed {
             continue;
         }
         let Some(version) = v.version_at(&n.record_id, &n.before) else {
@@ -817,7 +822,6 @@ fn offered(v: &mut Vault, notes: &mut Vec<Lost>) -> Vec<(Passkey, Option<DeviceI
         }) {
             continue;
         }
-        let by = v.purged_by(&n.record_id, &n.deleted_by);
         out.push((version, by));
     }
     out
@@ -943,6 +947,17 @@ fn what_a_thief_purges_deletes_or_overwrites_is_offered_back_and_only_a_trusted_
     assert!(a.passkey(&second).is_some());
     let before_approval = a.heads();
 
+    // A modified client deletes another passkey outright; A and B both get it, before the user's purge below.
+    let third = a.insert(passkey(3), 42).unwrap();
+    settle_keys_as(&mut [a, b], true);
+    let mut gone = raw_edit(a, 1, |tx, records| {
+        use automerge::transaction::Transactable;
+        tx.delete(records, third.to_string()).expect("delete");
+    });
+    sync(&mut gone, a);
+    sync(&mut gone, b);
+    assert!(a.passkey(&third).is_none() && b.passkey(&third).is_none());
+
     // The user purges with the PIN on A. Its PIN key was published after B joined too: B keeps the old keys
     // until it has known that key for the keeping time (the daemon then tells it to trust it).
     let pin = passmesh_crdt::PinKey::from_seed(&Zeroizing::new([77; 32]));
@@ -954,13 +969,19 @@ fn what_a_thief_purges_deletes_or_overwrites_is_offered_back_and_only_a_trusted_
     assert!(epochs(b).len() > 1);
     assert_eq!(
         offered(b, &mut on_b).len(),
-        1,
-        "A's purge is offered back on B, for now"
+        2,
+        "A's purge and the outright deletion are offered back on B, for now"
     );
     let roots = b.pin_key_roots().into_iter().collect();
     b.trust_pin_keys(roots);
-    // Now the purge is approved: its deletion is confirmed, and both destroy every older key at once.
-    assert!(offered(b, &mut on_b).is_empty());
+    // Now the purge is approved: A's own purge is confirmed on B; the outright deletion, though it came before
+    // the approval, is not (the approval confirms A's purges only): B still offers it back, and it is restored.
+    let back = offered(b, &mut on_b);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!((back[0].0.record_id, back[0].1.as_ref()), (third, None));
+    b.restore_version(back[0].0.clone(), 55).unwrap();
+    on_b.clear();
+    // Both destroy every older key at once.
     settle_keys_as(&mut [a, b], true);
     for v in [&mut *a, &mut *b] {
         assert!(v.current_approved());
@@ -981,7 +1002,10 @@ fn what_a_thief_purges_deletes_or_overwrites_is_offered_back_and_only_a_trusted_
     let lost = b.take_lost();
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert!(!lost[0].deleted_by.is_empty());
-    assert!(!b.confirmed(&lost[0].deleted_by));
+    assert_eq!(
+        b.confirmations(&[(second, lost[0].deleted_by.as_slice())]),
+        vec![(false, None)]
+    );
 }
 
 #[test]

@@ -55,6 +55,15 @@ impl LossNote {
     }
 }
 
+/// A passkey another device took away, as the trash offers it back.
+struct Loss {
+    note: LossNote,
+    /// Its last good version.
+    version: Passkey,
+    /// The device whose purge entry is in a deleting change.
+    purged_by: Option<passmesh_crdt::DeviceId>,
+}
+
 /// Whether two versions of a record are the same passkey (what no honest change alters).
 fn same_passkey(a: &Passkey, b: &Passkey) -> bool {
     a.credential_id == b.credential_id
@@ -145,31 +154,45 @@ impl Actor {
     /// longer serve are dropped: the passkey is back as it was, the user confirmed the deletion (an approved
     /// purge after it, see [`passmesh_crdt::Vault::confirmed`]), the keeping time is over, or the version can
     /// no longer be read. O(notes) reads of old versions from the document's history.
-    fn losses(&mut self, now_ms: u64) -> Vec<(LossNote, Passkey)> {
+    fn losses(&mut self, now_ms: u64) -> Vec<Loss> {
         let keep = self.keep_ms();
-        let mut out = Vec::new();
+        let mut notes = Vec::new();
         for (id, value) in self.store.losses().unwrap_or_default() {
-            let kept = LossNote::decode(&value).and_then(|note| {
-                if note.at_ms.saturating_add(keep) <= now_ms
-                    || self.vault.confirmed(&note.deleted_by)
-                {
-                    return None;
-                }
-                let version = self.vault.version_at(&id, &note.before)?;
-                let back = self
-                    .vault
-                    .passkey(&id)
-                    .is_some_and(|now| same_passkey(now, &version));
-                (!back).then_some((note, version))
-            });
-            match kept {
-                Some(k) => out.push(k),
+            match LossNote::decode(&value).filter(|n| n.at_ms.saturating_add(keep) > now_ms) {
+                Some(note) => notes.push((id, note)),
                 None => {
                     let _ = self.store.remove(Meta::Lost(&id));
                 }
             }
         }
-        out.sort_by_key(|(note, _)| std::cmp::Reverse(note.at_ms));
+        let asked: Vec<(RecordId, &[[u8; 32]])> = notes
+            .iter()
+            .map(|(id, n)| (*id, n.deleted_by.as_slice()))
+            .collect();
+        let answers = self.vault.confirmations(&asked);
+        let mut out = Vec::new();
+        for ((id, note), (confirmed, purged_by)) in notes.into_iter().zip(answers) {
+            let version = (!confirmed)
+                .then(|| self.vault.version_at(&id, &note.before))
+                .flatten();
+            let kept = version.filter(|v| {
+                !self
+                    .vault
+                    .passkey(&id)
+                    .is_some_and(|now| same_passkey(now, v))
+            });
+            match kept {
+                Some(version) => out.push(Loss {
+                    note,
+                    version,
+                    purged_by,
+                }),
+                None => {
+                    let _ = self.store.remove(Meta::Lost(&id));
+                }
+            }
+        }
+        out.sort_by_key(|l| std::cmp::Reverse(l.note.at_ms));
         out
     }
 
@@ -182,23 +205,17 @@ impl Actor {
         let losses = self.losses(now);
         let keep = self.keep_ms();
         let total = (self.vault.trashed_len() + losses.len()) as u64;
-        let lost: Vec<TrashedPasskey> = losses
-            .iter()
-            .map(|(note, v)| {
-                let deleted = !note.deleted_by.is_empty();
-                TrashedPasskey {
-                    passkey: info(v, false),
-                    trashed_at_ms: note.at_ms,
-                    purge_at_ms: note.at_ms.saturating_add(keep),
-                    purged: deleted,
-                    purged_by: deleted
-                        .then(|| self.vault.purged_by(&v.record_id, &note.deleted_by))
-                        .flatten()
-                        .map(|d| d.to_string()),
-                    altered: !deleted,
-                }
-            })
-            .collect();
+        let lost = losses.iter().map(|l| {
+            let deleted = !l.note.deleted_by.is_empty();
+            TrashedPasskey {
+                passkey: info(&l.version, false),
+                trashed_at_ms: l.note.at_ms,
+                purge_at_ms: l.note.at_ms.saturating_add(keep),
+                purged: deleted,
+                purged_by: l.purged_by.as_ref().map(ToString::to_string),
+                altered: !deleted,
+            }
+        });
         let trashed = self.vault.trashed().map(|p| TrashedPasskey {
             passkey: info(p, self.replication.held(&p.record_id)),
             trashed_at_ms: p.trashed_at_ms.unwrap_or_default(),
@@ -246,12 +263,12 @@ impl Actor {
                 match self
                     .losses(now)
                     .into_iter()
-                    .find(|(_, v)| v.credential_id == credential_id.as_bytes())
+                    .find(|l| l.version.credential_id == credential_id.as_bytes())
                 {
-                    Some((_, v)) => {
-                        let id = v.record_id;
+                    Some(l) => {
+                        let id = l.version.record_id;
                         self.vault
-                            .restore_version(v, now)
+                            .restore_version(l.version, now)
                             .map(|()| {
                                 let _ = self.store.remove(Meta::Lost(&id));
                                 true
@@ -295,8 +312,8 @@ impl Actor {
         // Written and counting (this device trusts its own PIN key): not when the chain could not be extended.
         let approved = approval.is_some() && epoch.is_some() && self.vault.current_approved();
         if approved {
-            for (_, v) in &losses {
-                let _ = self.store.remove(Meta::Lost(&v.record_id));
+            for l in &losses {
+                let _ = self.store.remove(Meta::Lost(&l.version.record_id));
             }
             return Ok(Purged {
                 count: n + losses.len() as u64,
@@ -504,6 +521,35 @@ mod tests {
             );
             assert!(log.iter().all(|e| e.verified));
         });
+    }
+}
+
+#[cfg(test)]
+mod notes {
+    use super::LossNote;
+
+    #[test]
+    fn a_loss_note_round_trips_and_damaged_bytes_are_no_note() {
+        let note = LossNote {
+            at_ms: 42,
+            before: vec![[1; 32], [2; 32]],
+            deleted_by: vec![[3; 32]],
+        };
+        let bytes = note.encode();
+        let back = LossNote::decode(&bytes).expect("decodes");
+        assert_eq!(
+            (back.at_ms, back.before, back.deleted_by),
+            (42, note.before.clone(), note.deleted_by.clone())
+        );
+        // Truncated, a ragged tail, or more heads announced than present: dropped, never a panic.
+        for bad in [
+            &bytes[..5],
+            &bytes[..bytes.len() - 1],
+            &[&bytes[..8], &[0xff, 0xff][..], &bytes[10..]].concat()[..],
+            &[][..],
+        ] {
+            assert!(LossNote::decode(bad).is_none(), "{bad:?}");
+        }
     }
 }
 
