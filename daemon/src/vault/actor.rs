@@ -460,8 +460,8 @@ impl Actor {
     /// them, see [`passmesh_crdt::Vault::keyring_due`]): once the keeping time is over (see
     /// [`Actor::keys_kept_until`]), or once the user approved the current epoch with the PIN (a purge with the
     /// PIN, on a device whose PIN key this one trusts) and nothing another device took away is still offered
-    /// back here (an approval confirms only the deletions before it). Until then what another device purged,
-    /// deleted or replaced — a stolen one, say — stays restorable here (see `trash_list`).
+    /// back here (an approval confirms only its own device's purges before it). Until then what another
+    /// device purged, deleted or replaced — a stolen one, say — stays restorable here (see `trash_list`).
     fn may_destroy_old_keys(&mut self, now_ms: u64) -> bool {
         if self.keys_kept_until(now_ms) <= now_ms {
             return true;
