@@ -730,8 +730,10 @@ impl Vault {
     /// verified `passkey-purged` entry for it is in a deleting change (`None`: deleted without one, or not
     /// deleted). A deletion is confirmed when every deleting change holds such an entry by a device that later
     /// approved (see [`current_approved`](Self::current_approved)) in another change, causally after it, with a
-    /// PIN key this replica trusts: a user's approval confirms that device's own purges, never what some other
-    /// device (a thief's) deleted, nor a replacement. One pass over the audit log's purge entries for all.
+    /// PIN key this replica trusts, an epoch whose every description is causally after the deletion too: a
+    /// user's approval confirms that device's own purges, never what some other device (a thief's) deleted, nor
+    /// a replacement, nor (by an old approval copied later) a deletion made after it. One pass over the audit
+    /// log's purge entries for all.
     pub fn confirmations(
         &mut self,
         losses: &[(RecordId, &[[u8; 32]])],
@@ -739,12 +741,22 @@ impl Vault {
         if losses.iter().all(|(_, d)| d.is_empty()) {
             return vec![(false, None); losses.len()];
         }
-        let approvals: Vec<(DeviceId, ChangeHash)> = self
+        // (approving device, the approval's change, every change that wrote its epoch's description).
+        let approvals: Vec<(DeviceId, ChangeHash, Vec<ChangeHash>)> = self
             .approvals()
             .valid
             .iter()
             .filter(|(a, _)| self.trusts(a))
-            .map(|(a, c)| (a.device.clone(), *c))
+            .map(|(a, c)| {
+                let made: Vec<ChangeHash> = self
+                    .facts
+                    .epochs
+                    .iter()
+                    .filter(|(e, ..)| *e == a.epoch)
+                    .map(|(.., change)| *change)
+                    .collect();
+                (a.device.clone(), *c, made)
+            })
             .collect();
         let mut purges: HashMap<(ChangeHash, String), Vec<DeviceId>> = HashMap::new();
         for (e, change) in self.judged_audit(Some(&[Event::Purged])) {
@@ -766,8 +778,15 @@ impl Vault {
                     && deleted_by.iter().all(|d| {
                         let d = ChangeHash(d.to_owned());
                         by(&d.0).is_some_and(|devices| {
-                            approvals.iter().any(|(device, a)| {
-                                devices.contains(device) && *a != d && causality.before(&d, a)
+                            // The approved epoch must have been made after the deletion, too (wherever its
+                            // description was written): an old approval copied after a thief's deletion confirms
+                            // nothing.
+                            approvals.iter().any(|(device, a, made)| {
+                                devices.contains(device)
+                                    && *a != d
+                                    && causality.before(&d, a)
+                                    && !made.is_empty()
+                                    && made.iter().all(|m| *m != d && causality.before(&d, m))
                             })
                         })
                     });

@@ -10,10 +10,14 @@ use super::{Error, Purged};
 use crate::store::{Durability, Meta};
 
 /// What this device noted about a passkey another device took away (sled `lost/<record id>`): when (u64 ms),
-/// the document heads before (u16 count, 32 bytes each) and the changes that deleted it (32 bytes each, the
-/// rest; none: it was replaced or made unreadable).
+/// whether it was ever replaced or made unreadable rather than deleted (u8 0/1), the document heads before the
+/// first loss (u16 count, 32 bytes each) and the changes that deleted it (32 bytes each, the rest; none: it
+/// was replaced or made unreadable).
 pub(super) struct LossNote {
     pub(super) at_ms: u64,
+    /// Once replaced, never confirmable: an approval confirms deletions only (a later deletion of the
+    /// replaced passkey — the user purging the thief's version — must not confirm losing the good one).
+    pub(super) replaced: bool,
     pub(super) before: Vec<[u8; 32]>,
     pub(super) deleted_by: Vec<[u8; 32]>,
 }
@@ -21,6 +25,7 @@ pub(super) struct LossNote {
 impl LossNote {
     fn encode(&self) -> Vec<u8> {
         let mut out = self.at_ms.to_be_bytes().to_vec();
+        out.push(u8::from(self.replaced));
         out.extend_from_slice(
             &u16::try_from(self.before.len())
                 .unwrap_or(u16::MAX)
@@ -35,11 +40,39 @@ impl LossNote {
         out
     }
 
+    /// The note after loss `l` at `now_ms`, given the note so far: the first version is kept, the time renewed,
+    /// the deleting changes gathered; once replaced, it stays replaced.
+    fn noted(previous: Option<LossNote>, l: &passmesh_crdt::Lost, now_ms: u64) -> LossNote {
+        match previous {
+            Some(mut first) => {
+                first.at_ms = now_ms;
+                first.replaced |= l.deleted_by.is_empty();
+                for d in &l.deleted_by {
+                    if !first.deleted_by.contains(d) {
+                        first.deleted_by.push(*d);
+                    }
+                }
+                first
+            }
+            None => LossNote {
+                at_ms: now_ms,
+                replaced: l.deleted_by.is_empty(),
+                before: l.before.clone(),
+                deleted_by: l.deleted_by.clone(),
+            },
+        }
+    }
+
     /// `None` for bytes that are not a note (a damaged store: the note is dropped, nothing else changes).
     fn decode(bytes: &[u8]) -> Option<LossNote> {
         let at_ms = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
-        let n = usize::from(u16::from_be_bytes(bytes.get(8..10)?.try_into().ok()?));
-        let rest = bytes.get(10..)?;
+        let replaced = match bytes.get(8)? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let n = usize::from(u16::from_be_bytes(bytes.get(9..11)?.try_into().ok()?));
+        let rest = bytes.get(11..)?;
         if rest.len() % 32 != 0 || rest.len() / 32 < n {
             return None;
         }
@@ -49,6 +82,7 @@ impl LossNote {
             .collect();
         Some(LossNote {
             at_ms,
+            replaced,
             before: hashes[..n].to_vec(),
             deleted_by: hashes[n..].to_vec(),
         })
@@ -124,18 +158,7 @@ impl Actor {
                 .ok()
                 .flatten()
                 .and_then(|v| LossNote::decode(&v));
-            let note = match previous {
-                Some(mut first) => {
-                    first.at_ms = now;
-                    first.deleted_by.extend(l.deleted_by.iter().copied());
-                    first
-                }
-                None => LossNote {
-                    at_ms: now,
-                    before: l.before.clone(),
-                    deleted_by: l.deleted_by.clone(),
-                },
-            };
+            let note = LossNote::noted(previous, l, now);
             if let Err(e) =
                 self.store
                     .put(Meta::Lost(&l.record_id), &note.encode(), Durability::Lazy)
@@ -167,7 +190,17 @@ impl Actor {
         }
         let asked: Vec<(RecordId, &[[u8; 32]])> = notes
             .iter()
-            .map(|(id, n)| (*id, n.deleted_by.as_slice()))
+            // A passkey ever replaced is never confirmed (see `LossNote::replaced`).
+            .map(|(id, n)| {
+                (
+                    *id,
+                    if n.replaced {
+                        &[][..]
+                    } else {
+                        n.deleted_by.as_slice()
+                    },
+                )
+            })
             .collect();
         let answers = self.vault.confirmations(&asked);
         let mut out = Vec::new();
@@ -206,7 +239,7 @@ impl Actor {
         let keep = self.keep_ms();
         let total = (self.vault.trashed_len() + losses.len()) as u64;
         let lost = losses.iter().map(|l| {
-            let deleted = !l.note.deleted_by.is_empty();
+            let deleted = !l.note.replaced;
             TrashedPasskey {
                 passkey: info(&l.version, false),
                 trashed_at_ms: l.note.at_ms,
@@ -527,25 +560,57 @@ mod tests {
 #[cfg(test)]
 mod notes {
     use super::LossNote;
+    use passmesh_crdt::{Lost, RecordId};
+
+    #[test]
+    fn a_replaced_passkey_stays_unconfirmable_when_it_is_deleted_later() {
+        // A thief replaces the passkey (the user's good version is before [1]); the user then purges the
+        // thief's version: the note keeps the good version and stays a replacement, which no approval confirms.
+        let id = RecordId::from_bytes([5; 16]);
+        let replaced = Lost {
+            record_id: id,
+            before: vec![[1; 32]],
+            deleted_by: Vec::new(),
+        };
+        let purged = Lost {
+            record_id: id,
+            before: vec![[2; 32]],
+            deleted_by: vec![[3; 32]],
+        };
+        let first = LossNote::noted(None, &replaced, 10);
+        let both = LossNote::noted(Some(first), &purged, 20);
+        assert!(both.replaced);
+        assert_eq!(
+            (both.at_ms, both.before, both.deleted_by),
+            (20, vec![[1; 32]], vec![[3; 32]])
+        );
+        // A deletion alone is confirmable; noted twice, its changes are not repeated.
+        let once = LossNote::noted(None, &purged, 10);
+        let twice = LossNote::noted(Some(once), &purged, 20);
+        assert!(!twice.replaced);
+        assert_eq!(twice.deleted_by, vec![[3; 32]]);
+    }
 
     #[test]
     fn a_loss_note_round_trips_and_damaged_bytes_are_no_note() {
         let note = LossNote {
             at_ms: 42,
+            replaced: true,
             before: vec![[1; 32], [2; 32]],
             deleted_by: vec![[3; 32]],
         };
         let bytes = note.encode();
         let back = LossNote::decode(&bytes).expect("decodes");
         assert_eq!(
-            (back.at_ms, back.before, back.deleted_by),
-            (42, note.before.clone(), note.deleted_by.clone())
+            (back.at_ms, back.replaced, back.before, back.deleted_by),
+            (42, true, note.before.clone(), note.deleted_by.clone())
         );
         // Truncated, a ragged tail, or more heads announced than present: dropped, never a panic.
         for bad in [
             &bytes[..5],
             &bytes[..bytes.len() - 1],
-            &[&bytes[..8], &[0xff, 0xff][..], &bytes[10..]].concat()[..],
+            &[&bytes[..9], &[0xff, 0xff][..], &bytes[11..]].concat()[..],
+            &[&bytes[..8], &[2][..], &bytes[9..]].concat()[..],
             &[][..],
         ] {
             assert!(LossNote::decode(bad).is_none(), "{bad:?}");
