@@ -255,6 +255,32 @@ mod tests {
         PinKey::from_seed(&Zeroizing::new([n; 32]))
     }
 
+    /// A verified `pin-key-set` entry by `d` at `at_ms` publishing `key`, signed by `previous`.
+    fn key(
+        vault: &VaultId,
+        d: &DeviceId,
+        at_ms: u64,
+        key: &PinKey,
+        previous: Option<&PinKey>,
+    ) -> AuditEntry {
+        entry(
+            d,
+            at_ms,
+            Event::PinKey,
+            key_subject(vault, d, key, previous),
+        )
+    }
+
+    /// A verified `purge-approved` entry by `d` at `at_ms` for `epoch`, signed with `key`.
+    fn approve(vault: &VaultId, d: &DeviceId, at_ms: u64, epoch: u32, key: &PinKey) -> AuditEntry {
+        entry(
+            d,
+            at_ms,
+            Event::Approved,
+            approval_subject(vault, d, Epoch(epoch), key),
+        )
+    }
+
     fn entry(device: &DeviceId, at_ms: u64, event: Event, subject: String) -> AuditEntry {
         AuditEntry {
             key: String::new(),
@@ -268,106 +294,50 @@ mod tests {
 
     #[test]
     fn an_approval_counts_when_signed_by_the_last_key_of_its_devices_chain() {
-        let vault = VaultId::from_bytes([3; 16]);
+        let v = VaultId::from_bytes([3; 16]);
         let d = members::device_id_of(&[9; 32]);
         let (k1, k2) = (pin_key(1), pin_key(2));
-        let mut log = vec![
-            entry(&d, 10, Event::PinKey, key_subject(&vault, &d, &k1, None)),
-            entry(
-                &d,
-                20,
-                Event::Approved,
-                approval_subject(&vault, &d, Epoch(5), &k1),
-            ),
-        ];
-        assert_eq!(approved(&vault, &log, |_| true), vec![Epoch(5)]);
+        let mut log = vec![key(&v, &d, 10, &k1, None), approve(&v, &d, 20, 5, &k1)];
+        assert_eq!(approved(&v, &log, |_| true), vec![Epoch(5)]);
         assert!(
-            approved(&vault, &log, |_| false).is_empty(),
+            approved(&v, &log, |_| false).is_empty(),
             "only active devices"
         );
         // The PIN changes: the old key approves nothing any more, the new one does.
-        log.push(entry(
-            &d,
-            30,
-            Event::PinKey,
-            key_subject(&vault, &d, &k2, Some(&k1)),
-        ));
-        log.push(entry(
-            &d,
-            40,
-            Event::Approved,
-            approval_subject(&vault, &d, Epoch(6), &k2),
-        ));
-        assert_eq!(approved(&vault, &log, |_| true), vec![Epoch(6)]);
-        // Changed back to the first PIN: the chain follows time, not a set.
-        log.push(entry(
-            &d,
-            50,
-            Event::PinKey,
-            key_subject(&vault, &d, &k1, Some(&k2)),
-        ));
-        assert_eq!(approved(&vault, &log, |_| true), vec![Epoch(5)]);
+        log.push(key(&v, &d, 30, &k2, Some(&k1)));
+        log.push(approve(&v, &d, 40, 6, &k2));
+        assert_eq!(approved(&v, &log, |_| true), vec![Epoch(6)]);
+        // Changed back to the first PIN: the chain follows history, not a set.
+        log.push(key(&v, &d, 50, &k1, Some(&k2)));
+        assert_eq!(approved(&v, &log, |_| true), vec![Epoch(5)]);
         // An approval for another device's name, or another vault, or a forged entry: nothing.
         let other = members::device_id_of(&[8; 32]);
         let stolen = entry(
             &other,
             60,
             Event::Approved,
-            approval_subject(&vault, &d, Epoch(7), &k1),
+            approval_subject(&v, &d, Epoch(7), &k1),
         );
-        let mut forged = entry(
-            &d,
-            60,
-            Event::Approved,
-            approval_subject(&vault, &d, Epoch(8), &k1),
-        );
+        let mut forged = approve(&v, &d, 60, 8, &k1);
         forged.verdict = Verdict::Forged("test");
-        let foreign = entry(
-            &d,
-            60,
-            Event::Approved,
-            approval_subject(&VaultId::from_bytes([4; 16]), &d, Epoch(9), &k1),
-        );
+        let foreign = approve(&VaultId::from_bytes([4; 16]), &d, 60, 9, &k1);
         log.extend([stolen, forged, foreign]);
-        assert_eq!(approved(&vault, &log, |_| true), vec![Epoch(5)]);
+        assert_eq!(approved(&v, &log, |_| true), vec![Epoch(5)]);
     }
 
     #[test]
     fn a_second_first_key_written_without_the_pin_voids_every_approval_of_that_device() {
-        let vault = VaultId::from_bytes([3; 16]);
+        let v = VaultId::from_bytes([3; 16]);
         let d = members::device_id_of(&[9; 32]);
         let (k1, thief) = (pin_key(1), pin_key(66));
-        let mut log = vec![
-            entry(&d, 10, Event::PinKey, key_subject(&vault, &d, &k1, None)),
-            entry(
-                &d,
-                20,
-                Event::Approved,
-                approval_subject(&vault, &d, Epoch(5), &k1),
-            ),
-        ];
+        let mut log = vec![key(&v, &d, 10, &k1, None), approve(&v, &d, 20, 5, &k1)];
         // A thief without the PIN cannot extend the chain (its key is not signed by k1) ...
-        log.push(entry(
-            &d,
-            30,
-            Event::PinKey,
-            key_subject(&vault, &d, &thief, Some(&thief)),
-        ));
-        log.push(entry(
-            &d,
-            40,
-            Event::Approved,
-            approval_subject(&vault, &d, Epoch(6), &thief),
-        ));
-        assert_eq!(approved(&vault, &log, |_| true), vec![Epoch(5)]);
+        log.push(key(&v, &d, 30, &thief, Some(&thief)));
+        log.push(approve(&v, &d, 40, 6, &thief));
+        assert_eq!(approved(&v, &log, |_| true), vec![Epoch(5)]);
         // ... and a first key of its own makes the device's approvals count for nothing.
-        log.push(entry(
-            &d,
-            50,
-            Event::PinKey,
-            key_subject(&vault, &d, &thief, None),
-        ));
-        assert!(approved(&vault, &log, |_| true).is_empty());
+        log.push(key(&v, &d, 50, &thief, None));
+        assert!(approved(&v, &log, |_| true).is_empty());
     }
 
     #[test]

@@ -165,6 +165,17 @@ pub struct Passkey {
     pub trashed_at_ms: Option<u64>,
 }
 
+impl Passkey {
+    /// Whether `other` (another version of a record) is the same passkey: credential, private key, site and
+    /// user, what no honest change alters (a label, the trash mark and re-encryption do not count).
+    pub fn is_same_passkey(&self, other: &Passkey) -> bool {
+        self.credential_id == other.credential_id
+            && self.private_key.as_slice() == other.private_key.as_slice()
+            && self.rp_id == other.rp_id
+            && self.user_handle == other.user_handle
+    }
+}
+
 impl fmt::Debug for Passkey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Passkey")

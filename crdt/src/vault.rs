@@ -68,14 +68,6 @@ pub struct Vault {
     lost: Vec<Lost>,
 }
 
-/// Whether two versions of a record are the same passkey (what no honest change alters).
-fn same_passkey(a: &Passkey, b: &Passkey) -> bool {
-    a.credential_id == b.credential_id
-        && a.private_key.as_slice() == b.private_key.as_slice()
-        && a.rp_id == b.rp_id
-        && a.user_handle == b.user_handle
-}
-
 /// The approvals that count but for the trust in their device's first PIN key, and every device's first key.
 #[derive(Clone, Default)]
 struct Approvals {
@@ -820,7 +812,7 @@ impl Vault {
         if self
             .index
             .get(&version.record_id)
-            .is_some_and(|now| same_passkey(now, &version))
+            .is_some_and(|now| now.is_same_passkey(&version))
         {
             return Err(Error::InvalidInput("that version is the current one"));
         }
@@ -1723,17 +1715,16 @@ impl Vault {
         let keycheck = if bulk || result.is_err() {
             let old = std::mem::take(&mut self.index);
             self.rebuild();
-            self.note_lost(&old, before);
+            self.note_lost(old.all(), before);
             true
         } else {
             let touched = Touched::from_changes(&self.doc.get_changes(before), self);
             // The versions these changes may alter (only touched records can be).
-            let mut old = Index::default();
-            for id in &touched.records {
-                if let Some(p) = self.index.get(id) {
-                    old.upsert(p.clone());
-                }
-            }
+            let old: Vec<Passkey> = touched
+                .records
+                .iter()
+                .filter_map(|id| self.index.get(id).cloned())
+                .collect();
             // New epoch keys make records readable that were not, and a new current epoch changes which are
             // due for re-encryption: both need the whole index again (rare: rotations only).
             let learned = touched.ext && self.learn_keys();
@@ -1780,12 +1771,12 @@ impl Vault {
 
     /// Notes the records of `old` (versions before remote changes whose parents are `before`) that the changes
     /// deleted, made unreadable or replaced (see [`Vault::take_lost`]).
-    fn note_lost(&mut self, old: &Index, before: &[ChangeHash]) {
+    fn note_lost<'a>(&mut self, old: impl IntoIterator<Item = &'a Passkey>, before: &[ChangeHash]) {
         let mut deletions: Option<HashMap<RecordId, Vec<[u8; 32]>>> = None;
-        for p in old.all() {
+        for p in old {
             let id = p.record_id;
             let lost = match self.index.get(&id) {
-                Some(now) => !same_passkey(now, p),
+                Some(now) => !now.is_same_passkey(p),
                 None => true,
             };
             if !lost {

@@ -817,9 +817,9 @@ fn offered(v: &mut Vault, notes: &mut Vec<Lost>) -> Vec<(Passkey, Option<DeviceI
         let Some(version) = v.version_at(&n.record_id, &n.before) else {
             continue;
         };
-        if v.passkey(&n.record_id).is_some_and(|now| {
-            now.private_key == version.private_key && now.credential_id == version.credential_id
-        }) {
+        if v.passkey(&n.record_id)
+            .is_some_and(|now| now.is_same_passkey(&version))
+        {
             continue;
         }
         out.push((version, by));

@@ -84,6 +84,9 @@ pub fn validate(pin: &str) -> Result<(), Error> {
     }
 }
 
+/// The argon2id parameters new PIN hashes and PIN keys use (m KiB, passes, lanes): OWASP's 19 MiB, 2 passes.
+const NEW_PARAMS: (u32, u32, u32) = (Params::DEFAULT_M_COST, Params::DEFAULT_T_COST, 1);
+
 fn argon(m_kib: u32, t: u32, p: u32) -> Result<Argon2<'static>, Error> {
     let params = Params::new(m_kib, t, p, Some(32)).map_err(|e| Error::Hash(e.to_string()))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
@@ -96,7 +99,7 @@ impl PinHash {
         validate(pin)?;
         let mut salt = [0u8; 16];
         rand::fill(&mut salt);
-        let (m_kib, t, p) = (Params::DEFAULT_M_COST, Params::DEFAULT_T_COST, 1);
+        let (m_kib, t, p) = NEW_PARAMS;
         let mut hash = [0u8; 32];
         argon(m_kib, t, p)?
             .hash_password_into(pin.as_bytes(), &salt, &mut hash)
@@ -142,7 +145,8 @@ pub fn approval_key(
     h.update(device.as_bytes());
     let digest = h.finalize();
     let mut seed = Zeroizing::new([0u8; 32]);
-    argon(Params::DEFAULT_M_COST, Params::DEFAULT_T_COST, 1)?
+    let (m_kib, t, p) = NEW_PARAMS;
+    argon(m_kib, t, p)?
         .hash_password_into(pin.as_bytes(), &digest[..16], seed.as_mut())
         .map_err(|e| Error::Hash(e.to_string()))?;
     Ok(passmesh_crdt::PinKey::from_seed(&seed))

@@ -404,10 +404,10 @@ impl Actor {
         // Cheap checks first: while the old keys are kept anyway, the scan of the document that tells whether
         // they could go is not made after every batch.
         let holds_old = self.vault.keyring().epochs().nth(1).is_some();
-        let due = if holds_old && !self.may_destroy_old_keys(now) {
-            self.old_keys = OldKeysState::Kept {
-                until_ms: self.keys_kept_until(now),
-            };
+        let kept_until = holds_old.then(|| self.keys_kept_until(now));
+        let due = if let Some(until_ms) = kept_until.filter(|u| !self.may_destroy_old_keys(*u, now))
+        {
+            self.old_keys = OldKeysState::Kept { until_ms };
             self.vault.inbox_due()
         } else {
             let due = self.vault.keyring_due();
@@ -457,13 +457,13 @@ impl Actor {
     }
 
     /// Whether this device may destroy the keys of epochs before the current one (when nothing else needs
-    /// them, see [`passmesh_crdt::Vault::keyring_due`]): once the keeping time is over (see
+    /// them, see [`passmesh_crdt::Vault::keyring_due`]): once the keeping time is over (`kept_until_ms`, see
     /// [`Actor::keys_kept_until`]), or once the user approved the current epoch with the PIN (a purge with the
     /// PIN, on a device whose PIN key this one trusts) and nothing another device took away is still offered
     /// back here (an approval confirms only its own device's purges before it). Until then what another
     /// device purged, deleted or replaced — a stolen one, say — stays restorable here (see `trash_list`).
-    fn may_destroy_old_keys(&mut self, now_ms: u64) -> bool {
-        if self.keys_kept_until(now_ms) <= now_ms {
+    fn may_destroy_old_keys(&mut self, kept_until_ms: u64, now_ms: u64) -> bool {
+        if kept_until_ms <= now_ms {
             return true;
         }
         self.refresh_pin_trust(now_ms);

@@ -98,14 +98,6 @@ struct Loss {
     purged_by: Option<passmesh_crdt::DeviceId>,
 }
 
-/// Whether two versions of a record are the same passkey (what no honest change alters).
-fn same_passkey(a: &Passkey, b: &Passkey) -> bool {
-    a.credential_id == b.credential_id
-        && a.private_key.as_slice() == b.private_key.as_slice()
-        && a.rp_id == b.rp_id
-        && a.user_handle == b.user_handle
-}
-
 impl Actor {
     /// When this device first saw passkey `id` in the trash with the deletion time `trashed_at_ms`; `None` if it
     /// has not noted this deletion yet (a passkey restored and deleted again is a new deletion).
@@ -135,10 +127,9 @@ impl Actor {
     /// (not after the time in the document: a stolen device with its clock set back must not make every device
     /// purge at once).
     fn purge_at(&self, p: &Passkey, now_ms: u64) -> u64 {
-        let keep = u64::try_from(self.trash_for.as_millis()).unwrap_or(u64::MAX);
         self.seen(&p.record_id, p.trashed_at_ms.unwrap_or_default())
             .unwrap_or(now_ms)
-            .saturating_add(keep)
+            .saturating_add(self.keep_ms())
     }
 
     /// Notes (on disk) the passkeys the remote changes just applied took away (see
@@ -212,7 +203,7 @@ impl Actor {
                 !self
                     .vault
                     .passkey(&id)
-                    .is_some_and(|now| same_passkey(now, v))
+                    .is_some_and(|now| now.is_same_passkey(v))
             });
             match kept {
                 Some(version) => out.push(Loss {
@@ -265,9 +256,9 @@ impl Actor {
         (page, total)
     }
 
-    /// Whether some passkey another device took away is still offered back (and its keys must stay).
+    /// Whether some passkey another device took away is still offered back (and its keys must stay); the caller
+    /// has refreshed the PIN-key trust.
     pub(super) fn losses_pending(&mut self, now_ms: u64) -> bool {
-        self.refresh_pin_trust(now_ms);
         !self.losses(now_ms).is_empty()
     }
 

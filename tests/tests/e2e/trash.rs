@@ -55,6 +55,16 @@ async fn wait_where(n: &Node, reg: &Registered, want: (bool, bool), what: &str) 
     .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// `passmesh trash restore ID` on `n`; its output, once it succeeded.
+async fn restore(n: &Node, id: &str) -> String {
+    n.daemon
+        .cli(&["trash", "restore", id])
+        .await
+        .expect("run the CLI")
+        .expect_success("trash restore")
+        .to_owned()
+}
+
 fn credential(reg: &Registered) -> String {
     passmesh_ipc::Base64Url(reg.id().to_vec()).to_base64()
 }
@@ -114,13 +124,9 @@ async fn a_deleted_passkey_is_restored_from_another_device_even_when_its_deleter
         .await
         .expect("run the CLI");
     out.expect_success("device remove");
-    let out = b
-        .daemon
-        .cli(&["trash", "restore", &credential(&kept)[..12]])
-        .await
-        .expect("run the CLI");
     assert!(
-        out.expect_success("trash restore")
+        restore(b, &credential(&kept)[..12])
+            .await
             .contains("restored passkey")
     );
     wait_where(a, &kept, (true, false), "the restored passkey back on A").await;
@@ -358,17 +364,8 @@ async fn what_a_stolen_device_purges_is_kept_restorable_on_the_others_even_with_
         .await
         .expect("run the CLI")
         .expect_success("device remove");
-    let out = a
-        .daemon
-        .cli(&["trash", "restore", &credential(&victim)[..12]])
-        .await
-        .expect("run the CLI");
-    assert!(
-        out.expect_success("trash restore")
-            .contains("restored passkey"),
-        "{}",
-        out.stdout
-    );
+    let out = restore(a, &credential(&victim)[..12]).await;
+    assert!(out.contains("restored passkey"), "{out}");
     eventually(
         LIMIT,
         "a sign-in on A with the passkey the thief purged",
@@ -539,12 +536,7 @@ async fn a_device_entry_and_an_audit_entry_forged_on_a_members_disk_are_refused(
     .await
     .map(|w| assert_eq!(w, (false, true), "still in the trash"))
     .unwrap_or_else(|e| panic!("{e:#}"));
-    let out = a
-        .daemon
-        .cli(&["trash", "restore", &credential(&victim)])
-        .await
-        .expect("run the CLI");
-    out.expect_success("trash restore");
+    restore(a, &credential(&victim)).await;
     wait_where(a, &victim, (true, false), "restored on A").await;
 
     // The overwritten passkey no longer signs in, but A's trash offers its last good version, which signs in
@@ -557,12 +549,7 @@ async fn a_device_entry_and_an_audit_entry_forged_on_a_members_disk_are_refused(
         .find(|t| t.passkey.credential_id.0 == overwritten.id())
         .unwrap_or_else(|| panic!("the overwritten passkey is not offered: {trashed:?}"));
     assert!(offered.altered && !offered.purged, "{offered:?}");
-    let out = a
-        .daemon
-        .cli(&["trash", "restore", &credential(&overwritten)])
-        .await
-        .expect("run the CLI");
-    out.expect_success("trash restore");
+    restore(a, &credential(&overwritten)).await;
     eventually(
         LIMIT,
         "the overwritten passkey signs in again on A",
