@@ -52,6 +52,11 @@ pub enum Event {
     /// The user approved, with the PIN, destroying the keys of epochs before one (subject: see
     /// [`approval`](crate::approval)).
     Approved,
+    /// A recovery key joined the vault (subject: its member id); written by the device that added it.
+    RecoverySet,
+    /// This device was restored from a backup with the recovery phrase (subject: the recovery key's member id);
+    /// written by the restored device.
+    VaultRestored,
     /// An event of a later release.
     Other(u8),
 }
@@ -68,6 +73,8 @@ impl Event {
             Event::Purged => 7,
             Event::PinKey => 8,
             Event::Approved => 9,
+            Event::RecoverySet => 10,
+            Event::VaultRestored => 11,
             Event::Other(c) => c,
         }
     }
@@ -83,6 +90,8 @@ impl Event {
             7 => Event::Purged,
             8 => Event::PinKey,
             9 => Event::Approved,
+            10 => Event::RecoverySet,
+            11 => Event::VaultRestored,
             c => Event::Other(c),
         }
     }
@@ -99,6 +108,8 @@ impl Event {
             Event::Purged => "passkey-purged".into(),
             Event::PinKey => "pin-key-set".into(),
             Event::Approved => "purge-approved".into(),
+            Event::RecoverySet => "recovery-set".into(),
+            Event::VaultRestored => "vault-restored".into(),
             Event::Other(c) => format!("event-{c}"),
         }
     }

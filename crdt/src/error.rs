@@ -49,6 +49,10 @@ pub enum Error {
     /// The operation needs this device to be an active member, and it is not (removed, or not in the table).
     #[error("this device is not an active member of the vault")]
     NotAMember,
+    /// The recovery key is not an active recovery key of this vault (another vault's, or one replaced or removed
+    /// since).
+    #[error("this recovery key is not a recovery key of the vault")]
+    NotRecoveryKey,
     /// Automerge refused an operation.
     #[error("automerge: {0}")]
     Automerge(String),

@@ -40,5 +40,5 @@ pub use error::Error;
 pub use ids::{CredentialId, DeviceId, RecordId, VaultId};
 pub use keys::{Epoch, Keyring, VaultKey};
 pub use members::{LocalDevice, Member, MemberState, device_id_of};
-pub use record::{Device, NewPasskey, Passkey};
+pub use record::{Device, MemberKind, NewPasskey, Passkey};
 pub use vault::{Lost, Maintenance, OldKeys, SyncState, Vault};

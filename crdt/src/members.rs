@@ -25,7 +25,7 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::{Device, DeviceId, Epoch, VaultId, VaultKey};
+use crate::{Device, DeviceId, Epoch, MemberKind, VaultId, VaultKey};
 
 /// The multihash and protobuf prefix of a libp2p peer id of an ed25519 key: identity multihash (0x00) of 36
 /// bytes (0x24), holding the protobuf `PublicKey { Type = Ed25519 (0x08 0x01), Data = 32 bytes (0x12 0x20) }`.
@@ -115,9 +115,14 @@ pub(crate) fn message(domain: &[u8], vault: &VaultId) -> Vec<u8> {
     out
 }
 
-/// What the device that adds `d` signs.
+/// What the device that adds `d` signs. A recovery key's entry has a domain of its own, so no device entry's
+/// signature makes a recovery key, nor the other way round.
 pub(crate) fn entry_message(vault: &VaultId, d: &Device) -> Vec<u8> {
-    let mut out = message(b"passmesh/v1/device-entry", vault);
+    let domain: &[u8] = match d.kind {
+        MemberKind::Device => b"passmesh/v1/device-entry",
+        MemberKind::Recovery => b"passmesh/v1/recovery-entry",
+    };
+    let mut out = message(domain, vault);
     push_str(&mut out, d.id.as_str());
     out.extend_from_slice(&d.x25519_public);
     push_str(&mut out, d.added_by.as_ref().map_or("", DeviceId::as_str));
@@ -126,11 +131,17 @@ pub(crate) fn entry_message(vault: &VaultId, d: &Device) -> Vec<u8> {
 }
 
 const ENTRY_V1: u8 = 1;
+/// A recovery key's entry: the same fields as [`ENTRY_V1`]. Releases before recovery keys refuse it (the key is
+/// then no member there, and nothing is wrapped to it by them).
+const ENTRY_RECOVERY: u8 = 2;
 
 /// A signed device entry as stored (the `e` field of a device's map): the entry's fields and the signature of
 /// [`entry_message`], either by the device that added it or by the device itself (see [`judge`]).
 pub(crate) fn encode_entry(d: &Device, sig: &[u8; 64]) -> Vec<u8> {
-    let mut out = vec![ENTRY_V1];
+    let mut out = vec![match d.kind {
+        MemberKind::Device => ENTRY_V1,
+        MemberKind::Recovery => ENTRY_RECOVERY,
+    }];
     push_str(&mut out, d.id.as_str());
     out.extend_from_slice(&d.x25519_public);
     push_str(&mut out, d.added_by.as_ref().map_or("", DeviceId::as_str));
@@ -142,9 +153,11 @@ pub(crate) fn encode_entry(d: &Device, sig: &[u8; 64]) -> Vec<u8> {
 /// Parses [`encode_entry`]'s bytes (the name is not in them: it is left empty).
 pub(crate) fn decode_entry(bytes: &[u8]) -> Option<Device> {
     let mut r = Reader(bytes);
-    if r.u8()? != ENTRY_V1 {
-        return None;
-    }
+    let kind = match r.u8()? {
+        ENTRY_V1 => MemberKind::Device,
+        ENTRY_RECOVERY => MemberKind::Recovery,
+        _ => return None,
+    };
     let id = DeviceId::new(r.string()?);
     let x25519_public = r.array::<32>()?;
     let added_by = Some(r.string()?)
@@ -163,6 +176,7 @@ pub(crate) fn decode_entry(bytes: &[u8]) -> Option<Device> {
         added_by,
         added_at_ms,
         signature: Some(sig),
+        kind,
     })
 }
 
@@ -936,6 +950,33 @@ mod tests {
     }
 
     #[test]
+    fn a_device_entry_cannot_be_relabelled_as_a_recovery_key() {
+        let vault = VaultId::from_bytes([1; 16]);
+        let (me, other) = (device(1), device(2));
+        let mut d = Device {
+            id: other.id().clone(),
+            name: String::new(),
+            x25519_public: other.x25519_public(),
+            added_by: Some(me.id().clone()),
+            added_at_ms: 5,
+            signature: None,
+            kind: MemberKind::Device,
+        };
+        let sig = me.sign(&entry_message(&vault, &d));
+        d.signature = Some(sig);
+        let bytes = encode_entry(&d, &sig);
+        assert_eq!(decode_entry(&bytes), Some(d.clone()));
+        assert!(verify(me.id(), &entry_message(&vault, &d), &sig));
+        let mut relabelled = bytes.clone();
+        relabelled[0] = ENTRY_RECOVERY;
+        let r = decode_entry(&relabelled).expect("decodes");
+        assert_eq!(r.kind, MemberKind::Recovery);
+        assert!(!verify(me.id(), &entry_message(&vault, &r), &sig));
+        relabelled[0] = 3;
+        assert!(decode_entry(&relabelled).is_none());
+    }
+
+    #[test]
     fn signed_values_round_trip_and_bind_their_fields() {
         let vault = VaultId::from_bytes([1; 16]);
         let me = device(1);
@@ -1012,6 +1053,7 @@ mod tests {
             x25519_public: d.x25519_public(),
             added_by: by.map(|b| b.id().clone()),
             added_at_ms: 1,
+            kind: crate::MemberKind::Device,
             signature: None,
         };
         let sig = by.unwrap_or(d).sign(&entry_message(vault, &device));

@@ -212,6 +212,19 @@ pub struct Device {
     /// The ed25519 signature of the entry by the device that added it (by itself for the first device); `None`
     /// for entries written before entries were signed.
     pub signature: Option<[u8; 64]>,
+    /// A device, or a recovery key (see [`MemberKind`]); part of what is signed.
+    pub kind: MemberKind,
+}
+
+/// What a member of the vault is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MemberKind {
+    /// A device: it connects, syncs, holds an inbox and acknowledges epochs.
+    #[default]
+    Device,
+    /// A recovery key derived from a recovery phrase: every epoch key is wrapped to its x25519 key (never to an
+    /// inbox), it never connects, and a device restored with the phrase is added by it.
+    Recovery,
 }
 
 /// Longest device id accepted (libp2p peer ids are about 52 characters).

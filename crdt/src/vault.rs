@@ -16,7 +16,8 @@ use crate::members::{
 };
 use crate::record;
 use crate::{
-    Device, DeviceId, Epoch, Error, Keyring, NewPasskey, Passkey, RecordId, VaultId, VaultKey,
+    Device, DeviceId, Epoch, Error, Keyring, MemberKind, NewPasskey, Passkey, RecordId, VaultId,
+    VaultKey,
 };
 
 /// One replica of a user's vault.
@@ -984,12 +985,17 @@ impl Vault {
     /// Adds a device, or replaces its entry. Its name and time are sealed under the current epoch. A device new
     /// to the table that this device adds is logged (`device-paired`).
     pub fn add_device(&mut self, d: Device) -> Result<(), Error> {
-        d.validate()?;
         let logged = (!self.devices.contains_key(&d.id)
             && d.added_by.is_some()
             && d.added_by.as_ref() == self.local_device())
         .then(|| self.audit_value(Event::Paired, d.id.as_str(), d.added_at_ms))
         .flatten();
+        self.put_device_entry(d, logged)
+    }
+
+    /// Writes entry `d` (with audit entry `logged` in the same change) and judges the membership again.
+    fn put_device_entry(&mut self, d: Device, logged: Option<AuditValue>) -> Result<(), Error> {
+        d.validate()?;
         let obj = doc::put_device(
             &mut self.doc,
             &self.shape,
@@ -1035,13 +1041,98 @@ impl Vault {
     }
 
     /// The devices that belong to the vault now: valid entries of devices not removed, sorted by id. Only these
-    /// may connect, and only these get new epoch keys.
+    /// may connect, and only these and the recovery keys get new epoch keys.
     pub fn active_devices(&self) -> Vec<Device> {
+        self.recipients()
+            .into_iter()
+            .filter(|d| d.kind == MemberKind::Device)
+            .collect()
+    }
+
+    /// The recovery keys that belong to the vault now (see [`add_recovery`](Self::add_recovery)), sorted by id.
+    pub fn recovery_keys(&self) -> Vec<Device> {
+        self.recipients()
+            .into_iter()
+            .filter(|d| d.kind == MemberKind::Recovery)
+            .collect()
+    }
+
+    /// Every active member, devices and recovery keys: whom epoch keys are wrapped to.
+    fn recipients(&self) -> Vec<Device> {
         self.members
             .values()
             .filter(|m| m.state == MemberState::Active)
             .map(|m| m.device.clone())
             .collect()
+    }
+
+    /// Adds recovery key `recovery` (derived from a recovery phrase) as a member, signed by this device and logged
+    /// (`recovery-set`), and gives it the current epoch's key: wrapped to its x25519 key in the epoch's map, or,
+    /// for an epoch from before rotation existed (which has no map), by a rotation. Every later epoch is wrapped to
+    /// it as well, until it is removed. Returns the rotation's epoch if one was made. A key already a member is
+    /// left as it is (`Ok(None)`).
+    pub fn add_recovery(
+        &mut self,
+        recovery: &LocalDevice,
+        now_ms: u64,
+    ) -> Result<Option<Epoch>, Error> {
+        let me = self.active_me()?;
+        if self.members.get(recovery.id()).is_some_and(|m| {
+            m.state == MemberState::Active && m.device.kind == MemberKind::Recovery
+        }) {
+            return Ok(None);
+        }
+        let mut d = Device {
+            id: recovery.id().clone(),
+            name: "recovery key".into(),
+            x25519_public: recovery.x25519_public(),
+            added_by: Some(me.id().clone()),
+            added_at_ms: now_ms,
+            signature: None,
+            kind: MemberKind::Recovery,
+        };
+        d.signature = Some(me.sign(&members::entry_message(&self.id, &d)));
+        let logged = self.audit_value(Event::RecoverySet, d.id.as_str(), now_ms);
+        self.put_device_entry(d, logged)?;
+        if self.epoch_obj(self.keyring.current()).is_none() {
+            return self.rotate(now_ms).map(Some);
+        }
+        self.heal_wraps()?;
+        Ok(None)
+    }
+
+    /// Makes this replica, loaded from a backup with [`load_as`](Self::load_as) as `recovery` (so it learnt the
+    /// epoch keys wrapped to that key), the replica of device `me`: adds `me` to the table, signed by the recovery
+    /// key, and logs `vault-restored` (by `me`). `NotRecoveryKey` if `recovery` is not an active recovery key of
+    /// the vault (a file of another vault, or a phrase replaced since the backup), `InvalidInput` if `me` is
+    /// already in the table.
+    pub fn restore_as(&mut self, me: LocalDevice, name: &str, now_ms: u64) -> Result<(), Error> {
+        let recovery = self.me.take().ok_or(Error::NoLocalDevice)?;
+        let is_key = self.members.get(recovery.id()).is_some_and(|m| {
+            m.state == MemberState::Active && m.device.kind == MemberKind::Recovery
+        });
+        if !is_key {
+            self.me = Some(recovery);
+            return Err(Error::NotRecoveryKey);
+        }
+        if self.members.contains_key(me.id()) || self.devices.contains_key(me.id()) {
+            self.me = Some(recovery);
+            return Err(Error::InvalidInput("this device is already in the vault"));
+        }
+        let mut d = Device {
+            id: me.id().clone(),
+            name: name.to_owned(),
+            x25519_public: me.x25519_public(),
+            added_by: Some(recovery.id().clone()),
+            added_at_ms: now_ms,
+            signature: None,
+            kind: MemberKind::Device,
+        };
+        d.validate()?;
+        d.signature = Some(recovery.sign(&members::entry_message(&self.id, &d)));
+        self.me = Some(me);
+        let logged = self.audit_value(Event::VaultRestored, recovery.id().as_str(), now_ms);
+        self.put_device_entry(d, logged)
     }
 
     /// The standing of device `id`; `None` if it has no readable entry.
@@ -1162,7 +1253,7 @@ impl Vault {
     /// decrypt here (see [`problems`](Self::problems)) stay as they are.
     pub fn rotate(&mut self, now_ms: u64) -> Result<Epoch, Error> {
         let me = self.active_me()?;
-        let recipients = self.active_devices();
+        let recipients = self.recipients();
         let listed: HashSet<u32> = doc::read_epochs(&self.doc, &self.shape.ext)?
             .iter()
             .map(|e| e.epoch.0)
@@ -1345,7 +1436,7 @@ impl Vault {
         let have: HashSet<String> = doc::wrap_slots(&self.doc, &obj).into_iter().collect();
         let key = self.keyring.current_key().clone();
         let wraps: Vec<(String, Vec<u8>)> = self
-            .active_devices()
+            .recipients()
             .into_iter()
             .filter_map(|d| {
                 // Healing waits for a device's inbox: a device paired meanwhile got the current key at pairing.
@@ -1375,7 +1466,12 @@ impl Vault {
     /// of the highest generation; with `fallback`, for a device that has published none, its identity-derived key
     /// (whatever is wrapped to that stays open to whoever holds the device's identity: only a rotation, which
     /// must reach every remaining device, uses it).
+    /// A recovery key has no inbox: its key is its x25519 key, fixed by the phrase (whoever holds the phrase may
+    /// open every epoch wrapped to it; that is what it is for).
     fn wrap_target(&self, d: &Device, fallback: bool) -> Option<(String, [u8; 32])> {
+        if d.kind == MemberKind::Recovery {
+            return Some((doc::wrap_slot(&d.id, None), d.x25519_public));
+        }
         match self.inboxes.get(&d.id) {
             Some(i) => Some((doc::wrap_slot(&d.id, Some(i.generation)), i.public)),
             None => fallback.then(|| (doc::wrap_slot(&d.id, None), d.x25519_public)),
@@ -2685,6 +2781,7 @@ mod tests {
                 x25519_public: d.x25519_public(),
                 added_by: by.map(|b| b.id().clone()),
                 added_at_ms: 1,
+                kind: crate::MemberKind::Device,
                 signature: None,
             })
             .unwrap();
@@ -3299,6 +3396,7 @@ mod tests {
             x25519_public: [9; 32],
             added_by: by.map(|b| DeviceId::new(b.into())),
             added_at_ms: 77,
+            kind: crate::MemberKind::Device,
             signature: None,
         }
     }

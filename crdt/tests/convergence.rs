@@ -206,6 +206,7 @@ impl World {
                     x25519_public: [device; 32],
                     added_by: (at > 0).then(|| DeviceId::new(format!("12D3KooW{at}"))),
                     added_at_ms: now,
+                    kind: passmesh_crdt::MemberKind::Device,
                     signature: None,
                 };
                 self.vaults[at].add_device(d).expect("add device");

@@ -27,6 +27,7 @@ fn entry(d: &LocalDevice, by: Option<&LocalDevice>, name: &str) -> Device {
         x25519_public: d.x25519_public(),
         added_by: by.map(|b| b.id().clone()),
         added_at_ms: 1,
+        kind: passmesh_crdt::MemberKind::Device,
         signature: None,
     }
 }

@@ -35,6 +35,7 @@ impl Actor {
                     x25519_public: self.x25519,
                     added_by: None,
                     added_at_ms: crate::now_ms(),
+                    kind: passmesh_crdt::MemberKind::Device,
                     signature: None,
                 };
                 self.vault.sign_entry(&mut own)?;

@@ -399,6 +399,7 @@ mod tests {
             x25519_public: [1; 32],
             added_by: None,
             added_at_ms: 1,
+            kind: passmesh_crdt::MemberKind::Device,
             signature: None,
         }
     }

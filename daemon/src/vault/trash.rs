@@ -646,6 +646,7 @@ mod joining {
             x25519_public: passmesh_transport::pairing::PairKey::derive(&joiner.identity).public(),
             added_by: Some(info.device.id.clone()),
             added_at_ms: 1,
+            kind: passmesh_crdt::MemberKind::Device,
             signature: None,
         };
         let members = vec![Member {

@@ -422,6 +422,7 @@ async fn a_device_entry_and_an_audit_entry_forged_on_a_members_disk_are_refused(
             x25519_public: transport::pairing::PairKey::derive(&intruder).public(),
             added_by: Some(passmesh_crdt::DeviceId::new(nodes[1].peer_id.clone())),
             added_at_ms: 1,
+            kind: passmesh_crdt::MemberKind::Device,
             signature: None,
         })
         .expect("add");

@@ -444,6 +444,7 @@ impl Inner {
             x25519_public: hello.x25519_public,
             added_by: Some(ids::device_id(&self.identity.peer_id())),
             added_at_ms: crate::now_ms(),
+            kind: passmesh_crdt::MemberKind::Device,
             signature: None,
         };
         let addrs: Vec<String> = ack

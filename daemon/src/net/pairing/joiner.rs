@@ -171,6 +171,7 @@ impl Inner {
                     x25519_public: x25519,
                     added_by: m.added_by.map(DeviceId::new),
                     added_at_ms: m.added_at_ms,
+                    kind: passmesh_crdt::MemberKind::Device,
                     signature: match m.signature {
                         None => None,
                         Some(s) => Some(
@@ -193,6 +194,7 @@ impl Inner {
             x25519_public: self.key.public(),
             added_by: Some(ids::device_id(&inviter)),
             added_at_ms: crate::now_ms(),
+            kind: passmesh_crdt::MemberKind::Device,
             signature: None,
         };
         let dial: Vec<Multiaddr> = members

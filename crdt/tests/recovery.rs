@@ -1,0 +1,250 @@
+//! Recovery keys: a member that every epoch key is wrapped to, that never connects, and that adds the device a
+//! vault is restored on. Real replicas with their own keys, exchanging real sync messages.
+
+use passmesh_crdt::{
+    Device, DeviceId, Epoch, Error, Event, Keyring, LocalDevice, MemberKind, MemberState,
+    NewPasskey, OldKeys, SyncState, Vault, VaultId, VaultKey, Verdict,
+};
+use zeroize::Zeroizing;
+
+const KEY: [u8; 32] = [0x42; 32];
+
+/// The keyring every replica of [`world`] starts with: epoch 0 only.
+fn keyring() -> Keyring {
+    Keyring::new(Epoch(0), VaultKey::from_bytes(KEY))
+}
+
+fn local(seed: u8) -> LocalDevice {
+    LocalDevice::new(
+        &Zeroizing::new([seed; 32]),
+        &Zeroizing::new([seed.wrapping_mul(7) ^ 0x5a; 32]),
+    )
+}
+
+fn entry(d: &LocalDevice, by: Option<&DeviceId>) -> Device {
+    Device {
+        id: d.id().clone(),
+        name: "device".into(),
+        x25519_public: d.x25519_public(),
+        added_by: by.cloned(),
+        added_at_ms: 1,
+        signature: None,
+        kind: MemberKind::Device,
+    }
+}
+
+fn passkey(n: u8) -> NewPasskey {
+    NewPasskey {
+        credential_id: vec![n; 16],
+        rp_id: format!("site{n}.example"),
+        user_handle: vec![n, 1],
+        user_name: format!("user{n}"),
+        user_display_name: format!("User {n}"),
+        private_key: Zeroizing::new(vec![0x80 | n; 32]),
+        created_at_ms: u64::from(n),
+    }
+}
+
+/// Two replicas of one vault: device 1 made it and added device 2.
+fn world() -> (Vault, Vault) {
+    let id = VaultId::random();
+    let first = local(1);
+    let mut a = Vault::create(id, keyring()).expect("create");
+    let mut own = entry(&first, None);
+    a.set_local(first);
+    a.sign_entry(&mut own).expect("sign");
+    a.add_device(own).expect("add");
+    let mut second = entry(&local(2), a.local_device().cloned().as_ref());
+    a.sign_entry(&mut second).expect("sign");
+    a.add_device(second).expect("add");
+    a.set_anchors(Some([a.local_device().unwrap().clone()].into()));
+    let bytes = a.save();
+    let mut b = Vault::load_as(&bytes, keyring(), Some(local(2))).expect("load");
+    b.set_anchors(a.anchors().cloned());
+    (a, b)
+}
+
+fn sync(a: &mut Vault, b: &mut Vault) {
+    let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+    for _ in 0..100 {
+        let m1 = a.generate_sync_message(&mut sa);
+        if let Some(m) = &m1 {
+            b.receive_sync_message(&mut sb, m).expect("receive");
+        }
+        let m2 = b.generate_sync_message(&mut sb);
+        if let Some(m) = &m2 {
+            a.receive_sync_message(&mut sa, m).expect("receive");
+        }
+        if m1.is_none() && m2.is_none() {
+            return;
+        }
+    }
+    panic!("sync did not settle");
+}
+
+/// Syncs and maintains, then keeps keyrings as the daemon does (retiring old epochs when due), until nothing
+/// changes.
+fn settle(vaults: &mut [&mut Vault]) {
+    for _ in 0..20 {
+        for i in 0..vaults.len() {
+            for j in i + 1..vaults.len() {
+                let (left, right) = vaults.split_at_mut(j);
+                sync(left[i], right[0]);
+            }
+        }
+        let mut changed = false;
+        for v in vaults.iter_mut() {
+            changed |= v.maintain(1_000).expect("maintain").changed();
+            if let Some(next) = v.keyring_due() {
+                let next = Keyring::decode(&next.encode()).expect("decode");
+                v.use_keyring(next, 2_000).expect("use keyring");
+                changed = true;
+            } else {
+                changed |= v.publish_inbox(2_000).expect("publish inbox");
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+    panic!("did not settle");
+}
+
+/// What a restore starts from: the document as saved, with a keyring of epoch 0 alone (what a backup made by a
+/// device of the first day would hold), and the recovery key as the replica's device.
+fn from_backup(bytes: &[u8], recovery: LocalDevice) -> Vault {
+    Vault::load_as(bytes, keyring(), Some(recovery)).expect("load the backup")
+}
+
+fn logged(v: &mut Vault, event: Event, subject: &DeviceId) -> bool {
+    v.audit().iter().any(|e| {
+        e.event == event && e.subject == subject.as_str() && e.verdict == Verdict::Verified
+    })
+}
+
+#[test]
+fn a_vault_restored_with_the_recovery_key_reads_every_passkey_and_syncs_with_a_survivor() {
+    let (mut a, mut b) = world();
+    let first = a.insert(passkey(1), 10).unwrap();
+    let recovery = local(100);
+    // Epoch 0 has no map to put a wrap in: setting up recovery rotates.
+    let rotated = a.add_recovery(&local(100), 20).expect("add recovery");
+    assert!(rotated.is_some());
+    assert_eq!(a.add_recovery(&local(100), 21).unwrap(), None, "once");
+    settle(&mut [&mut a, &mut b]);
+    // A later rotation (a removal, say) is wrapped to the recovery key too.
+    let later = a.rotate(30).unwrap();
+    let second = b.insert(passkey(2), 40).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    assert_eq!(b.keyring().current(), later);
+    assert!(logged(&mut a, Event::RecoverySet, recovery.id()));
+    // The recovery key is no device: it never connects and no device waits for its acknowledgement.
+    assert!(a.active_devices().iter().all(|d| d.id != *recovery.id()));
+    assert_eq!(a.recovery_keys().len(), 1);
+    assert_eq!(a.recovery_keys()[0].kind, MemberKind::Recovery);
+    assert_eq!(
+        a.old_keys(),
+        OldKeys::None,
+        "both retired: {:?}",
+        a.old_keys()
+    );
+
+    // Every device is lost; the last document a device saved and the phrase remain.
+    let bytes = b.save();
+    let mut restored = from_backup(&bytes, local(100));
+    assert_eq!(restored.keyring().current(), later, "learnt from its wrap");
+    assert!(restored.passkey(&first).is_some() && restored.passkey(&second).is_some());
+    restored
+        .restore_as(local(9), "restored", 50)
+        .expect("restore");
+    let me = local(9).id().clone();
+    assert_eq!(restored.member_state(&me), Some(&MemberState::Active));
+    assert!(logged(&mut restored, Event::VaultRestored, recovery.id()));
+    let third = restored.insert(passkey(3), 60).unwrap();
+
+    // A survivor accepts the restored device (added by the recovery key) and they sync both ways.
+    settle(&mut [&mut a, &mut restored]);
+    assert_eq!(a.member_state(&me), Some(&MemberState::Active));
+    assert!(a.passkey(&third).is_some());
+    assert!(logged(&mut a, Event::VaultRestored, recovery.id()));
+}
+
+#[test]
+fn a_replaced_recovery_key_opens_nothing_made_afterwards() {
+    let (mut a, mut b) = world();
+    a.add_recovery(&local(100), 20).unwrap();
+    let before = a.insert(passkey(1), 25).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    let old_backup = a.save();
+    // `recovery rotate`: the new key joins, the old one is removed, which rotates.
+    a.add_recovery(&local(101), 30).unwrap();
+    let epoch = a.remove_member(local(100).id(), 31).unwrap();
+    assert!(epoch.is_some());
+    let after = b.insert(passkey(2), 40).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    assert_eq!(a.recovery_keys().len(), 1);
+    assert_eq!(a.recovery_keys()[0].id, *local(101).id());
+
+    let bytes = a.save();
+    let mut old = from_backup(&bytes, local(100));
+    assert!(old.passkey(&after).is_none(), "made after the replacement");
+    assert!(old.keyring().key(a.keyring().current()).is_none());
+    assert!(matches!(
+        old.restore_as(local(9), "thief", 50),
+        Err(Error::NotRecoveryKey)
+    ));
+    // The old phrase still opens the backups made while it was the recovery key.
+    let mut earlier = from_backup(&old_backup, local(100));
+    assert!(earlier.passkey(&before).is_some());
+    earlier
+        .restore_as(local(9), "restored", 50)
+        .expect("restore");
+    // The new phrase opens what was made after.
+    let mut new = from_backup(&bytes, local(101));
+    assert!(new.passkey(&before).is_some() && new.passkey(&after).is_some());
+    new.restore_as(local(10), "restored", 50).expect("restore");
+}
+
+#[test]
+fn a_rotation_made_concurrently_with_the_recovery_setup_reaches_the_recovery_key() {
+    let (mut a, mut b) = world();
+    a.rotate(5).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    a.insert(passkey(1), 10).unwrap();
+    // Device 1 sets up recovery while device 2, not knowing it, makes a new epoch.
+    assert_eq!(
+        a.add_recovery(&local(100), 20).unwrap(),
+        None,
+        "wrapped, no rotation"
+    );
+    let concurrent = b.rotate(21).unwrap();
+    let p = b.insert(passkey(2), 22).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    assert_eq!(a.keyring().current(), concurrent);
+    let restored = from_backup(&a.save(), local(100));
+    assert_eq!(restored.keyring().current(), concurrent, "healed to it");
+    assert!(restored.passkey(&p).is_some());
+    assert_eq!(restored.len(), 2);
+}
+
+#[test]
+fn a_stranger_key_cannot_restore_and_a_device_entry_cannot_become_a_recovery_key() {
+    let (mut a, mut b) = world();
+    a.add_recovery(&local(100), 20).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    let bytes = a.save();
+    // A key that is not the vault's recovery key learns nothing and cannot add a device.
+    let stranger = Vault::load_as(&bytes, keyring(), Some(local(77))).expect("load");
+    assert!(stranger.keyring().key(a.keyring().current()).is_none());
+    let mut stranger = stranger;
+    assert!(matches!(
+        stranger.restore_as(local(9), "x", 1),
+        Err(Error::NotRecoveryKey)
+    ));
+    // A device (not a recovery key) cannot act as one either.
+    let mut device = Vault::load_as(&bytes, a.keyring().clone(), Some(local(2))).expect("load");
+    assert!(matches!(
+        device.restore_as(local(9), "x", 1),
+        Err(Error::NotRecoveryKey)
+    ));
+}
