@@ -364,6 +364,12 @@ impl Vault {
         self.doc.save()
     }
 
+    /// The full, compacted document, for a copy kept elsewhere (a backup): unlike [`save`](Self::save) it leaves
+    /// what [`save_incremental`](Self::save_incremental) returns next as it is.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
     /// The changes since the last `save`/`save_incremental` (empty if there are none), to be appended to
     /// what was saved before. A new vault's first call returns everything.
     pub fn save_incremental(&mut self) -> Vec<u8> {
@@ -1066,26 +1072,33 @@ impl Vault {
             .collect()
     }
 
-    /// Adds recovery key `recovery` (derived from a recovery phrase) as a member, signed by this device and logged
-    /// (`recovery-set`), and gives it the current epoch's key: wrapped to its x25519 key in the epoch's map, or,
-    /// for an epoch from before rotation existed (which has no map), by a rotation. Every later epoch is wrapped to
-    /// it as well, until it is removed. Returns the rotation's epoch if one was made. A key already a member is
-    /// left as it is (`Ok(None)`).
+    /// Adds recovery key `id` (derived from a recovery phrase; `x25519_public` its key) as a member, signed by
+    /// this device and logged (`recovery-set`), and gives it the current epoch's key: wrapped to its x25519 key in
+    /// the epoch's map, or, for an epoch from before rotation existed (which has no map), by a rotation. Every
+    /// later epoch is wrapped to it as well, until it is removed. Returns the rotation's epoch if one was made. A
+    /// key already a member is left as it is (`Ok(None)`). `InvalidInput` if `id` is not the member id of an
+    /// ed25519 key.
     pub fn add_recovery(
         &mut self,
-        recovery: &LocalDevice,
+        id: &DeviceId,
+        x25519_public: [u8; 32],
         now_ms: u64,
     ) -> Result<Option<Epoch>, Error> {
         let me = self.active_me()?;
-        if self.members.get(recovery.id()).is_some_and(|m| {
+        if members::verifying_key(id).is_none() {
+            return Err(Error::InvalidInput(
+                "a recovery key's id names an ed25519 key",
+            ));
+        }
+        if self.members.get(id).is_some_and(|m| {
             m.state == MemberState::Active && m.device.kind == MemberKind::Recovery
         }) {
             return Ok(None);
         }
         let mut d = Device {
-            id: recovery.id().clone(),
+            id: id.clone(),
             name: "recovery key".into(),
-            x25519_public: recovery.x25519_public(),
+            x25519_public,
             added_by: Some(me.id().clone()),
             added_at_ms: now_ms,
             signature: None,

@@ -57,7 +57,7 @@ fn world() -> (Vault, Vault) {
     let mut second = entry(&local(2), a.local_device().cloned().as_ref());
     a.sign_entry(&mut second).expect("sign");
     a.add_device(second).expect("add");
-    a.set_anchors(Some([a.local_device().unwrap().clone()].into()));
+    a.set_anchors(Some([a.local_device().expect("set").clone()].into()));
     let bytes = a.save();
     let mut b = Vault::load_as(&bytes, keyring(), Some(local(2))).expect("load");
     b.set_anchors(a.anchors().cloned());
@@ -128,9 +128,16 @@ fn a_vault_restored_with_the_recovery_key_reads_every_passkey_and_syncs_with_a_s
     let first = a.insert(passkey(1), 10).unwrap();
     let recovery = local(100);
     // Epoch 0 has no map to put a wrap in: setting up recovery rotates.
-    let rotated = a.add_recovery(&local(100), 20).expect("add recovery");
+    let rotated = a
+        .add_recovery(local(100).id(), local(100).x25519_public(), 20)
+        .expect("add recovery");
     assert!(rotated.is_some());
-    assert_eq!(a.add_recovery(&local(100), 21).unwrap(), None, "once");
+    assert_eq!(
+        a.add_recovery(local(100).id(), local(100).x25519_public(), 21)
+            .unwrap(),
+        None,
+        "once"
+    );
     settle(&mut [&mut a, &mut b]);
     // A later rotation (a removal, say) is wrapped to the recovery key too.
     let later = a.rotate(30).unwrap();
@@ -172,12 +179,14 @@ fn a_vault_restored_with_the_recovery_key_reads_every_passkey_and_syncs_with_a_s
 #[test]
 fn a_replaced_recovery_key_opens_nothing_made_afterwards() {
     let (mut a, mut b) = world();
-    a.add_recovery(&local(100), 20).unwrap();
+    a.add_recovery(local(100).id(), local(100).x25519_public(), 20)
+        .unwrap();
     let before = a.insert(passkey(1), 25).unwrap();
     settle(&mut [&mut a, &mut b]);
     let old_backup = a.save();
     // `recovery rotate`: the new key joins, the old one is removed, which rotates.
-    a.add_recovery(&local(101), 30).unwrap();
+    a.add_recovery(local(101).id(), local(101).x25519_public(), 30)
+        .unwrap();
     let epoch = a.remove_member(local(100).id(), 31).unwrap();
     assert!(epoch.is_some());
     let after = b.insert(passkey(2), 40).unwrap();
@@ -213,7 +222,8 @@ fn a_rotation_made_concurrently_with_the_recovery_setup_reaches_the_recovery_key
     a.insert(passkey(1), 10).unwrap();
     // Device 1 sets up recovery while device 2, not knowing it, makes a new epoch.
     assert_eq!(
-        a.add_recovery(&local(100), 20).unwrap(),
+        a.add_recovery(local(100).id(), local(100).x25519_public(), 20)
+            .unwrap(),
         None,
         "wrapped, no rotation"
     );
@@ -230,7 +240,8 @@ fn a_rotation_made_concurrently_with_the_recovery_setup_reaches_the_recovery_key
 #[test]
 fn a_stranger_key_cannot_restore_and_a_device_entry_cannot_become_a_recovery_key() {
     let (mut a, mut b) = world();
-    a.add_recovery(&local(100), 20).unwrap();
+    a.add_recovery(local(100).id(), local(100).x25519_public(), 20)
+        .unwrap();
     settle(&mut [&mut a, &mut b]);
     let bytes = a.save();
     // A key that is not the vault's recovery key learns nothing and cannot add a device.

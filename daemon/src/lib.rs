@@ -15,6 +15,8 @@
 //! - [`authenticator`]: authenticator data, attestation objects, client data and ES256 signatures;
 //!   [`origin`]: origin and rpId validation (public suffix list).
 //! - [`pin`]: argon2id PIN hashing and the attempt counter with lockout (a pure state machine).
+//! - [`recovery`]: the 24-word recovery phrase and the key derived from it; [`backup`]: the age-encrypted backup
+//!   file (format, sealing, opening, atomic writes, rotation); [`clock`]: UTC dates.
 //! - [`names`]: a passkey's label and a device's name, parsed where they enter.
 //! - [`config`]: the TOML config file, command-line overrides and XDG defaults; [`notify`]: sd_notify.
 //! - [`custody`]: the keys: keystore (TPM or software), sealing, re-sealing and migrating, the device and machine
@@ -25,7 +27,9 @@
 //! - `pairing` (feature `test-utils`): joining devices with the daemons stopped, for the end-to-end tests.
 
 pub mod authenticator;
+pub mod backup;
 mod cbor;
+pub mod clock;
 pub mod config;
 pub mod custody;
 pub mod ids;
@@ -37,6 +41,7 @@ pub mod origin;
 #[cfg(feature = "test-utils")]
 pub mod pairing;
 pub mod pin;
+pub mod recovery;
 pub mod service;
 pub mod store;
 pub mod vault;
