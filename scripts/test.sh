@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 # browser-extension tests;
 # dpkg-dev (dpkg-shlibdeps for the .deb's Depends), lintian and systemd (systemd-analyze) for the packaging tests;
 # iproute2 (`ip netns`, veth, bridges) for the tests that run daemons in network namespaces; mount and
-# util-linux (mount, unshare, nsenter, setpriv) for the overlay install test and the system-mode tests.
+# util-linux (mount, unshare, nsenter, setpriv) for the overlay install test and the system-mode tests; age (the
+# standard tool: a backup must decrypt with it and the identity `passmesh recovery identity` prints).
 need=(build-essential pkg-config libssl-dev libtss2-dev swtpm tpm2-tools chromium firefox-esr dpkg-dev lintian
-  systemd iproute2 mount util-linux)
+  systemd iproute2 mount util-linux age)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

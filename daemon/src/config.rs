@@ -61,6 +61,32 @@ pub struct File {
     /// The vault's rules.
     #[serde(default)]
     pub vault: VaultSection,
+    /// Automatic backups.
+    #[serde(default)]
+    pub backup: BackupSection,
+}
+
+/// `[backup]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    /// Where automatic backups go (none: no automatic backups). An absolute path; `~/` is the home directory.
+    /// System mode writes each user's into `<dir>/<uid>`.
+    pub dir: Option<PathBuf>,
+    /// Backups of this device kept there (default 10).
+    pub keep: Option<usize>,
+}
+
+/// Default of `backup.keep`.
+pub const DEFAULT_BACKUP_KEEP: usize = 10;
+
+/// The resolved `[backup]` settings, when a directory is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backups {
+    /// Where they go (user mode) or the directory of the per-uid directories (system mode).
+    pub dir: PathBuf,
+    /// How many of this device's backups are kept.
+    pub keep: usize,
 }
 
 /// `[vault]` in the config file.
@@ -177,6 +203,8 @@ pub struct Config {
     pub max_vaults: usize,
     /// How long a deleted passkey stays in the trash.
     pub trash: Duration,
+    /// Automatic backups, if configured.
+    pub backup: Option<Backups>,
 }
 
 impl Config {
@@ -381,7 +409,32 @@ impl Config {
                 "network address {a} needs a /p2p/<peer id> suffix"
             )));
         }
+        let keep = file.backup.keep.unwrap_or(DEFAULT_BACKUP_KEEP);
+        if !(1..=10_000).contains(&keep) {
+            return Err(Error::Invalid(format!(
+                "backup.keep must be 1..=10000, got {keep}"
+            )));
+        }
+        let backup = match file.backup.dir {
+            None => None,
+            Some(dir) => {
+                let dir = match dir.strip_prefix("~") {
+                    Ok(rest) => env_path("HOME")
+                        .map(|h| h.join(rest))
+                        .ok_or_else(|| Error::Invalid("backup.dir: ~ but no HOME".into()))?,
+                    Err(_) => dir,
+                };
+                if !dir.is_absolute() {
+                    return Err(Error::Invalid(format!(
+                        "backup.dir must be an absolute path, got {}",
+                        dir.display()
+                    )));
+                }
+                Some(Backups { dir, keep })
+            }
+        };
         Ok(Config {
+            backup,
             state_dir,
             socket,
             keystore: flags.keystore.or(file.keystore).unwrap_or_default(),
@@ -538,16 +591,39 @@ mod tests {
         assert!(e.contains("/p2p/"), "{e}");
     }
 
+    fn resolve(text: Option<&str>) -> Result<Config, Error> {
+        let file = text.map(write);
+        Config::resolve(&Flags {
+            config: file.as_ref().map(|(_, p)| p.clone()),
+            state_dir: Some("/s".into()),
+            ..Flags::default()
+        })
+    }
+
+    #[test]
+    fn backups_are_off_by_default_and_checked() {
+        assert_eq!(resolve(None).unwrap().backup, None);
+        let c = resolve(Some("[backup]\ndir = \"/srv/backups\"\n")).unwrap();
+        assert_eq!(
+            c.backup,
+            Some(Backups {
+                dir: PathBuf::from("/srv/backups"),
+                keep: DEFAULT_BACKUP_KEEP
+            })
+        );
+        let c = resolve(Some("[backup]\ndir = \"/b\"\nkeep = 3\n")).unwrap();
+        assert_eq!(c.backup.unwrap().keep, 3);
+        for bad in [
+            "[backup]\ndir = \"relative/dir\"\n",
+            "[backup]\ndir = \"/b\"\nkeep = 0\n",
+            "[backup]\ndirectory = \"/b\"\n",
+        ] {
+            assert!(resolve(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn trash_days_default_set_and_bounded() {
-        let resolve = |text: Option<&str>| {
-            let file = text.map(write);
-            Config::resolve(&Flags {
-                config: file.as_ref().map(|(_, p)| p.clone()),
-                state_dir: Some("/s".into()),
-                ..Flags::default()
-            })
-        };
         assert_eq!(
             resolve(None).unwrap().trash,
             Duration::from_secs(30 * 86_400)

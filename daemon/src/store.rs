@@ -75,6 +75,12 @@ pub enum Meta<'a> {
     /// A passkey another device deleted or replaced: when this device saw it, where its last good version is
     /// (`lost/<record id>`, see `vault::trash::LossNote`). Offered back for `[vault] trash_days`.
     Lost(&'a passmesh_crdt::RecordId),
+    /// The document heads the last automatic backup held, concatenated (`backup-heads`).
+    BackupHeads,
+    /// When this device last wrote a backup and its file name: u64 ms big-endian ‖ UTF-8 (`last-backup`).
+    LastBackup,
+    /// When this device was restored from a backup, u64 ms big-endian (`restored-at`).
+    RestoredAt,
 }
 
 const ADDRS_PREFIX: &str = "addrs/";
@@ -94,6 +100,9 @@ impl Meta<'_> {
             Meta::EpochSeen => "epoch-seen".to_owned(),
             Meta::PinKeySeen(device) => format!("pin-key-seen/{device}"),
             Meta::Lost(id) => format!("{LOST_PREFIX}{id}"),
+            Meta::BackupHeads => "backup-heads".to_owned(),
+            Meta::LastBackup => "last-backup".to_owned(),
+            Meta::RestoredAt => "restored-at".to_owned(),
         }
     }
 }

@@ -14,7 +14,7 @@
 //! Modules:
 //! - [`frame`]: length-prefixed frames with the size limit.
 //! - [`b64`]: [`Base64Url`], bytes that travel as base64url text.
-//! - [`pin`]: [`Pin`], a zeroizing, never-printed PIN string.
+//! - [`pin`]: [`Pin`] and [`Phrase`], zeroizing, never-printed secret strings.
 //! - [`webauthn`]: the WebAuthn Level 3 JSON structures.
 //! - [`message`]: [`Request`], [`Response`] and their bodies, [`ErrorBody`] / [`ErrorName`].
 //! - [`server`]: [`bind`] the socket and [`serve`] it with a [`Handler`].
@@ -33,9 +33,10 @@ pub use client::{Client, ClientError};
 pub use frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN, read_frame, write_frame};
 pub use message::{
     AuditInfo, DeviceInfo, DeviceState, ErrorBody, ErrorName, MAX_LIST_PAGE, OldKeysInfo,
-    PasskeyInfo, Request, RequestBody, Response, ResponseBody, StatusInfo, TrashedPasskey,
+    PasskeyInfo, RecoveryInfo, RecoveryKeyInfo, Request, RequestBody, Response, ResponseBody,
+    StatusInfo, TrashedPasskey,
 };
-pub use pin::Pin;
+pub use pin::{Phrase, Pin};
 pub use server::{Caller, Config, Handler, bind, bind_with_modes, serve};
 pub use webauthn::{
     AuthenticationResponseJson, AuthenticatorAssertionResponseJson,

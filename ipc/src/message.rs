@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::b64::Base64Url;
-use crate::pin::Pin;
+use crate::pin::{Phrase, Pin};
 use crate::webauthn::{
     AuthenticationResponseJson, PublicKeyCredentialCreationOptionsJson,
     PublicKeyCredentialRequestOptionsJson, RegistrationResponseJson,
@@ -181,7 +181,51 @@ pub enum RequestBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
+    /// Make a recovery key the vault's: every key epoch is wrapped to it from now on, and backups are encrypted
+    /// to it. The client derives it from a new phrase (the daemon never sees the phrase).
+    RecoverySet {
+        /// The recovery key's member id (the libp2p peer id of its ed25519 key).
+        recovery_key: String,
+        /// Its x25519 public key (32 bytes).
+        x25519: Base64Url,
+        /// Replace the current recovery key (`recovery rotate`); without it, refused if one is set.
+        #[serde(default, skip_serializing_if = "is_false")]
+        replace: bool,
+        /// The device PIN, required when one is set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<Pin>,
+    },
+    /// Make a backup file of the vault now (held for this caller; read it with `backupRead`).
+    Backup {
+        /// The device PIN, required when one is set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<Pin>,
+    },
+    /// Read the backup made by `backup`, at most [`MAX_CHUNK`] bytes from `offset`.
+    BackupRead {
+        /// Where to read from.
+        offset: u64,
+    },
+    /// Hand over a backup file to restore, at most [`MAX_CHUNK`] bytes at a time, in order (`offset` 0 starts
+    /// over).
+    RestoreWrite {
+        /// Where this chunk goes: 0, or the number of bytes handed over so far.
+        offset: u64,
+        /// The chunk.
+        data: Base64Url,
+    },
+    /// Restore the backup handed over with `restoreWrite` on this device, whose vault must be empty.
+    Restore {
+        /// The recovery phrase (24 words).
+        phrase: Phrase,
+        /// This device's name in the device table (default: the host name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
 }
+
+/// Most bytes of a backup one `backupRead` or `restoreWrite` carries (base64url keeps it within a frame).
+pub const MAX_CHUNK: usize = 512 * 1024;
 
 /// Default lifetime of an invitation, in seconds.
 pub const DEFAULT_PAIR_EXPIRY_SECS: u64 = 300;
@@ -215,6 +259,11 @@ impl RequestBody {
             Self::TrashRestore { .. } => "trashRestore",
             Self::TrashPurge { .. } => "trashPurge",
             Self::Audit { .. } => "audit",
+            Self::RecoverySet { .. } => "recoverySet",
+            Self::Backup { .. } => "backup",
+            Self::BackupRead { .. } => "backupRead",
+            Self::RestoreWrite { .. } => "restoreWrite",
+            Self::Restore { .. } => "restore",
         }
     }
 }
@@ -228,6 +277,10 @@ fn is_zero(v: &u64) -> bool {
 }
 
 /// A successful answer. The `"type"` matches the request's.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "plain fields keep construction and matching simple; a response lives once per request"
+)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "type",
@@ -335,6 +388,55 @@ pub enum ResponseBody {
         /// How many entries the log has in all.
         total: u64,
     },
+    /// The recovery key is the vault's.
+    RecoverySet {
+        /// Its member id.
+        recovery_key: String,
+        /// The new key epoch, if one was made (replacing a key always makes one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u32>,
+        /// Recovery keys it replaced.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        replaced: u64,
+    },
+    /// The backup is made; read it with `backupRead`.
+    Backup {
+        /// Its size in bytes.
+        size: u64,
+        /// Passkeys in it.
+        passkeys: u64,
+        /// When it was made, ms since the Unix epoch.
+        made_at_ms: u64,
+        /// The file name automatic backups would give it.
+        file_name: String,
+    },
+    /// A chunk of the backup.
+    BackupRead {
+        /// The bytes from the requested offset.
+        data: Base64Url,
+        /// This chunk ends the file (the daemon forgets it).
+        end: bool,
+    },
+    /// The chunk was taken.
+    RestoreWrite {
+        /// Bytes handed over so far.
+        received: u64,
+    },
+    /// This device is now a member of the restored vault.
+    Restore {
+        /// The vault's id.
+        vault_id: String,
+        /// Its passkeys.
+        passkeys: u64,
+        /// Its other devices (not seen since the restore: remove the lost ones).
+        devices: u64,
+        /// When the backup was made, ms since the Unix epoch.
+        backup_made_at_ms: u64,
+        /// The device that made it.
+        backup_made_by: String,
+        /// The recovery key that opened it.
+        recovery_key: String,
+    },
 }
 
 /// A passkey in the trash.
@@ -426,6 +528,9 @@ pub struct DeviceInfo {
     /// it keeps several, e.g. until everything is re-encrypted after a rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_epoch: Option<u32>,
+    /// A recovery key (derived from a recovery phrase), not a device: it never connects.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recovery: bool,
 }
 
 /// Where a device stands in the vault.
@@ -506,6 +611,11 @@ impl ResponseBody {
             Self::TrashRestore { .. } => "trashRestore",
             Self::TrashPurge { .. } => "trashPurge",
             Self::Audit { .. } => "audit",
+            Self::RecoverySet { .. } => "recoverySet",
+            Self::Backup { .. } => "backup",
+            Self::BackupRead { .. } => "backupRead",
+            Self::RestoreWrite { .. } => "restoreWrite",
+            Self::Restore { .. } => "restore",
         }
     }
 }
@@ -580,6 +690,40 @@ pub struct StatusInfo {
     /// the current one alone (and from older daemons).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_keys: Option<OldKeysInfo>,
+    /// Recovery and backups. Absent from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryInfo>,
+}
+
+/// Recovery keys and backups, as `status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryInfo {
+    /// The vault's recovery keys (empty: recovery is not set up).
+    #[serde(default)]
+    pub keys: Vec<RecoveryKeyInfo>,
+    /// Where this device writes automatic backups (`[backup] dir`), if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_dir: Option<String>,
+    /// When this device last wrote a backup, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_at_ms: Option<u64>,
+    /// That backup's file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_file: Option<String>,
+    /// When this device was restored from a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_at_ms: Option<u64>,
+}
+
+/// One recovery key of the vault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryKeyInfo {
+    /// Its member id.
+    pub recovery_key: String,
+    /// When it was set, ms since the Unix epoch.
+    pub since_ms: u64,
 }
 
 /// Old vault keys a device keeps (what a purge destroys once nothing needs them; see docs/security.md).
@@ -1171,6 +1315,7 @@ mod tests {
                     peers: Vec::new(),
                     network_off: None,
                     old_keys: None,
+                    recovery: None,
                 },
             },
         );
@@ -1204,6 +1349,7 @@ mod tests {
                     peers: Vec::new(),
                     network_off: None,
                     old_keys: None,
+                    recovery: None,
                 },
             },
         );

@@ -1,4 +1,4 @@
-//! The user-verification PIN as it crosses the socket.
+//! Secrets as they cross the socket: the user-verification PIN and the recovery phrase.
 
 use std::fmt;
 
@@ -31,6 +31,31 @@ impl fmt::Debug for Pin {
     }
 }
 
+/// A recovery phrase (24 words), sent to restore a backup.
+///
+/// Travels as a plain JSON string; wiped from memory when dropped; `Debug` never shows it.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(transparent)]
+pub struct Phrase(String);
+
+impl Phrase {
+    /// Wraps phrase text.
+    pub fn new(phrase: String) -> Self {
+        Self(phrase)
+    }
+
+    /// The phrase text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Phrase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Phrase(..)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,6 +65,12 @@ mod tests {
         let pin = Pin::new("4711".to_owned());
         assert_eq!(format!("{pin:?}"), "Pin(..)");
         assert_eq!(pin.as_str(), "4711");
+    }
+
+    #[test]
+    fn debug_hides_the_phrase() {
+        let p = Phrase::new("abandon ability able".to_owned());
+        assert_eq!(format!("{p:?}"), "Phrase(..)");
     }
 
     #[test]

@@ -52,6 +52,7 @@ impl Handler for TestHandler {
                     peers: Vec::new(),
                     network_off: None,
                     old_keys: None,
+                    recovery: None,
                 },
             }),
             RequestBody::List { rp_id, .. } => {

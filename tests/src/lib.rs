@@ -17,6 +17,7 @@
 //! - [`mesh`] — [`Node`]: paired daemons on loopback or in network namespaces, polling with a deadline.
 //! - [`netns`] — [`Lan`]: a private LAN of network namespaces on a bridge, to cut devices off and heal them.
 //! - [`pairing`] — drives `passmesh pair` / `passmesh join` between running daemons (pairing by code).
+//! - [`recovery`] — `passmesh recovery setup` driven as a script drives it (phrase out, words back in).
 //! - [`tpm`] — [`Swtpm`]: a private software TPM per test (own port pair and state), PCR and handle tools,
 //!   running `passmeshd` to an expected refusal, state-directory snapshots.
 //!
@@ -31,6 +32,7 @@ pub mod mesh;
 pub mod netns;
 pub mod ops;
 pub mod pairing;
+pub mod recovery;
 pub mod rp;
 pub mod tpm;
 

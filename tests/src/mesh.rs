@@ -162,7 +162,16 @@ pub async fn paired_at(
     placements: Vec<Placement>,
     discovery: Discovery,
 ) -> anyhow::Result<Vec<Node>> {
-    paired_from(placements, discovery, None).await
+    paired_from(placements, discovery, None, "").await
+}
+
+/// Like [`paired`], with `extra` appended to every daemon's config file (e.g. a `[backup]` section).
+pub async fn paired_with_config(n: usize, extra: &str) -> anyhow::Result<Vec<Node>> {
+    let mut placements = Vec::new();
+    for _ in 0..n {
+        placements.push(Placement::loopback_tcp(free_port()?));
+    }
+    paired_from(placements, Discovery::Pairing, None, extra).await
 }
 
 /// Like [`paired`], with `pin` set on the first device (through its own daemon, before anyone joins): the PIN
@@ -172,13 +181,14 @@ pub async fn paired_with_pin(n: usize, pin: &str) -> anyhow::Result<Vec<Node>> {
     for _ in 0..n {
         placements.push(Placement::loopback_tcp(free_port()?));
     }
-    paired_from(placements, Discovery::Pairing, Some(pin)).await
+    paired_from(placements, Discovery::Pairing, Some(pin), "").await
 }
 
 async fn paired_from(
     placements: Vec<Placement>,
     discovery: Discovery,
     first_pin: Option<&str>,
+    extra: &str,
 ) -> anyhow::Result<Vec<Node>> {
     let tpm = TpmOptions::default();
     let n = placements.len();
@@ -266,7 +276,7 @@ async fn paired_from(
             Vec::new()
         };
         let config = format!(
-            "[network]\nmdns = {}\nlisten = {}\npeers = {}\n",
+            "[network]\nmdns = {}\nlisten = {}\npeers = {}\n{extra}",
             discovery == Discovery::Mdns,
             toml_list(&placement.listen),
             toml_list(&peers),

@@ -8,9 +8,13 @@
 //! - `requests`: the request dispatch and the requests that are not WebAuthn (list, delete, rename, status,
 //!   pairing).
 //! - `webauthn`: `create` and `get`, user verification with the PIN, setting the PIN.
+//! - `recovery`: setting the recovery key, backups to and restores from callers (in chunks).
+//! - `backups`: the automatic backups of one vault (`[backup] dir`).
 //! - `run`: start-up (keystore, vaults, network, socket), reload (SIGHUP) and shutdown: one path for both
 //!   modes.
 
+mod backups;
+mod recovery;
 mod requests;
 mod run;
 mod users;
@@ -94,9 +98,11 @@ pub struct Service {
     pairing: Option<crate::net::pairing::Pairing>,
     /// Why networking is off, when the mode rather than the config turned it off (for `status`).
     network_off: Option<&'static str>,
+    /// Backups on their way to or from callers.
+    transfers: recovery::Transfers,
 }
 
-/// argon2 runs at once, at most.
+/// argon2 runs (and backup sealing or opening) at once, at most.
 const PARALLEL_HASHES: usize = 2;
 
 impl Service {

@@ -2,8 +2,8 @@
 
 use passmesh_crdt::{DeviceId, MemberState};
 use passmesh_ipc::{
-    DeviceInfo, DeviceState, ErrorBody, ErrorName, MAX_LIST_PAGE, Pin, RequestBody, ResponseBody,
-    StatusInfo,
+    DeviceInfo, DeviceState, ErrorBody, ErrorName, MAX_LIST_PAGE, Pin, RecoveryInfo,
+    RecoveryKeyInfo, RequestBody, ResponseBody, StatusInfo,
     message::{PeerInfo, TpmStatus},
 };
 
@@ -177,6 +177,19 @@ impl Session<'_> {
                     approved,
                 })
             }
+            RequestBody::RecoverySet {
+                recovery_key,
+                x25519,
+                replace,
+                pin,
+            } => {
+                self.recovery_set(recovery_key, &x25519, replace, pin.as_ref())
+                    .await
+            }
+            RequestBody::Backup { pin } => self.backup(pin.as_ref()).await,
+            RequestBody::BackupRead { offset } => self.backup_read(offset),
+            RequestBody::RestoreWrite { offset, data } => self.restore_write(offset, data),
+            RequestBody::Restore { phrase, name } => self.restore(&phrase, name).await,
             RequestBody::Audit { offset, limit } => {
                 let limit = limit.unwrap_or(MAX_LIST_PAGE).min(MAX_LIST_PAGE) as usize;
                 let (entries, total) = self.vault.audit(offset, limit).await.map_err(internal)?;
@@ -186,7 +199,7 @@ impl Session<'_> {
     }
 
     /// Verifies the PIN when one is set: what cannot be undone (`what`) needs it. Returns the PIN it verified.
-    async fn require_pin<'p>(
+    pub(super) async fn require_pin<'p>(
         &self,
         pin: Option<&'p Pin>,
         what: &str,
@@ -238,6 +251,7 @@ impl Session<'_> {
                     invalid_reason,
                     signed: d.member.signed,
                     key_epoch: d.key_epoch.map(|e| e.0),
+                    recovery: d.member.device.kind == passmesh_crdt::MemberKind::Recovery,
                 }
             })
             .collect();
@@ -316,6 +330,25 @@ impl Session<'_> {
                 peers,
                 network_off: self.service.network_off.map(str::to_owned),
                 old_keys: s.old_keys,
+                recovery: Some(RecoveryInfo {
+                    keys: s
+                        .recovery
+                        .keys
+                        .into_iter()
+                        .map(|(id, since_ms)| RecoveryKeyInfo {
+                            recovery_key: id.to_string(),
+                            since_ms,
+                        })
+                        .collect(),
+                    backup_dir: self
+                        .service
+                        .users
+                        .backup_dir(self.uid)
+                        .map(|d| d.display().to_string()),
+                    last_backup_at_ms: s.recovery.last_backup.as_ref().map(|(at, _)| *at),
+                    last_backup_file: s.recovery.last_backup.map(|(_, f)| f),
+                    restored_at_ms: s.recovery.restored_at_ms,
+                }),
             },
         })
     }

@@ -78,6 +78,7 @@ pub async fn run(
         always_verify: AtomicBool::new(config.pin.always_required),
         network: network.as_ref().map(router::Network::handle),
         network_off: None,
+        transfers: Default::default(),
     });
     let socket_err = |source| Error::Socket {
         path: config.socket.clone(),

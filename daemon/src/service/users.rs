@@ -42,6 +42,8 @@ pub struct Users {
     state: Mutex<Registry>,
     /// Serialises vault creation (a keystore seal and a store open each) and reloads: one at a time.
     creating: tokio::sync::Mutex<()>,
+    /// Automatic backups (`[backup]`), if configured.
+    backups: Option<crate::config::Backups>,
 }
 
 #[derive(Debug)]
@@ -88,7 +90,18 @@ impl Users {
                 },
             }),
             creating: tokio::sync::Mutex::new(()),
+            backups: config.backup.clone(),
         }
+    }
+
+    /// Where the automatic backups of `uid`'s vault go: `[backup] dir` in user mode, `<dir>/<uid>` in system
+    /// mode.
+    pub fn backup_dir(&self, uid: u32) -> Option<PathBuf> {
+        let b = self.backups.as_ref()?;
+        Some(match self.only {
+            Some(_) => b.dir.clone(),
+            None => b.dir.join(uid.to_string()),
+        })
     }
 
     /// User mode: the registry of the one vault of `uid`, opened already.
@@ -176,6 +189,23 @@ impl Users {
 
     /// Records an opened vault; returns where to attach it if the network is already running.
     fn keep(&self, uid: u32, running: vault::Running, keystore: vault::KeystoreReport) -> Kept {
+        if let (Some(dir), Some(b)) = (self.backup_dir(uid), &self.backups) {
+            let plan = super::backups::Plan {
+                dir,
+                keep: b.keep,
+                device: crate::ids::device_id(&self.identity.peer_id()),
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(super::backups::run(
+                        running.handle.downgrade(),
+                        running.changes.clone(),
+                        plan,
+                    ));
+                }
+                Err(_) => tracing::warn!(uid, "no runtime: automatic backups are off"),
+            }
+        }
         let attach = Attach {
             slot: uid,
             vault_id: running.vault_id,

@@ -56,6 +56,8 @@ pub(super) struct Actor {
     pub(super) custody: Custody,
     /// What keeps old epoch keys on this device, as of the last [`Actor::keep_keys`] (for `status`).
     pub(super) old_keys: OldKeysState,
+    /// Bumped after each batch that stored changes to the document.
+    pub(super) changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// What keeps this device's epoch keys before the current one.
@@ -174,6 +176,7 @@ impl Actor {
                 self.replication.persist_failed(now, &Peers(&self.store));
             } else if wrote {
                 self.replication.persisted();
+                self.changes.send_modify(|n| *n += 1);
             }
             if maintained && failure.is_none() {
                 // Only once the batch (a rotation, re-encrypted records) is on disk may old keys go.
@@ -284,6 +287,27 @@ impl Actor {
             Command::SetAnchors { anchors, reply } => {
                 let _ = reply.send(self.set_anchors(&anchors));
             }
+            Command::SetRecovery {
+                id,
+                x25519,
+                replace,
+                reply,
+            } => deferred.write(reply, self.set_recovery(&id, x25519, replace)),
+            Command::Snapshot {
+                only_if_changed,
+                reply,
+            } => deferred.read(reply, self.snapshot(only_if_changed)),
+            Command::BackupWritten { heads, at_ms, file } => {
+                self.backup_written(&heads, at_ms, &file);
+            }
+            Command::Restore {
+                payload,
+                recovery,
+                name,
+                reply,
+            } => {
+                let _ = reply.send(self.restore(&payload, *recovery, &name));
+            }
             Command::TrustPinKeys { keys, reply } => {
                 let _ = reply.send(self.trust_pin_keys(&keys));
             }
@@ -304,6 +328,7 @@ impl Actor {
             device_id: self.me.to_string(),
             peers: self.replication.status(&self.vault, &Peers(&self.store)),
             old_keys: self.old_keys_info(),
+            recovery: self.recovery_status(),
         }
     }
 
@@ -543,7 +568,7 @@ impl Actor {
     }
 
     /// Trusts these first PIN keys at once (noted as seen at time 0): those the inviting device trusted.
-    fn trust_pin_keys(
+    pub(super) fn trust_pin_keys(
         &mut self,
         keys: &[(passmesh_crdt::DeviceId, [u8; 32])],
     ) -> Result<(), Error> {

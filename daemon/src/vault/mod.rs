@@ -13,6 +13,7 @@
 //! - `membership`: the device table: this device's entry, adding devices, what a joining device gets, adopting
 //!   another vault.
 //! - `trash`: the trash (list, restore, purge, purging what expired) and the audit log.
+//! - `recovery`: the recovery key, what a backup holds, restoring this device from one.
 //! - `pin_state`: the PIN commands (an attempt is counted on disk before the check; setting the PIN).
 //! - [`replication`]: sans-IO sync with the paired devices and the BS flag.
 
@@ -21,6 +22,7 @@ mod membership;
 mod open;
 mod passkeys;
 mod pin_state;
+mod recovery;
 pub mod replication;
 mod trash;
 
@@ -36,6 +38,7 @@ use zeroize::Zeroizing;
 
 pub use membership::host_name;
 pub use open::{open, open_seeded};
+pub use recovery::RecoverySet;
 
 use crate::authenticator::Credential;
 use crate::custody::keystore::{self, Backend, tpm};
@@ -143,6 +146,61 @@ pub enum Error {
          (`passmesh device remove ID` there); to stop using it, stop passmeshd here and delete its state directory"
     )]
     RemoveSelf,
+    /// `recovery setup` on a vault that has a recovery key.
+    #[error("recovery is already set up: `passmesh recovery rotate` replaces the phrase")]
+    RecoveryExists,
+    /// The vault has no recovery key.
+    #[error("recovery is not set up: run `passmesh recovery setup` first")]
+    NoRecovery,
+    /// Restoring would drop this device's passkeys.
+    #[error(
+        "this device already holds {0} passkeys: restore on a device with an empty vault (a new device, or stop          passmeshd and move its state directory away)"
+    )]
+    RestoreNotEmpty(u64),
+    /// The backup decrypts but what it holds is not usable.
+    #[error("the backup cannot be restored: {0}")]
+    BackupContent(&'static str),
+}
+
+/// The vault's recovery keys and this device's backups, for `status`.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryStatus {
+    /// Each recovery key's member id and when it was set (ms since the Unix epoch).
+    pub keys: Vec<(DeviceId, u64)>,
+    /// When this device last wrote a backup, and the file's name.
+    pub last_backup: Option<(u64, String)>,
+    /// When this device was restored from a backup.
+    pub restored_at_ms: Option<u64>,
+}
+
+/// What a backup is made of (see [`crate::backup`]).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// What the file holds.
+    pub payload: crate::backup::Payload,
+    /// The x25519 keys of the vault's recovery keys: the file's recipients.
+    pub recipients: Vec<[u8; 32]>,
+    /// The document's heads (an automatic backup is skipped while they are unchanged).
+    pub heads: Vec<[u8; 32]>,
+    /// Passkeys in it.
+    pub passkeys: u64,
+}
+
+/// What a restore brought back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The vault's id.
+    pub vault_id: VaultId,
+    /// Its passkeys.
+    pub passkeys: u64,
+    /// Its other devices (still members: remove the lost ones).
+    pub devices: u64,
+    /// When the backup was made.
+    pub made_at_ms: u64,
+    /// Which device made it.
+    pub made_by: DeviceId,
+    /// The recovery key that opened it.
+    pub recovery: DeviceId,
 }
 
 /// A device-table entry as `device list` shows it.
@@ -188,6 +246,8 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Old vault keys this device keeps, and why (`None`: it keeps the current one alone).
     pub old_keys: Option<OldKeysInfo>,
+    /// Recovery keys and backups.
+    pub recovery: RecoveryStatus,
 }
 
 /// What `status` shows about one paired device.
@@ -412,6 +472,27 @@ enum Command {
         anchors: Vec<DeviceId>,
         reply: Reply<Result<(), Error>>,
     },
+    SetRecovery {
+        id: DeviceId,
+        x25519: [u8; 32],
+        replace: bool,
+        reply: Reply<Result<RecoverySet, Error>>,
+    },
+    Snapshot {
+        only_if_changed: bool,
+        reply: Reply<Result<Option<Snapshot>, Error>>,
+    },
+    BackupWritten {
+        heads: Vec<[u8; 32]>,
+        at_ms: u64,
+        file: String,
+    },
+    Restore {
+        payload: Box<crate::backup::Payload>,
+        recovery: Box<passmesh_crdt::LocalDevice>,
+        name: String,
+        reply: Reply<Result<Restored, Error>>,
+    },
     TrustPinKeys {
         keys: Vec<(DeviceId, [u8; 32])>,
         reply: Reply<Result<(), Error>>,
@@ -441,6 +522,8 @@ pub struct Running {
     pub paired: HashSet<PeerId>,
     /// Peer addresses learnt when devices were added (pairing), to dial at start.
     pub addrs: Vec<Multiaddr>,
+    /// Counts the batches that changed the document on disk (what automatic backups wait for).
+    pub changes: tokio::sync::watch::Receiver<u64>,
 }
 
 /// What opening the vault found out about its keystore, for the log and `status`.
@@ -456,7 +539,27 @@ pub struct KeystoreReport {
     pub pcrs: Option<Vec<u8>>,
 }
 
+/// A handle that does not keep the actor alive (see [`Handle::downgrade`]).
+#[derive(Clone, Debug)]
+pub struct WeakHandle {
+    tx: mpsc::WeakSender<Command>,
+}
+
+impl WeakHandle {
+    /// A handle, while the actor runs.
+    pub fn upgrade(&self) -> Option<Handle> {
+        self.tx.upgrade().map(|tx| Handle { tx })
+    }
+}
+
 impl Handle {
+    /// A handle that lets the actor stop once every [`Handle`] is dropped.
+    pub fn downgrade(&self) -> WeakHandle {
+        WeakHandle {
+            tx: self.tx.downgrade(),
+        }
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.map_err(|_| Error::Stopped)?;
@@ -678,6 +781,58 @@ impl Handle {
     pub async fn set_anchors(&self, anchors: Vec<DeviceId>) -> Result<(), Error> {
         self.ask(|reply| Command::SetAnchors { anchors, reply })
             .await?
+    }
+
+    /// Makes `id` (x25519 key `x25519`) the vault's recovery key (see [`RecoverySet`]); with `replace`, in place
+    /// of the current one.
+    pub async fn set_recovery(
+        &self,
+        id: DeviceId,
+        x25519: [u8; 32],
+        replace: bool,
+    ) -> Result<RecoverySet, Error> {
+        self.ask(|reply| Command::SetRecovery {
+            id,
+            x25519,
+            replace,
+            reply,
+        })
+        .await?
+    }
+
+    /// What a backup of the vault holds now; with `only_if_changed`, `None` if the last automatic backup holds
+    /// the same document. Costs a full save of the document on the actor's thread.
+    pub async fn snapshot(&self, only_if_changed: bool) -> Result<Option<Snapshot>, Error> {
+        self.ask(|reply| Command::Snapshot {
+            only_if_changed,
+            reply,
+        })
+        .await?
+    }
+
+    /// Notes that a backup of `heads` was written as `file`.
+    pub async fn backup_written(&self, heads: Vec<[u8; 32]>, at_ms: u64, file: String) {
+        let _ = self
+            .tx
+            .send(Command::BackupWritten { heads, at_ms, file })
+            .await;
+    }
+
+    /// Turns this device's empty vault into the vault `payload` holds, opened with `recovery` (see
+    /// [`Restored`]).
+    pub async fn restore(
+        &self,
+        payload: crate::backup::Payload,
+        recovery: passmesh_crdt::LocalDevice,
+        name: String,
+    ) -> Result<Restored, Error> {
+        self.ask(|reply| Command::Restore {
+            payload: Box::new(payload),
+            recovery: Box::new(recovery),
+            name,
+            reply,
+        })
+        .await?
     }
 
     /// Trusts the approvals signed with these devices' first PIN keys at once, and notes that on disk: those the

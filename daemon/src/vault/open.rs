@@ -148,7 +148,9 @@ pub fn open_seeded(
     let (out, outbound) = mpsc::channel(OUTBOX);
     let me = identity.peer_id();
     let replication = Replication::start(me, &vault, &Peers(&store));
+    let (changes, changes_rx) = tokio::sync::watch::channel(0);
     let mut actor = Actor {
+        changes,
         vault,
         keys: HashMap::new(),
         store,
@@ -212,6 +214,7 @@ pub fn open_seeded(
             outbound,
             paired,
             addrs,
+            changes: changes_rx,
         },
         report,
     ))

@@ -12,6 +12,7 @@ mod negative;
 mod netns;
 mod pairing;
 mod pin;
+mod recovery;
 mod removal;
 mod sync;
 mod system;

@@ -42,8 +42,12 @@ pub(crate) async fn device(
             if json {
                 return print_json(&body);
             }
+            let restored_at = match client.call(RequestBody::Status).await? {
+                ResponseBody::Status { status } => status.recovery.and_then(|r| r.restored_at_ms),
+                _ => None,
+            };
             if let ResponseBody::DeviceList { devices } = body {
-                print_devices(&devices);
+                print_devices(&devices, restored_at);
             }
         }
         DeviceCommand::Rename { id, name } => {
@@ -107,7 +111,7 @@ async fn resolve(client: &mut Client, id: &str) -> Result<DeviceInfo, Failure> {
     }
 }
 
-fn print_devices(devices: &[DeviceInfo]) {
+fn print_devices(devices: &[DeviceInfo], restored_at: Option<u64>) {
     let name_of = |id: &str| {
         devices
             .iter()
@@ -118,6 +122,9 @@ fn print_devices(devices: &[DeviceInfo]) {
         let this = if d.this_device { "  (this device)" } else { "" };
         println!("{}  {}{this}", d.device_id, d.name);
         let state = match d.state {
+            DeviceState::Active if d.recovery => {
+                "recovery key (from the recovery phrase; never connects)".to_owned()
+            }
             DeviceState::Active if d.connected => "active, connected".to_owned(),
             DeviceState::Active => "active, not connected".to_owned(),
             DeviceState::Removed => format!(
@@ -135,10 +142,18 @@ fn print_devices(devices: &[DeviceInfo]) {
             ),
         };
         println!("  state      {state}");
-        if !d.this_device {
-            let seen = d
-                .last_seen_ms
-                .map_or_else(|| "never".to_owned(), format_time);
+        if !d.this_device && !d.recovery {
+            let seen = match (d.last_seen_ms, restored_at) {
+                (None, Some(r)) if d.state == DeviceState::Active => format!(
+                    "not since this device was restored ({}): remove it if it is lost",
+                    format_time(r)
+                ),
+                (Some(at), Some(r)) if at < r => format!(
+                    "not since this device was restored ({}): remove it if it is lost",
+                    format_time(r)
+                ),
+                (seen, _) => seen.map_or_else(|| "never".to_owned(), format_time),
+            };
             println!("  last seen  {seen}");
         }
         let by = d

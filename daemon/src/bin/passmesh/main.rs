@@ -9,6 +9,7 @@ mod input;
 mod keystore;
 mod output;
 mod pair;
+mod recovery;
 mod trash;
 
 use std::io::BufRead;
@@ -24,6 +25,7 @@ use crate::input::{read_call, read_new_pin, read_pin_arg, resolve};
 use crate::keystore::{KeystoreCommand, VaultLocation, keystore};
 use crate::output::{print_json, print_list, print_one, print_status};
 use crate::pair::{decode_qr, follow_pairing, pair};
+use crate::recovery::RecoveryCommand;
 use crate::trash::{TrashCommand, audit, trash};
 
 /// Talk to the Passmesh daemon: inspect and manage passkeys, set the device PIN, script WebAuthn calls.
@@ -80,6 +82,34 @@ enum Command {
     Trash {
         #[command(subcommand)]
         command: TrashCommand,
+    },
+    /// Recover after losing every device: the recovery phrase (setup, verify, rotate, identity)
+    Recovery {
+        #[command(subcommand)]
+        command: RecoveryCommand,
+    },
+    /// Write a backup of the vault to FILE: an age file that opens with the recovery phrase only
+    ///
+    /// It holds the whole vault, so a device restored from it continues the same vault and syncs with any device
+    /// that survived. Needs recovery to be set up (`passmesh recovery setup`).
+    Backup {
+        /// Where to write it (written whole, then renamed into place)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Read the PIN from the first line of stdin (needed when a PIN is set)
+        #[arg(long)]
+        pin_stdin: bool,
+    },
+    /// Restore a backup FILE on this device (its vault must be empty), with the recovery phrase (prompt, or stdin)
+    ///
+    /// The vault and every passkey come back; this device becomes a member, and the vault's other devices are
+    /// listed as not seen since the restore, ready to be removed.
+    Restore {
+        /// The backup file
+        file: PathBuf,
+        /// This device's name in the vault [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Show the vault's audit log: who paired, renamed or removed devices, rotated the key, deleted, restored
     /// or purged passkeys, and when; each entry is checked (signed by the device it names, unaltered)
@@ -224,6 +254,12 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
     if let Command::Keystore { location, command } = &args.command {
         return keystore(location, command, args.json);
     }
+    if let Command::Recovery {
+        command: command @ RecoveryCommand::Identity,
+    } = &args.command
+    {
+        return recovery::run(None, command, None, args.json).await;
+    }
     if let Command::GenerateDocs { dir } = &args.command {
         return generate_docs(dir)
             .map_err(|e| Failure::Local(format!("cannot write into {}: {e}", dir.display())));
@@ -262,7 +298,11 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
         }
         | Command::Trash {
             command: TrashCommand::Purge { pin_stdin, .. },
-        } => read_pin_arg(*pin_stdin)?,
+        }
+        | Command::Recovery {
+            command: RecoveryCommand::Setup { pin_stdin } | RecoveryCommand::Rotate { pin_stdin },
+        }
+        | Command::Backup { pin_stdin, .. } => read_pin_arg(*pin_stdin)?,
         _ => None,
     };
     let mut client = Client::connect(socket).await.map_err(|e| {
@@ -333,6 +373,15 @@ async fn run(args: &Args, socket: &Path) -> Result<(), Failure> {
         }
         Command::Audit => {
             return audit(&mut client, args.json).await;
+        }
+        Command::Recovery { command } => {
+            return recovery::run(Some(&mut client), command, device_pin, args.json).await;
+        }
+        Command::Backup { out, .. } => {
+            return recovery::backup(&mut client, out, device_pin, args.json).await;
+        }
+        Command::Restore { file, name } => {
+            return recovery::restore(&mut client, file, name.clone(), args.json).await;
         }
         Command::Status => {
             let body = client.call(RequestBody::Status).await?;

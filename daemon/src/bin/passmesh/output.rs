@@ -59,6 +59,25 @@ pub(crate) fn print_status(s: &StatusInfo, socket: &Path) {
         };
         println!("old keys   {} epoch(s): {why}", k.epochs);
     }
+    if let Some(r) = &s.recovery {
+        match r.keys.iter().map(|k| k.since_ms).min() {
+            Some(since) => println!("recovery   set up since {}", format_time(since)),
+            None => println!("recovery   NOT set up (`passmesh recovery setup`)"),
+        }
+        match (&r.backup_dir, r.last_backup_at_ms) {
+            (Some(dir), Some(at)) => println!(
+                "backups    automatic, to {dir}; last {} ({})",
+                format_time(at),
+                r.last_backup_file.as_deref().unwrap_or("?")
+            ),
+            (Some(dir), None) => println!("backups    automatic, to {dir}; none written yet"),
+            (None, Some(at)) => println!("backups    last {}", format_time(at)),
+            (None, None) => {}
+        }
+        if let Some(at) = r.restored_at_ms {
+            println!("restored   from a backup on {}", format_time(at));
+        }
+    }
     if let Some(why) = &s.network_off {
         println!("network    {why}");
     }

@@ -1,0 +1,87 @@
+//! Automatic backups of one vault (`[backup] dir`, `keep`): one at start if the document changed since the last,
+//! then after changes, at most once per [`MIN_INTERVAL`]; each written atomically, the oldest of this device's
+//! beyond `keep` deleted. Nothing is written until the vault has a recovery key (the file opens with the phrase
+//! only).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use passmesh_crdt::DeviceId;
+use tokio::sync::watch;
+
+use crate::backup;
+use crate::vault;
+
+/// The shortest time between two automatic backups.
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where and how many.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// The directory (system mode: the user's own under `[backup] dir`).
+    pub(crate) dir: PathBuf,
+    /// Backups of this device kept there.
+    pub(crate) keep: usize,
+    /// This device (names its files).
+    pub(crate) device: DeviceId,
+}
+
+/// Writes the backups of the vault behind `vault` until it stops (its change counter closes). Holds the vault
+/// only while it takes a snapshot, so it never keeps a stopped daemon waiting.
+pub(crate) async fn run(vault: vault::WeakHandle, mut changes: watch::Receiver<u64>, plan: Plan) {
+    let mut last: Option<tokio::time::Instant> = None;
+    let mut waiting_for_recovery = false;
+    loop {
+        if let Some(at) = last {
+            tokio::time::sleep_until(at + MIN_INTERVAL).await;
+        }
+        changes.borrow_and_update();
+        let Some(handle) = vault.upgrade() else {
+            return;
+        };
+        let snapshot = handle.snapshot(true).await;
+        match snapshot {
+            Ok(Some(snapshot)) => {
+                waiting_for_recovery = false;
+                let heads = snapshot.heads.clone();
+                let at = snapshot.payload.made_at_ms;
+                let plan = plan.clone();
+                let written = tokio::task::spawn_blocking(move || write(&snapshot, &plan)).await;
+                match written {
+                    Ok(Ok(name)) => {
+                        tracing::info!(file = %name, "wrote an automatic backup");
+                        handle.backup_written(heads, at, name).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "automatic backup failed"),
+                    Err(_) => return,
+                }
+                last = Some(tokio::time::Instant::now());
+            }
+            Ok(None) => {}
+            Err(vault::Error::NoRecovery) => {
+                if !waiting_for_recovery {
+                    tracing::info!(
+                        "automatic backups wait for a recovery key: run `passmesh recovery setup`"
+                    );
+                    waiting_for_recovery = true;
+                }
+            }
+            Err(vault::Error::Stopped) => return,
+            Err(e) => tracing::warn!(error = %e, "automatic backup failed"),
+        }
+        drop(handle);
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn write(snapshot: &vault::Snapshot, plan: &Plan) -> Result<String, backup::Error> {
+    let file = backup::seal(&snapshot.payload, &snapshot.recipients)?;
+    let name = backup::file_name(snapshot.payload.made_at_ms, &plan.device);
+    backup::write_atomic(&plan.dir, &name, &file)?;
+    if let Err(e) = backup::rotate(&plan.dir, &plan.device, plan.keep) {
+        tracing::warn!(error = %e, dir = %plan.dir.display(), "cannot delete old backups");
+    }
+    Ok(name)
+}
