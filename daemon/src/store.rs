@@ -81,6 +81,9 @@ pub enum Meta<'a> {
     LastBackup,
     /// When this device was restored from a backup, u64 ms big-endian (`restored-at`).
     RestoredAt,
+    /// The sealed keyring of a document that replaced the vault's (joining, restoring), stored with it in one
+    /// batch until the keyring file holds it too (`keyring-next`).
+    KeyringNext,
 }
 
 const ADDRS_PREFIX: &str = "addrs/";
@@ -103,6 +106,7 @@ impl Meta<'_> {
             Meta::BackupHeads => "backup-heads".to_owned(),
             Meta::LastBackup => "last-backup".to_owned(),
             Meta::RestoredAt => "restored-at".to_owned(),
+            Meta::KeyringNext => "keyring-next".to_owned(),
         }
     }
 }

@@ -580,6 +580,9 @@ pub enum PairEvent {
         device_id: String,
         /// The other device's name.
         name: String,
+        /// Joiner: passkeys this device held that moved into the joined vault.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        merged: u64,
     },
     /// The pairing ended without pairing anything; nothing changed.
     Failed {

@@ -8,7 +8,7 @@ use passmesh_crdt::{Device, DeviceId, Epoch, Keyring, MemberState, Vault};
 use passmesh_transport::Multiaddr;
 
 use super::actor::Actor;
-use super::{Adoption, DeviceEntry, Error, JoinInfo, Member};
+use super::{Adopted, Adoption, DeviceEntry, Error, JoinInfo, Member};
 use crate::ids;
 use crate::names::DeviceName;
 use crate::store::{self, Durability, Meta};
@@ -195,12 +195,15 @@ impl Actor {
         })
     }
 
-    /// Every active device with its signed entry (where it has one) and the addresses known for it.
+    /// Every active device with its signed entry (where it has one) and the addresses known for it. Recovery
+    /// keys are not listed: a joining device learns them by sync, from the signed entries themselves.
     pub(super) fn members(&self) -> Vec<Member> {
         self.vault
             .members()
             .into_iter()
-            .filter(|m| m.state == MemberState::Active)
+            .filter(|m| {
+                m.state == MemberState::Active && m.device.kind == passmesh_crdt::MemberKind::Device
+            })
             .map(|m| m.device)
             .map(|device| {
                 let addrs = ids::peer_id(&device.id)
@@ -278,11 +281,8 @@ impl Actor {
         Ok(epoch)
     }
 
-    /// Joining another vault is allowed only while this one is empty and unpaired.
+    /// Joining another vault is allowed only while this one is unpaired (its passkeys move along).
     fn may_adopt(&self) -> Result<(), Error> {
-        if !self.vault.is_empty() {
-            return Err(Error::NotEmpty(self.vault.len() as u64));
-        }
         let others = self.replication.paired(&self.vault).len();
         if others > 0 {
             return Err(Error::AlreadyPaired(others as u64));
@@ -290,29 +290,35 @@ impl Actor {
         Ok(())
     }
 
-    /// Replaces this (empty) vault with a replica of another: same id and keyring, sealed by this device's
-    /// keystore, with the members' entries and addresses and this device's entry. The passkeys arrive by sync.
-    /// The sealed keyring is written first, then the document; a crash in between leaves a keyring that does
-    /// not open the old document, and the daemon refuses to start until the state directory is cleared.
-    pub(super) fn adopt(&mut self, adoption: Adoption) -> Result<(), Error> {
-        self.may_adopt()?;
+    /// Joins the vault an inviter hands over. Another vault replaces this one: same id and keyring, sealed by
+    /// this device's keystore, with the members' entries and addresses and this device's entry, and every
+    /// passkey this device held (live or in the trash) moved into it, re-encrypted under its key; the vault's
+    /// own passkeys arrive by sync. The same vault (a device that survived meeting one restored from a backup,
+    /// say) is kept as it is, and the members' entries are added to it, so the two sync again.
+    pub(super) fn adopt(&mut self, adoption: Adoption) -> Result<Adopted, Error> {
+        let same = adoption.vault_id == self.vault.id();
+        if !same {
+            self.may_adopt()?;
+        }
+        if adoption.check_only {
+            return Ok(Adopted::default());
+        }
+        if same {
+            return self.meet(&adoption.members);
+        }
         let Adoption {
             vault_id,
             keyring,
             members,
             me,
             anchors,
-            check_only,
+            check_only: _,
         } = adoption;
-        if check_only {
-            return Ok(());
-        }
         // The epoch keys only: an inbox key in what the inviter sent would be the inviter's (it could open what
         // is wrapped to this device later). This device makes its own.
         let ring = Keyring::decode(&keyring)
             .map_err(|_| Error::Keyring)?
             .shareable();
-        let keyring = ring.encode();
         let mut vault = Vault::create(vault_id, ring)?;
         vault.set_local(ids::local_device(&self.identity));
         let my_id = ids::device_id(&self.me);
@@ -322,15 +328,12 @@ impl Actor {
             }
         }
         vault.add_device(me)?;
-        let full = vault.save();
-        let current = store::read_keyring(&self.db)?;
-        let sealed = self.custody.seal_like(current.as_deref(), &keyring)?;
-        store::write_keyring(&self.db, &sealed)?;
-        self.store.replace(&full, &[])?;
+        let merged = self.carry_passkeys(&mut vault)?;
+        self.replace_vault(&mut vault, &[])?;
         for m in &members {
             self.remember_addrs(&m.device, &m.addrs);
         }
-        tracing::info!(vault = %vault.id(), "joined a vault: this device's replica was replaced");
+        tracing::info!(vault = %vault.id(), merged, "joined a vault: this device's passkeys moved into it");
         self.vault = vault;
         self.keys.clear();
         self.replication.clear();
@@ -344,6 +347,86 @@ impl Actor {
         };
         self.set_anchors(&anchors)?;
         self.maintenance_due = true;
+        Ok(Adopted {
+            merged,
+            same_vault: false,
+        })
+    }
+
+    /// Copies every passkey of this device's vault (live and in the trash, with labels) into `vault`, under its
+    /// key. Returns how many.
+    fn carry_passkeys(&self, vault: &mut Vault) -> Result<u64, Error> {
+        let now = crate::now_ms();
+        let mut merged = 0;
+        for p in self.vault.passkeys().chain(self.vault.trashed()) {
+            let id = vault.insert(
+                passmesh_crdt::NewPasskey {
+                    credential_id: p.credential_id.clone(),
+                    rp_id: p.rp_id.clone(),
+                    user_handle: p.user_handle.clone(),
+                    user_name: p.user_name.clone(),
+                    user_display_name: p.user_display_name.clone(),
+                    private_key: p.private_key.clone(),
+                    created_at_ms: p.created_at_ms,
+                },
+                now,
+            )?;
+            if let Some(label) = &p.label {
+                vault.rename(&id, label, now)?;
+            }
+            if p.trashed_at_ms.is_some() {
+                vault.trash(&id, now)?;
+            }
+            merged += 1;
+        }
+        Ok(merged)
+    }
+
+    /// The inviter holds this very vault: adds the entries it listed that this device lacks (each is judged by
+    /// its signature like any other), so the two know each other and sync.
+    fn meet(&mut self, members: &[Member]) -> Result<Adopted, Error> {
+        let known: std::collections::HashSet<DeviceId> = self
+            .vault
+            .members()
+            .into_iter()
+            .filter(|m| m.state == MemberState::Active)
+            .map(|m| m.device.id)
+            .collect();
+        for m in members {
+            if !known.contains(&m.device.id) && m.device.signature.is_some() {
+                self.vault.add_device(m.device.clone())?;
+                self.remember_addrs(&m.device, &m.addrs);
+                self.dirty = true;
+            }
+        }
+        self.persist()?;
+        self.maintenance_due = true;
+        self.send_paired();
+        self.local_change();
+        tracing::info!(vault = %self.vault.id(), "met a device of this vault through pairing");
+        Ok(Adopted {
+            merged: 0,
+            same_vault: true,
+        })
+    }
+
+    /// Makes `vault` this device's, durably: its document and its sealed keyring in one batch (with `meta`),
+    /// then the keyring file. Interrupted in between, opening the store finishes it (see `vault::open`).
+    pub(super) fn replace_vault(
+        &mut self,
+        vault: &mut Vault,
+        meta: &[(Meta<'_>, &[u8])],
+    ) -> Result<(), Error> {
+        let keyring = vault.keyring().shareable().encode();
+        let full = vault.save();
+        let current = store::read_keyring(&self.db)?;
+        let sealed = self.custody.seal_like(current.as_deref(), &keyring)?;
+        let mut all: Vec<(Meta<'_>, &[u8])> = vec![(Meta::KeyringNext, &sealed)];
+        all.extend_from_slice(meta);
+        self.store.replace(&full, &all)?;
+        store::write_keyring(&self.db, &sealed)?;
+        self.store.remove(Meta::KeyringNext)?;
+        self.store.flush()?;
         Ok(())
     }
 }

@@ -134,9 +134,6 @@ pub enum Error {
     /// The actor's thread cannot be started.
     #[error("cannot start the vault thread: {0}")]
     Thread(std::io::Error),
-    /// Joining another vault would drop this device's passkeys.
-    #[error("this device already holds {0} passkeys: joining another vault would replace them")]
-    NotEmpty(u64),
     /// Joining another vault would cut this device off its paired devices.
     #[error("this device is already paired with {0} other devices")]
     AlreadyPaired(u64),
@@ -184,6 +181,15 @@ pub struct Snapshot {
     pub heads: Vec<[u8; 32]>,
     /// Passkeys in it.
     pub passkeys: u64,
+}
+
+/// What joining a vault did with this device's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// Passkeys of this device moved into the joined vault.
+    pub merged: u64,
+    /// The inviter holds this very vault: nothing was replaced, the two devices now know each other.
+    pub same_vault: bool,
 }
 
 /// What a restore brought back.
@@ -444,7 +450,7 @@ enum Command {
     },
     Adopt {
         adoption: Box<Adoption>,
-        reply: Reply<Result<(), Error>>,
+        reply: Reply<Result<Adopted, Error>>,
     },
     PinFinish {
         ok: bool,
@@ -709,8 +715,9 @@ impl Handle {
         self.ask(|reply| Command::Members { reply }).await
     }
 
-    /// Replaces this device's empty, unpaired vault with a replica of `vault_id` (its encoded `keyring`,
-    /// sealed here), listing `members` and `me`; with `check_only` it only says whether that would be allowed.
+    /// Replaces this device's unpaired vault with a replica of `vault_id` (its encoded `keyring`, sealed here),
+    /// listing `members` and `me`, with this device's passkeys moved into it; for the same vault, adds the
+    /// members this device lacks (see [`Adopted`]). With `check_only` it only says whether that is allowed.
     #[allow(clippy::too_many_arguments)]
     pub async fn adopt(
         &self,
@@ -720,7 +727,7 @@ impl Handle {
         me: Device,
         anchors: Vec<DeviceId>,
         check_only: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<Adopted, Error> {
         let adoption = Box::new(Adoption {
             vault_id,
             keyring,

@@ -90,7 +90,31 @@ pub fn open_seeded(
     let (vault, blob_pcrs) = match (unsealed, document) {
         (Some(secret), Some(doc)) => {
             let keyring = Keyring::decode(&secret).map_err(|_| Error::Keyring)?;
-            let vault = Vault::load_as(&doc, keyring, Some(ids::local_device(&identity)))?;
+            let loaded = Vault::load_as(&doc, keyring, Some(ids::local_device(&identity)));
+            // A replacement of the vault (joining, restoring) stores the new document with its sealed keyring
+            // in one batch, then writes the keyring file: interrupted in between, the document is the new one
+            // and the keyring for it is in the store.
+            let next = store.get(Meta::KeyringNext)?;
+            let vault = match (loaded, next) {
+                (Ok(vault), next) => {
+                    if next.is_some() {
+                        store.remove(Meta::KeyringNext)?;
+                    }
+                    vault
+                }
+                (Err(e), None) => return Err(e.into()),
+                (Err(_), Some(blob)) => {
+                    let secret = ks.unseal(&blob)?;
+                    let keyring = Keyring::decode(&secret).map_err(|_| Error::Keyring)?;
+                    let vault = Vault::load_as(&doc, keyring, Some(ids::local_device(&identity)))?;
+                    store::write_keyring(&db, &blob)?;
+                    store.remove(Meta::KeyringNext)?;
+                    tracing::warn!(
+                        "finished replacing the vault (joining or restoring was interrupted)"
+                    );
+                    vault
+                }
+            };
             for (id, problem) in vault.problems() {
                 tracing::warn!(record = %id, %problem, "a vault record cannot be read and is left out");
             }
@@ -218,4 +242,82 @@ pub fn open_seeded(
         },
         report,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use passmesh_crdt::NewPasskey;
+    use zeroize::Zeroizing;
+
+    use crate::layout::DB;
+    use crate::store::{self, Meta, Store};
+    use crate::vault::{self, Rules};
+
+    fn passkey(n: u8) -> NewPasskey {
+        NewPasskey {
+            credential_id: vec![n; 16],
+            rp_id: "example.com".into(),
+            user_handle: vec![n],
+            user_name: format!("user{n}"),
+            user_display_name: String::new(),
+            private_key: Zeroizing::new(vec![0x80 | n; 32]),
+            created_at_ms: 1,
+        }
+    }
+
+    /// Opens `dir`, inserts `n`'s passkey (if any), stops; returns the passkeys' credential ids.
+    fn cycle(dir: &std::path::Path, n: Option<u8>) -> Vec<Vec<u8>> {
+        let (running, _) =
+            vault::open(dir, &vault::trash::tests::software(), Rules::default()).unwrap();
+        let ids = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                if let Some(n) = n {
+                    running.handle.insert(passkey(n)).await.unwrap();
+                }
+                let (list, _) = running.handle.list(None, 0, 100).await.unwrap();
+                list.into_iter().map(|p| p.credential_id.0).collect()
+            });
+        drop(running.handle);
+        running.thread.join().unwrap();
+        ids
+    }
+
+    #[test]
+    fn a_replacement_interrupted_before_the_keyring_file_is_finished_at_the_next_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (here, other) = (tmp.path().join("here"), tmp.path().join("other"));
+        cycle(&here, Some(1));
+        cycle(&other, Some(2));
+        // What joining or restoring writes in one batch: the new document with its sealed keyring. The crash
+        // comes before the keyring file is replaced.
+        let next = store::read_keyring(&other.join(DB)).unwrap().unwrap();
+        let doc = Store::open(&other.join(DB))
+            .unwrap()
+            .document()
+            .unwrap()
+            .unwrap();
+        let old = store::read_keyring(&here.join(DB)).unwrap().unwrap();
+        assert_ne!(old, next);
+        {
+            let mut s = Store::open(&here.join(DB)).unwrap();
+            s.replace(&doc, &[(Meta::KeyringNext, &next)]).unwrap();
+        }
+        // The store holds the new document: it opens with the new keyring, which becomes the file.
+        assert_eq!(cycle(&here, None), vec![vec![2; 16]]);
+        assert_eq!(store::read_keyring(&here.join(DB)).unwrap().unwrap(), next);
+        let s = Store::open(&here.join(DB)).unwrap();
+        assert_eq!(s.get(Meta::KeyringNext).unwrap(), None);
+        drop(s);
+        // Interrupted after the keyring file: the leftover entry is dropped, nothing else changes.
+        {
+            let s = Store::open(&here.join(DB)).unwrap();
+            s.put(Meta::KeyringNext, &old, store::Durability::Flushed)
+                .unwrap();
+        }
+        assert_eq!(cycle(&here, None), vec![vec![2; 16]]);
+        assert_eq!(store::read_keyring(&here.join(DB)).unwrap().unwrap(), next);
+    }
 }

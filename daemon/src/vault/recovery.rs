@@ -184,13 +184,7 @@ impl Actor {
         }
         let now = crate::now_ms();
         vault.restore_as(ids::local_device(&self.identity), name, now)?;
-        let keyring = vault.keyring().shareable().encode();
-        let full = vault.save();
-        let current = crate::store::read_keyring(&self.db)?;
-        let sealed = self.custody.seal_like(current.as_deref(), &keyring)?;
-        crate::store::write_keyring(&self.db, &sealed)?;
-        self.store
-            .replace(&full, &[(Meta::RestoredAt, &now.to_be_bytes())])?;
+        self.replace_vault(&mut vault, &[(Meta::RestoredAt, &now.to_be_bytes())])?;
         let passkeys = vault.len() as u64;
         let me = ids::device_id(&self.me);
         let devices = vault

@@ -463,7 +463,7 @@ impl Actor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use passmesh_crdt::NewPasskey;
@@ -486,7 +486,7 @@ mod tests {
     }
 
     /// The software keystore, with no TPM to find.
-    pub(super) fn software() -> Custody {
+    pub(in crate::vault) fn software() -> Custody {
         Custody::new(
             Choice::Software,
             TpmOptions {

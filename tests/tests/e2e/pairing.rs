@@ -357,19 +357,53 @@ async fn confirmed_sas_pairs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_with_passkeys_refuses_to_join() {
+async fn joining_with_passkeys_merges_both_sides() {
     let (a, b) = (device().await, device().await);
     let rp = example_rp();
+    let alice = register_user(&mut client(&a).await, &rp, "alice").await;
     let mut cb = client(&b).await;
-    register_user(&mut cb, &rp, "bob").await;
-    let b_before = fingerprint(&b).await;
+    let bob = register_user(&mut cb, &rp, "bob").await;
+    let carol = register_user(&mut cb, &rp, "carol").await;
+    // A passkey in the trash moves along too, still in the trash.
+    ops::delete(&mut cb, carol.id()).await.expect("delete");
+    drop(cb);
+    let vault_a = fingerprint(&a).await.0;
     let mut invite = a.invite(&["--expires", "60"], "y\n").expect("pair");
     let uri = invite.uri().await.expect("code");
     let out = b.join(&[&uri]).await.expect("join");
-    let err = outcome(&json_lines(&out)).expect_err("refused");
-    assert!(err.contains("already holds 1 passkeys"), "{err}");
-    assert_eq!(fingerprint(&b).await, b_before);
-    drop(invite);
+    let events = json_lines(&out);
+    assert_eq!(outcome(&events), Ok(a.peer_id.clone()), "{}", out.stdout);
+    let done = events
+        .iter()
+        .find(|e| e["event"] == "done")
+        .expect("a done event");
+    assert_eq!(done["merged"], 2, "{done}");
+    let (code, _) = invite.finish().await.expect("pair ends");
+    assert_eq!(code, Some(0));
+    assert_eq!(fingerprint(&b).await.0, vault_a, "b is in a's vault now");
+    // Both sides hold both passkeys, and each signs in on both devices.
+    for d in [&a, &b] {
+        eventually(LIMIT, "both passkeys on both devices", async || {
+            (d.status().await.ok()?.passkeys == 2).then_some(())
+        })
+        .await
+        .unwrap();
+        for reg in [&alice, &bob] {
+            assert!(
+                signs(d, &rp, reg).await,
+                "{} on {}",
+                reg.user.name,
+                d.peer_id
+            );
+        }
+        let mut c = client(d).await;
+        let trash = c.trash_all().await.expect("trash");
+        assert!(
+            trash
+                .iter()
+                .any(|t| t.passkey.credential_id.0 == carol.id())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

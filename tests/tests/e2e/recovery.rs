@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use passmesh_ipc::{AuditInfo, DeviceInfo, DeviceState};
 use passmesh_tests::mesh::{self, Node, all_connected, eventually};
-use passmesh_tests::{Daemon, ops, recovery};
+use passmesh_tests::{Daemon, ops, pairing, recovery};
 
 use crate::sync::try_sign_in;
 use crate::{Registered, client, daemon, example_rp, register_user};
@@ -416,4 +416,41 @@ async fn a_replaced_phrase_opens_nothing_made_afterwards_and_verify_tells_them_a
     let out = restore(&fresh, &file, &second.phrase).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(list_len(&fresh).await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_survived_meets_the_restored_one_by_pairing_and_they_sync() {
+    let (a, b) = (
+        pairing::Device::start().await.unwrap(),
+        pairing::Device::start().await.unwrap(),
+    );
+    pairing::pair(&a, &b, "phone").await.unwrap();
+    let rp = example_rp();
+    let early = register_user(&mut client(&a.daemon).await, &rp, "early").await;
+    let phrase = setup(&a.daemon).await;
+    let shelf = tempfile::tempdir().unwrap();
+    let file = shelf.path().join("laptop.age");
+    a.daemon
+        .cli(&["backup", "--out", file.to_str().unwrap()])
+        .await
+        .unwrap()
+        .expect_success("backup");
+    // The laptop is lost; the phone survives and keeps being used.
+    drop(a);
+    let while_away = register_user(&mut client(&b.daemon).await, &rp, "while-away").await;
+    let fresh = pairing::Device::start().await.unwrap();
+    let out = restore(&fresh.daemon, &file, &phrase).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // The phone does not know the restored laptop: pairing them again (same vault) lets them meet, nothing is
+    // replaced on either side.
+    pairing::pair(&fresh, &b, "phone").await.unwrap();
+    let late = register_user(&mut client(&fresh.daemon).await, &rp, "late").await;
+    for d in [&fresh.daemon, &b.daemon] {
+        eventually(LIMIT, "all three passkeys on both devices", async || {
+            (list_len(d).await? == 3).then_some(())
+        })
+        .await
+        .unwrap();
+        all_sign_in(d, &[early.clone(), while_away.clone(), late.clone()]).await;
+    }
 }

@@ -193,9 +193,19 @@ async fn follow(client: &mut Client, json: bool) -> Result<(), Failure> {
                     let accept = matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes");
                     client.call(RequestBody::PairConfirm { accept }).await?;
                 }
-                PairEvent::Done { device_id, name } => {
+                PairEvent::Done {
+                    device_id,
+                    name,
+                    merged,
+                } => {
                     if !json {
                         println!("Paired with \"{name}\" ({device_id}).");
+                        if *merged > 0 {
+                            println!(
+                                "This device's {merged} passkey(s) moved into the joined vault: they sync to its \
+                                 other devices."
+                            );
+                        }
                     }
                     outcome = Ok(());
                 }

@@ -464,6 +464,7 @@ impl Inner {
                     PairEvent::Done {
                         device_id: hello.peer.to_string(),
                         name: hello.name,
+                        merged: 0,
                     },
                     &self.changed,
                 );

@@ -40,9 +40,6 @@ impl Pairing {
             return Err(Error::HeldByAnotherUser);
         }
         let info = vault.join_info().await?;
-        if info.vault_id.as_bytes() == &invitation.vault {
-            return Err(Error::SameVault);
-        }
         vault
             .adopt(
                 info.vault_id,
@@ -73,9 +70,17 @@ impl Pairing {
                 st.phase = Phase::Idle;
             }
             match result {
-                Ok((device_id, name)) => {
-                    tracing::info!(inviter = %device_id, "joined the vault");
-                    st.push_for(id, PairEvent::Done { device_id, name }, &inner.changed);
+                Ok((device_id, name, adopted)) => {
+                    tracing::info!(inviter = %device_id, merged = adopted.merged, "joined the vault");
+                    st.push_for(
+                        id,
+                        PairEvent::Done {
+                            device_id,
+                            name,
+                            merged: adopted.merged,
+                        },
+                        &inner.changed,
+                    );
                 }
                 Err(failure) => {
                     let reason = failure.to_string();
@@ -89,14 +94,15 @@ impl Pairing {
 }
 
 impl Inner {
-    /// The joiner's steps; the inviter's device id and name on success, the reason otherwise.
+    /// The joiner's steps; the inviter's device id and name, and what joining did with this device's vault, on
+    /// success; the reason otherwise.
     async fn run_join(
         &self,
         id: PairingId,
         vault: &vault::Handle,
         invitation: Invitation,
         name: String,
-    ) -> Result<(String, String), Failure> {
+    ) -> Result<(String, String, vault::Adopted), Failure> {
         let inviter = invitation.inviter;
         let addrs = invitation.addrs.clone();
         let (hs, m1) = JoinHandshake::start(&invitation, &self.identity, &self.key)?;
@@ -207,7 +213,7 @@ impl Inner {
                     .filter_map(move |a| a.parse::<Multiaddr>().ok()?.with_p2p(peer).ok())
             })
             .collect();
-        vault
+        let adopted = vault
             .adopt(vault_id, keyring, members, device, anchors, false)
             .await?;
         if let Err(e) = vault.trust_pin_keys(pin_keys).await {
@@ -225,7 +231,7 @@ impl Inner {
         };
         let ack = session.seal(&serde_json::to_vec(&ack)?)?;
         match self.request(inviter, &addrs, Request::Ack(ack)).await? {
-            Response::Done => Ok((inviter.to_string(), inviter_name)),
+            Response::Done => Ok((inviter.to_string(), inviter_name, adopted)),
             _ => Err(Failure::UnexpectedAnswer),
         }
     }

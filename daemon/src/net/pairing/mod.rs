@@ -57,9 +57,6 @@ pub enum Error {
     /// The vault refuses (it holds passkeys, or is paired).
     #[error(transparent)]
     Vault(#[from] vault::Error),
-    /// The invitation is for the vault this device already holds.
-    #[error("this device already belongs to that vault")]
-    SameVault,
     /// Another local user's vault on this machine is that vault (system mode).
     #[error(
         "that vault is already on this device under another user; a vault can be held by one user only"
