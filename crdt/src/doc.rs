@@ -1034,15 +1034,8 @@ pub(crate) fn read_device(
     };
     let (mut public, mut added_by, mut epoch) = (None, None, None);
     let (mut name, mut added_at, mut name2, mut added_at2) = (None, None, None, None);
-    let mut kind = crate::MemberKind::Device;
     for item in doc.map_range(&obj, ..) {
         match (item.key.as_ref(), item.value) {
-            // What the table shows; membership is judged from every signed entry (see `Vault::judge`).
-            (field::ENTRY, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => {
-                if let Some(e) = crate::members::decode_entry(&b).filter(|e| e.id == *id) {
-                    kind = e.kind;
-                }
-            }
             (field::X25519_PUBLIC, ValueRef::Scalar(ScalarValueRef::Bytes(b))) => public = Some(b),
             (field::ADDED_BY, ValueRef::Scalar(ScalarValueRef::Str(s))) => added_by = Some(s),
             (field::EPOCH, ValueRef::Scalar(ScalarValueRef::Uint(e))) => epoch = Some(e),
@@ -1102,7 +1095,8 @@ pub(crate) fn read_device(
         added_at_ms: u64::from_be_bytes(added_at),
         // The signed form of an entry is its `e` value, judged from the history (see `Vault::judge`).
         signature: None,
-        kind,
+        // The table's fields are not signed: what a member is, only its signed entries say (`Vault::judge`).
+        kind: crate::MemberKind::Device,
     };
     d.validate().map_err(|e| match e {
         Error::InvalidInput(what) => malformed(what),

@@ -406,6 +406,99 @@ impl Reader<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// What a recovery key vouches for
+
+const ANCHORS_V1: u8 = 1;
+/// Most devices a recovery key's statement names.
+const MAX_ANCHORS: usize = 1024;
+
+fn recovery_anchors_message(
+    vault: &VaultId,
+    recovery: &DeviceId,
+    anchors: &BTreeSet<DeviceId>,
+) -> Vec<u8> {
+    let mut out = message(b"passmesh/v1/recovery-anchors", vault);
+    push_str(&mut out, recovery.as_str());
+    out.extend_from_slice(
+        &u16::try_from(anchors.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    for a in anchors {
+        push_str(&mut out, a.as_str());
+    }
+    out
+}
+
+/// The recovery key's signature of the devices a replica restored with it trusts without a signature chain (the
+/// anchors of the device that set it up). Made where the phrase is, at setup: a document made by someone who
+/// knows only the key's public half cannot name other anchors.
+pub fn sign_recovery_anchors(
+    vault: &VaultId,
+    recovery: &LocalDevice,
+    anchors: &BTreeSet<DeviceId>,
+) -> [u8; 64] {
+    recovery.sign(&recovery_anchors_message(vault, recovery.id(), anchors))
+}
+
+/// `1 ‖ u16 count ‖ u16-prefixed ids (strictly ascending) ‖ sig(64)`.
+pub(crate) fn encode_recovery_anchors(anchors: &BTreeSet<DeviceId>, sig: &[u8; 64]) -> Vec<u8> {
+    let mut out = vec![ANCHORS_V1];
+    out.extend_from_slice(
+        &u16::try_from(anchors.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    for a in anchors {
+        push_str(&mut out, a.as_str());
+    }
+    out.extend_from_slice(sig);
+    out
+}
+
+/// The anchors `bytes` names, if it is a statement `recovery` signed for `vault`.
+pub(crate) fn verified_recovery_anchors(
+    vault: &VaultId,
+    recovery: &DeviceId,
+    bytes: &[u8],
+) -> Option<BTreeSet<DeviceId>> {
+    let mut r = Reader(bytes);
+    if r.u8()? != ANCHORS_V1 {
+        return None;
+    }
+    let n = usize::from(r.u16()?);
+    if n == 0 || n > MAX_ANCHORS {
+        return None;
+    }
+    let mut anchors = BTreeSet::new();
+    let mut last: Option<DeviceId> = None;
+    for _ in 0..n {
+        let id = DeviceId::new(r.string()?);
+        if id.as_str().is_empty() || last.as_ref().is_some_and(|l| *l >= id) {
+            return None;
+        }
+        last = Some(id.clone());
+        anchors.insert(id);
+    }
+    let sig = r.array::<64>()?;
+    r.end()?;
+    verify(
+        recovery,
+        &recovery_anchors_message(vault, recovery, &anchors),
+        &sig,
+    )
+    .then_some(anchors)
+}
+
+/// Whether `public` is an x25519 key a wrap can be made to (not of low order: a Diffie-Hellman with it must
+/// depend on the other side's secret).
+pub(crate) fn contributory(public: &[u8; 32]) -> bool {
+    StaticSecret::from([0x42; 32])
+        .diffie_hellman(&XPublic::from(*public))
+        .was_contributory()
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Epoch acknowledgements
 
 const ACK_V1: u8 = 1;
@@ -749,10 +842,45 @@ pub(crate) fn judge(
     before: &mut dyn FnMut(&ChangeHash, &ChangeHash) -> bool,
 ) -> Judgement {
     let trusted = |id: &DeviceId| anchors.is_none_or(|a| a.contains(id));
+    // An id is a device or a recovery key, never both: one with a signed device entry, or trusted as a device
+    // without a chain, has no valid recovery entry.
+    let devices: BTreeSet<&DeviceId> = entries
+        .iter()
+        .filter(|e| {
+            e.device.kind == MemberKind::Device
+                && (e.device.signature.is_some()
+                    || anchors.is_some_and(|a| a.contains(&e.device.id)))
+        })
+        .map(|e| &e.device.id)
+        .collect();
+    let recovery_ids: BTreeSet<&DeviceId> = entries
+        .iter()
+        .filter(|e| e.device.kind == MemberKind::Recovery)
+        .map(|e| &e.device.id)
+        .collect();
     let kinds: Vec<Kind> = entries
         .iter()
         .map(|e| {
             let d = &e.device;
+            if d.kind == MemberKind::Recovery {
+                return match (&d.signature, &d.added_by) {
+                    _ if devices.contains(&d.id) => {
+                        Kind::Bad("a device of the vault has this id: it is no recovery key")
+                    }
+                    _ if !contributory(&d.x25519_public) => {
+                        Kind::Bad("its x25519 key is of low order")
+                    }
+                    (Some(sig), Some(by))
+                        if !recovery_ids.contains(by)
+                            && verify(by, &entry_message(vault, d), sig) =>
+                    {
+                        Kind::Chain(by.clone())
+                    }
+                    _ => {
+                        Kind::Bad("a recovery key is valid only as added (and signed) by a device")
+                    }
+                };
+            }
             let Some(sig) = &d.signature else {
                 return if trusted(&d.id) {
                     Kind::Anchored

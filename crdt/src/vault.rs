@@ -97,6 +97,8 @@ struct Facts {
     audit: Vec<(String, Vec<u8>, ChangeHash)>,
     /// (device, inbox entry bytes): every inbox ever published.
     inboxes: Vec<(DeviceId, Vec<u8>)>,
+    /// (recovery key, statement bytes): every statement of anchors written in a device entry's map.
+    recovery_anchors: Vec<(DeviceId, Vec<u8>)>,
     /// (record, the change that deleted it from the records map): every deletion of a record.
     deletions: Vec<(RecordId, ChangeHash)>,
     /// The heads up to which the history has been read.
@@ -146,6 +148,11 @@ impl Facts {
                     OpType::Put(automerge::ScalarValue::Bytes(b)) if key.as_str() == "e" => {
                         if let Some(id) = self.entry_objs.get(&obj) {
                             self.entries.push((id.clone(), b.clone(), hash));
+                        }
+                    }
+                    OpType::Put(automerge::ScalarValue::Bytes(b)) if key.as_str() == "ra" => {
+                        if let Some(id) = self.entry_objs.get(&obj) {
+                            self.recovery_anchors.push((id.clone(), b.clone()));
                         }
                     }
                     OpType::Make(automerge::ObjType::Map) if obj == ext.epochs => {
@@ -1078,10 +1085,14 @@ impl Vault {
     /// later epoch is wrapped to it as well, until it is removed. Returns the rotation's epoch if one was made. A
     /// key already a member is left as it is (`Ok(None)`). `InvalidInput` if `id` is not the member id of an
     /// ed25519 key.
+    /// `anchors` and `signature`: the devices a replica restored with this key trusts without a chain, signed by
+    /// the key ([`members::sign_recovery_anchors`]), kept in its entry's map.
     pub fn add_recovery(
         &mut self,
         id: &DeviceId,
         x25519_public: [u8; 32],
+        anchors: &BTreeSet<DeviceId>,
+        signature: &[u8; 64],
         now_ms: u64,
     ) -> Result<Option<Epoch>, Error> {
         let me = self.active_me()?;
@@ -1090,9 +1101,21 @@ impl Vault {
                 "a recovery key's id names an ed25519 key",
             ));
         }
-        if self.members.get(id).is_some_and(|m| {
-            m.state == MemberState::Active && m.device.kind == MemberKind::Recovery
-        }) {
+        if !members::contributory(&x25519_public) {
+            return Err(Error::InvalidInput(
+                "a recovery key's x25519 key is of low order",
+            ));
+        }
+        if self.devices.contains_key(id) && !self.is_recovery_key(id) {
+            return Err(Error::InvalidInput("a device of the vault has this id"));
+        }
+        let statement = members::encode_recovery_anchors(anchors, signature);
+        if members::verified_recovery_anchors(&self.id, id, &statement).as_ref() != Some(anchors) {
+            return Err(Error::InvalidInput(
+                "the recovery key's statement of anchors does not verify",
+            ));
+        }
+        if self.is_recovery_key(id) {
             return Ok(None);
         }
         let mut d = Device {
@@ -1107,11 +1130,34 @@ impl Vault {
         d.signature = Some(me.sign(&members::entry_message(&self.id, &d)));
         let logged = self.audit_value(Event::RecoverySet, d.id.as_str(), now_ms);
         self.put_device_entry(d, logged)?;
+        let obj = self.device_obj(id)?;
+        self.doc
+            .transact(|tx| tx.put(&obj, "ra", automerge::ScalarValue::Bytes(statement)))
+            .map_err(|f| Error::from(f.error))?;
+        self.judge();
         if self.epoch_obj(self.keyring.current()).is_none() {
             return self.rotate(now_ms).map(Some);
         }
         self.heal_wraps()?;
         Ok(None)
+    }
+
+    fn is_recovery_key(&self, id: &DeviceId) -> bool {
+        self.members.get(id).is_some_and(|m| {
+            m.state == MemberState::Active && m.device.kind == MemberKind::Recovery
+        })
+    }
+
+    /// The devices recovery key `id` vouches for (see [`add_recovery`](Self::add_recovery)): what a replica
+    /// restored with it must trust without a chain, and nothing else. `None` if no statement it signed is in the
+    /// document.
+    pub fn recovery_anchors(&mut self, id: &DeviceId) -> Option<BTreeSet<DeviceId>> {
+        self.facts.refresh(&self.doc, &self.shape);
+        self.facts
+            .recovery_anchors
+            .iter()
+            .filter(|(r, _)| r == id)
+            .find_map(|(_, b)| members::verified_recovery_anchors(&self.id, id, b))
     }
 
     /// Makes this replica, loaded from a backup with [`load_as`](Self::load_as) as `recovery` (so it learnt the
@@ -1188,8 +1234,8 @@ impl Vault {
         self.me.as_ref().map(LocalDevice::id)
     }
 
-    /// Removes device `id` from the vault: a removal signed by this device, then a new key epoch wrapped to every
-    /// remaining device only, with every readable record and device entry re-encrypted under it (see
+    /// Removes device `id` from the vault (and the recovery keys it added): a removal signed by this device, then
+    /// a new key epoch wrapped to every remaining member only, with every readable record and device entry re-encrypted under it (see
     /// [`rotate`](Self::rotate)). Returns the new epoch. `UnknownDevice` if the table has no readable entry for
     /// it, `InvalidInput` for this device itself, `NoLocalDevice`/`NotAMember` if this replica may not remove.
     /// A device already removed is removed again (a second removal changes nothing) and the key is not rotated:
@@ -1204,13 +1250,34 @@ impl Vault {
             Some(MemberState::Removed { .. }) => return Ok(None),
             Some(_) => {}
         }
-        let removal = Removal::sign(&self.id, id, me, now_ms).encode();
-        let logged = self.audit_value(Event::Removed, id.as_str(), now_ms);
+        // The recovery keys it added go with it: set up by a thief before its removal, one would outlive it
+        // (every later epoch wrapped to it, devices added by it valid).
+        let added: Vec<DeviceId> = self
+            .recovery_keys()
+            .into_iter()
+            .filter(|r| r.added_by.as_ref() == Some(id))
+            .map(|r| r.id)
+            .collect();
+        let mut removals = vec![(
+            id.clone(),
+            Removal::sign(&self.id, id, me, now_ms).encode(),
+            self.audit_value(Event::Removed, id.as_str(), now_ms),
+        )];
+        for r in &added {
+            removals.push((
+                r.clone(),
+                Removal::sign(&self.id, r, me, now_ms).encode(),
+                self.audit_value(Event::Removed, r.as_str(), now_ms),
+            ));
+        }
         let ext = &self.shape.ext;
         self.doc
             .transact(|tx| {
-                doc::put_removal(tx, ext, id, removal)?;
-                doc::put_audit(tx, ext, logged)
+                for (who, removal, logged) in removals {
+                    doc::put_removal(tx, ext, &who, removal)?;
+                    doc::put_audit(tx, ext, logged)?;
+                }
+                Ok::<_, automerge::AutomergeError>(())
             })
             .map_err(|f| Error::from(f.error))?;
         self.judge();

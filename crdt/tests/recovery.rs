@@ -3,7 +3,7 @@
 
 use passmesh_crdt::{
     Device, DeviceId, Epoch, Error, Event, Keyring, LocalDevice, MemberKind, MemberState,
-    NewPasskey, OldKeys, SyncState, Vault, VaultId, VaultKey, Verdict,
+    NewPasskey, OldKeys, SyncState, Vault, VaultId, VaultKey, Verdict, members,
 };
 use zeroize::Zeroizing;
 
@@ -62,6 +62,24 @@ fn world() -> (Vault, Vault) {
     let mut b = Vault::load_as(&bytes, keyring(), Some(local(2))).expect("load");
     b.set_anchors(a.anchors().cloned());
     (a, b)
+}
+
+/// What `recovery setup` does: the key vouches for the anchors of the device that sets it up.
+fn set_up(v: &mut Vault, key: &LocalDevice, now: u64) -> Result<Option<Epoch>, Error> {
+    let anchors = v.anchors().cloned().unwrap_or_default();
+    let sig = members::sign_recovery_anchors(&v.id(), key, &anchors);
+    v.add_recovery(key.id(), key.x25519_public(), &anchors, &sig, now)
+}
+
+/// What `passmesh restore` does with a document and a phrase's key: trust only what the key vouches for, then
+/// add this device (`me`).
+fn restore(bytes: &[u8], key: LocalDevice, me: LocalDevice) -> Result<Vault, Error> {
+    let id = key.id().clone();
+    let mut v = Vault::load_as(bytes, keyring(), Some(key))?;
+    let anchors = v.recovery_anchors(&id).ok_or(Error::NotRecoveryKey)?;
+    v.set_anchors(Some(anchors));
+    v.restore_as(me, "restored", 50)?;
+    Ok(v)
 }
 
 fn sync(a: &mut Vault, b: &mut Vault) {
@@ -128,16 +146,10 @@ fn a_vault_restored_with_the_recovery_key_reads_every_passkey_and_syncs_with_a_s
     let first = a.insert(passkey(1), 10).unwrap();
     let recovery = local(100);
     // Epoch 0 has no map to put a wrap in: setting up recovery rotates.
-    let rotated = a
-        .add_recovery(local(100).id(), local(100).x25519_public(), 20)
-        .expect("add recovery");
+    let rotated = set_up(&mut a, &local(100), 20).expect("add recovery");
+
     assert!(rotated.is_some());
-    assert_eq!(
-        a.add_recovery(local(100).id(), local(100).x25519_public(), 21)
-            .unwrap(),
-        None,
-        "once"
-    );
+    assert_eq!(set_up(&mut a, &local(100), 21).unwrap(), None, "once");
     settle(&mut [&mut a, &mut b]);
     // A later rotation (a removal, say) is wrapped to the recovery key too.
     let later = a.rotate(30).unwrap();
@@ -158,12 +170,9 @@ fn a_vault_restored_with_the_recovery_key_reads_every_passkey_and_syncs_with_a_s
 
     // Every device is lost; the last document a device saved and the phrase remain.
     let bytes = b.save();
-    let mut restored = from_backup(&bytes, local(100));
+    let mut restored = restore(&bytes, local(100), local(9)).expect("restore");
     assert_eq!(restored.keyring().current(), later, "learnt from its wrap");
     assert!(restored.passkey(&first).is_some() && restored.passkey(&second).is_some());
-    restored
-        .restore_as(local(9), "restored", 50)
-        .expect("restore");
     let me = local(9).id().clone();
     assert_eq!(restored.member_state(&me), Some(&MemberState::Active));
     assert!(logged(&mut restored, Event::VaultRestored, recovery.id()));
@@ -179,14 +188,12 @@ fn a_vault_restored_with_the_recovery_key_reads_every_passkey_and_syncs_with_a_s
 #[test]
 fn a_replaced_recovery_key_opens_nothing_made_afterwards() {
     let (mut a, mut b) = world();
-    a.add_recovery(local(100).id(), local(100).x25519_public(), 20)
-        .unwrap();
+    set_up(&mut a, &local(100), 20).unwrap();
     let before = a.insert(passkey(1), 25).unwrap();
     settle(&mut [&mut a, &mut b]);
     let old_backup = a.save();
     // `recovery rotate`: the new key joins, the old one is removed, which rotates.
-    a.add_recovery(local(101).id(), local(101).x25519_public(), 30)
-        .unwrap();
+    set_up(&mut a, &local(101), 30).unwrap();
     let epoch = a.remove_member(local(100).id(), 31).unwrap();
     assert!(epoch.is_some());
     let after = b.insert(passkey(2), 40).unwrap();
@@ -195,23 +202,20 @@ fn a_replaced_recovery_key_opens_nothing_made_afterwards() {
     assert_eq!(a.recovery_keys()[0].id, *local(101).id());
 
     let bytes = a.save();
-    let mut old = from_backup(&bytes, local(100));
+    let old = from_backup(&bytes, local(100));
     assert!(old.passkey(&after).is_none(), "made after the replacement");
     assert!(old.keyring().key(a.keyring().current()).is_none());
     assert!(matches!(
-        old.restore_as(local(9), "thief", 50),
+        restore(&bytes, local(100), local(9)),
         Err(Error::NotRecoveryKey)
     ));
+    drop(old);
     // The old phrase still opens the backups made while it was the recovery key.
-    let mut earlier = from_backup(&old_backup, local(100));
+    let earlier = restore(&old_backup, local(100), local(9)).expect("restore");
     assert!(earlier.passkey(&before).is_some());
-    earlier
-        .restore_as(local(9), "restored", 50)
-        .expect("restore");
     // The new phrase opens what was made after.
-    let mut new = from_backup(&bytes, local(101));
+    let new = restore(&bytes, local(101), local(10)).expect("restore");
     assert!(new.passkey(&before).is_some() && new.passkey(&after).is_some());
-    new.restore_as(local(10), "restored", 50).expect("restore");
 }
 
 #[test]
@@ -222,8 +226,7 @@ fn a_rotation_made_concurrently_with_the_recovery_setup_reaches_the_recovery_key
     a.insert(passkey(1), 10).unwrap();
     // Device 1 sets up recovery while device 2, not knowing it, makes a new epoch.
     assert_eq!(
-        a.add_recovery(local(100).id(), local(100).x25519_public(), 20)
-            .unwrap(),
+        set_up(&mut a, &local(100), 20).unwrap(),
         None,
         "wrapped, no rotation"
     );
@@ -240,8 +243,7 @@ fn a_rotation_made_concurrently_with_the_recovery_setup_reaches_the_recovery_key
 #[test]
 fn a_stranger_key_cannot_restore_and_a_device_entry_cannot_become_a_recovery_key() {
     let (mut a, mut b) = world();
-    a.add_recovery(local(100).id(), local(100).x25519_public(), 20)
-        .unwrap();
+    set_up(&mut a, &local(100), 20).unwrap();
     settle(&mut [&mut a, &mut b]);
     let bytes = a.save();
     // A key that is not the vault's recovery key learns nothing and cannot add a device.
@@ -258,4 +260,102 @@ fn a_stranger_key_cannot_restore_and_a_device_entry_cannot_become_a_recovery_key
         device.restore_as(local(9), "x", 1),
         Err(Error::NotRecoveryKey)
     ));
+}
+
+/// A document made by someone who knows only the recovery key's public half (a removed device, say): its own
+/// device, self-signed, adds an entry for the real recovery key. Restored with the real phrase, it gets nothing
+/// trusted: the anchors come only from a statement the phrase's key signed.
+#[test]
+fn a_document_crafted_around_the_public_recovery_key_is_not_restored() {
+    let (mut a, mut b) = world();
+    set_up(&mut a, &local(100), 20).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    let id = a.id();
+    let key = local(100);
+    // The attacker's vault, with the real vault's id.
+    let x = local(66);
+    let mut forged = Vault::create(id, keyring()).unwrap();
+    forged.set_local(local(66));
+    let mut own = entry(&x, None);
+    forged.sign_entry(&mut own).unwrap();
+    forged.add_device(own).unwrap();
+    // A recovery entry for the real key, signed by X, with the real statement of anchors copied from the real
+    // document (it names the real first device, which has no entry here).
+    let anchors = a.recovery_anchors(key.id()).expect("the real statement");
+    let mut bytes = forged.save();
+    let mut crafted = Vault::load_as(&bytes, keyring(), Some(local(66))).unwrap();
+    crafted.set_anchors(Some([x.id().clone()].into()));
+    // The attacker cannot sign a statement naming X (it does not hold the phrase's key): one signed by any other
+    // key is refused.
+    let stolen_sig = members::sign_recovery_anchors(&id, &local(99), &[x.id().clone()].into());
+    assert!(
+        crafted
+            .add_recovery(
+                key.id(),
+                key.x25519_public(),
+                &[x.id().clone()].into(),
+                &stolen_sig,
+                30
+            )
+            .is_err(),
+        "a statement the key did not sign is refused"
+    );
+    let real_sig = members::sign_recovery_anchors(&id, &key, &anchors);
+    // (What the attacker can do: copy the real statement; the real anchors do not lead to X.)
+    crafted
+        .add_recovery(key.id(), key.x25519_public(), &anchors, &real_sig, 30)
+        .unwrap();
+    bytes = crafted.save();
+    assert!(matches!(
+        restore(&bytes, local(100), local(9)),
+        Err(Error::NotRecoveryKey)
+    ));
+    // Without any statement at all, nothing is restored either.
+    let mut bare = Vault::load_as(&forged.save(), keyring(), Some(local(100))).unwrap();
+    assert!(bare.recovery_anchors(key.id()).is_none());
+}
+
+/// A stolen device sets its own recovery key before it is removed: the removal takes that key with it, so the
+/// thief's phrase opens nothing made afterwards and adds no device.
+#[test]
+fn a_recovery_key_set_by_a_removed_device_goes_with_it() {
+    let (mut a, mut b) = world();
+    set_up(&mut a, &local(100), 10).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    // The thief, on device 2, replaces the user's recovery key with its own.
+    set_up(&mut b, &local(200), 20).unwrap();
+    b.remove_member(local(100).id(), 21).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    assert_eq!(a.recovery_keys()[0].id, *local(200).id());
+    // The user removes the stolen device.
+    a.remove_member(&local(2).id().clone(), 30).unwrap();
+    assert!(a.recovery_keys().is_empty(), "the thief's key went with it");
+    let secret = a.insert(passkey(7), 40).unwrap();
+    let bytes = a.save();
+    let thief = from_backup(&bytes, local(200));
+    assert!(thief.passkey(&secret).is_none());
+    assert!(thief.keyring().key(a.keyring().current()).is_none());
+    assert!(matches!(
+        restore(&bytes, local(200), local(9)),
+        Err(Error::NotRecoveryKey)
+    ));
+}
+
+#[test]
+fn low_order_keys_and_device_ids_are_refused_as_recovery_keys() {
+    let (mut a, _b) = world();
+    let key = local(100);
+    let anchors = a.anchors().cloned().unwrap_or_default();
+    let sig = members::sign_recovery_anchors(&a.id(), &key, &anchors);
+    assert!(matches!(
+        a.add_recovery(key.id(), [0; 32], &anchors, &sig, 1),
+        Err(Error::InvalidInput(_))
+    ));
+    let device = local(2);
+    let sig = members::sign_recovery_anchors(&a.id(), &device, &anchors);
+    assert!(matches!(
+        a.add_recovery(device.id(), device.x25519_public(), &anchors, &sig, 1),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(a.recovery_keys().is_empty());
 }

@@ -6,20 +6,21 @@
 //!
 //! ```text
 //! "PMBK" ‖ version 1 ‖ vault id (16) ‖ made at (u64 ms, big-endian) ‖ u16-prefixed id of the device that made it
-//! ‖ u16 count ‖ u16-prefixed anchor device ids…       (the devices it trusted without a signature chain)
-//! ‖ u16 count ‖ (u16-prefixed device id ‖ 32-byte first PIN key)…   (PIN keys whose approvals it trusted)
 //! ‖ u32-prefixed keyring (the epoch keys it held, keyring encoding version 1: no inbox key)
 //! ‖ u32-prefixed document (the automerge document, saved whole)
 //! ```
 //!
 //! The document is the vault itself (records, devices, epochs with their wraps, the audit log), so a device
-//! restored from it continues the same vault and syncs with any device that survived. The parse is strict and
+//! restored from it continues the same vault and syncs with any device that survived. Nothing in the file is
+//! trusted for being in it: age files are not signed, and anyone who knows a recovery key's public half (every
+//! member does) can make one it opens. Whom a restored device trusts comes from what the recovery key itself
+//! signed inside the document (`Vault::recovery_anchors`); the made-at time and maker are only shown. The parse is strict and
 //! bounded (fuzz target `backup`): every length is checked before anything is allocated, and what decodes
 //! encodes back to the same bytes.
 //!
 //! Files are written next to their final name, fsynced, then renamed over it (and the directory fsynced), so
-//! a crash never leaves half a backup under a backup's name; automatic backups keep the newest `keep` of this
-//! device's files in their directory.
+//! a crash never leaves half a backup under a backup's name. Automatic backups delete only files this device
+//! wrote (the vault actor keeps their names), beyond the newest `keep`.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -32,13 +33,12 @@ use crate::recovery::RecoveryKey;
 
 const MAGIC: &[u8; 4] = b"PMBK";
 const VERSION: u8 = 1;
-/// Longest id, anchor list and PIN-key list a payload may carry.
+/// Longest device id a payload may carry.
 const MAX_ID: usize = 256;
-const MAX_LIST: usize = 4096;
 /// Largest keyring (an encoded keyring of thousands of epochs is still far below this).
 const MAX_KEYRING: usize = 1 << 20;
 /// Largest backup file (and document) accepted: a vault far above any quota.
-pub const MAX_FILE: usize = 512 << 20;
+pub const MAX_FILE: usize = 256 << 20;
 
 /// Why a backup could not be read or written. Messages say what to do; none carries a secret.
 #[non_exhaustive]
@@ -87,12 +87,8 @@ pub struct Payload {
     pub vault_id: VaultId,
     /// When the backup was made, ms since the Unix epoch.
     pub made_at_ms: u64,
-    /// The device that made it.
+    /// The device that made it (as the file says: shown, not trusted).
     pub made_by: DeviceId,
-    /// The devices that device trusted without a signature chain.
-    pub anchors: Vec<DeviceId>,
-    /// The first PIN keys whose approvals that device trusted.
-    pub pin_keys: Vec<(DeviceId, [u8; 32])>,
     /// The epoch keys it held (encoded keyring, no inbox key). Secret.
     pub keyring: Zeroizing<Vec<u8>>,
     /// The automerge document.
@@ -105,8 +101,6 @@ impl fmt::Debug for Payload {
             .field("vault_id", &self.vault_id)
             .field("made_at_ms", &self.made_at_ms)
             .field("made_by", &self.made_by)
-            .field("anchors", &self.anchors.len())
-            .field("pin_keys", &self.pin_keys.len())
             .field("document", &self.document.len())
             .finish_non_exhaustive()
     }
@@ -129,20 +123,6 @@ impl Payload {
         out.extend_from_slice(self.vault_id.as_bytes());
         out.extend_from_slice(&self.made_at_ms.to_be_bytes());
         push_str(&mut out, self.made_by.as_str());
-        let count = |n: usize| {
-            u16::try_from(n.min(MAX_LIST))
-                .unwrap_or(u16::MAX)
-                .to_be_bytes()
-        };
-        out.extend_from_slice(&count(self.anchors.len()));
-        for a in self.anchors.iter().take(MAX_LIST) {
-            push_str(&mut out, a.as_str());
-        }
-        out.extend_from_slice(&count(self.pin_keys.len()));
-        for (d, k) in self.pin_keys.iter().take(MAX_LIST) {
-            push_str(&mut out, d.as_str());
-            out.extend_from_slice(k);
-        }
         for part in [&self.keyring[..], &self.document[..]] {
             out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
             out.extend_from_slice(part);
@@ -168,19 +148,6 @@ impl Payload {
         );
         let made_at_ms = r.u64()?;
         let made_by = r.id()?;
-        let mut anchors = Vec::new();
-        for _ in 0..r.count()? {
-            anchors.push(r.id()?);
-        }
-        let mut pin_keys = Vec::new();
-        for _ in 0..r.count()? {
-            let d = r.id()?;
-            let k: [u8; 32] = r
-                .take(32)?
-                .try_into()
-                .map_err(|_| Error::Malformed("PIN key"))?;
-            pin_keys.push((d, k));
-        }
         let keyring = r.part(MAX_KEYRING)?;
         let keyring = Zeroizing::new(keyring.to_vec());
         let document = r.part(MAX_FILE)?.to_vec();
@@ -194,8 +161,6 @@ impl Payload {
             vault_id,
             made_at_ms,
             made_by,
-            anchors,
-            pin_keys,
             keyring,
             document,
         })
@@ -229,14 +194,6 @@ impl<'a> Reader<'a> {
             .try_into()
             .map_err(|_| Error::Malformed("time"))?;
         Ok(u64::from_be_bytes(b))
-    }
-
-    fn count(&mut self) -> Result<usize, Error> {
-        let n = self.u16()?;
-        if n > MAX_LIST {
-            return Err(Error::Malformed("a list is too long"));
-        }
-        Ok(n)
     }
 
     fn id(&mut self) -> Result<DeviceId, Error> {
@@ -371,21 +328,6 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Err
     Ok(path)
 }
 
-/// Deletes this device's automatic backups in `dir` beyond the newest `keep`. Returns how many went.
-pub fn rotate(dir: &Path, device: &DeviceId, keep: usize) -> std::io::Result<usize> {
-    let suffix = format!("-{}.age", device_tag(device));
-    let mut mine: Vec<String> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("passmesh-backup-") && n.ends_with(&suffix))
-        .collect();
-    mine.sort();
-    let excess = mine.len().saturating_sub(keep);
-    for name in &mine[..excess] {
-        std::fs::remove_file(dir.join(name))?;
-    }
-    Ok(excess)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,11 +338,6 @@ mod tests {
             vault_id: VaultId::from_bytes([7; 16]),
             made_at_ms: 1_795_305_845_123,
             made_by: DeviceId::new("12D3KooWdevice".into()),
-            anchors: vec![
-                DeviceId::new("12D3KooWa".into()),
-                DeviceId::new("12D3KooWb".into()),
-            ],
-            pin_keys: vec![(DeviceId::new("12D3KooWa".into()), [9; 32])],
             keyring: Zeroizing::new(vec![1, 2, 3]),
             document: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3],
         }
@@ -453,31 +390,22 @@ mod tests {
     }
 
     #[test]
-    fn files_are_written_whole_and_rotated_per_device() {
+    fn files_are_written_whole_and_private_with_names_by_time_and_device() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("backups");
         let me = DeviceId::new("12D3KooWAAAAAAAAmine1234".into());
-        let other = DeviceId::new("12D3KooWBBBBBBBBtheirs99".into());
-        for i in 0..5u64 {
-            let name = file_name(1_795_305_845_000 + i * 1000, &me);
-            write_atomic(&target, &name, b"x").unwrap();
-        }
-        write_atomic(&target, &file_name(1_795_305_845_000, &other), b"y").unwrap();
-        assert_eq!(rotate(&target, &me, 3).unwrap(), 2);
-        let mut left: Vec<String> = std::fs::read_dir(&target)
+        let name = file_name(1_795_305_845_123, &me);
+        assert_eq!(name, "passmesh-backup-20261122T000405.123Z-mine1234.age");
+        write_atomic(&target, &name, b"x").unwrap();
+        write_atomic(&target, &name, b"yz").unwrap();
+        let left: Vec<String> = std::fs::read_dir(&target)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        left.sort();
-        assert_eq!(left.len(), 4, "{left:?}");
-        assert!(left.iter().any(|n| n.ends_with("theirs99.age")));
-        assert!(left.iter().all(|n| !n.ends_with(".tmp")));
-        assert_eq!(
-            file_name(1_795_305_845_123, &me),
-            "passmesh-backup-20261122T000405.123Z-mine1234.age"
-        );
+        assert_eq!(left, vec![name.clone()], "no temporary file left");
+        assert_eq!(std::fs::read(target.join(&name)).unwrap(), b"yz");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(target.join(&left[0]))
+        let mode = std::fs::metadata(target.join(&name))
             .unwrap()
             .permissions()
             .mode();

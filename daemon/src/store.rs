@@ -79,6 +79,9 @@ pub enum Meta<'a> {
     BackupHeads,
     /// When this device last wrote a backup and its file name: u64 ms big-endian ‖ UTF-8 (`last-backup`).
     LastBackup,
+    /// The automatic backups this device wrote and has not deleted, oldest first (JSON list of file names,
+    /// `backup-files`): rotation deletes only these, never a file someone else put in the directory.
+    BackupFiles,
     /// When this device was restored from a backup, u64 ms big-endian (`restored-at`).
     RestoredAt,
     /// The sealed keyring of a document that replaced the vault's (joining, restoring), stored with it in one
@@ -105,6 +108,7 @@ impl Meta<'_> {
             Meta::Lost(id) => format!("{LOST_PREFIX}{id}"),
             Meta::BackupHeads => "backup-heads".to_owned(),
             Meta::LastBackup => "last-backup".to_owned(),
+            Meta::BackupFiles => "backup-files".to_owned(),
             Meta::RestoredAt => "restored-at".to_owned(),
             Meta::KeyringNext => "keyring-next".to_owned(),
         }

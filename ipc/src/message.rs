@@ -188,6 +188,10 @@ pub enum RequestBody {
         recovery_key: String,
         /// Its x25519 public key (32 bytes).
         x25519: Base64Url,
+        /// The devices a replica restored with it trusts without a signature chain: `status.recovery.anchors`.
+        anchors: Vec<String>,
+        /// The recovery key's signature of `anchors` (64 bytes; see docs/vault-format.md).
+        anchors_signature: Base64Url,
         /// Replace the current recovery key (`recovery rotate`); without it, refused if one is set.
         #[serde(default, skip_serializing_if = "is_false")]
         replace: bool,
@@ -705,6 +709,9 @@ pub struct RecoveryInfo {
     /// The vault's recovery keys (empty: recovery is not set up).
     #[serde(default)]
     pub keys: Vec<RecoveryKeyInfo>,
+    /// The devices this device trusts without a signature chain: what a new recovery key vouches for.
+    #[serde(default)]
+    pub anchors: Vec<String>,
     /// Where this device writes automatic backups (`[backup] dir`), if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_dir: Option<String>,

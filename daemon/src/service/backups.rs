@@ -1,6 +1,6 @@
 //! Automatic backups of one vault (`[backup] dir`, `keep`): one at start if the document changed since the last,
-//! then after changes, at most once per [`MIN_INTERVAL`]; each written atomically, the oldest of this device's
-//! beyond `keep` deleted. Nothing is written until the vault has a recovery key (the file opens with the phrase
+//! then after changes, at most once per [`MIN_INTERVAL`]; each written atomically, the oldest beyond `keep` of
+//! those this device wrote deleted (never a file someone else put there). Nothing is written until the vault has a recovery key (the file opens with the phrase
 //! only).
 
 use std::path::PathBuf;
@@ -46,14 +46,27 @@ pub(crate) async fn run(vault: vault::WeakHandle, mut changes: watch::Receiver<u
                 let heads = snapshot.heads.clone();
                 let at = snapshot.payload.made_at_ms;
                 let plan = plan.clone();
+                let dir = plan.dir.clone();
+                let keep = plan.keep;
                 let written = tokio::task::spawn_blocking(move || write(&snapshot, &plan)).await;
                 match written {
                     Ok(Ok(name)) => {
                         tracing::info!(file = %name, "wrote an automatic backup");
-                        handle.backup_written(heads, at, name).await;
+                        let old = handle
+                            .backup_written(heads, at, name, Some(keep))
+                            .await
+                            .unwrap_or_default();
+                        // Only files this device wrote; one already gone is fine.
+                        for name in old {
+                            if let Err(e) = std::fs::remove_file(dir.join(&name))
+                                && e.kind() != std::io::ErrorKind::NotFound
+                            {
+                                tracing::warn!(error = %e, file = %name, "cannot delete an old backup");
+                            }
+                        }
                     }
                     Ok(Err(e)) => tracing::warn!(error = %e, "automatic backup failed"),
-                    Err(_) => return,
+                    Err(e) => tracing::error!(error = %e, "automatic backup failed"),
                 }
                 last = Some(tokio::time::Instant::now());
             }
@@ -80,8 +93,5 @@ fn write(snapshot: &vault::Snapshot, plan: &Plan) -> Result<String, backup::Erro
     let file = backup::seal(&snapshot.payload, &snapshot.recipients)?;
     let name = backup::file_name(snapshot.payload.made_at_ms, &plan.device);
     backup::write_atomic(&plan.dir, &name, &file)?;
-    if let Err(e) = backup::rotate(&plan.dir, &plan.device, plan.keep) {
-        tracing::warn!(error = %e, dir = %plan.dir.display(), "cannot delete old backups");
-    }
     Ok(name)
 }

@@ -100,12 +100,30 @@ pub struct Service {
     network_off: Option<&'static str>,
     /// Backups on their way to or from callers.
     transfers: recovery::Transfers,
+    /// Bounds backup sealing and restoring (argon2id at 64 MiB, a whole vault): one at a time, apart from PIN
+    /// hashing, so no user's restore holds up another's sign-in.
+    recovering: tokio::sync::Semaphore,
 }
 
 /// argon2 runs (and backup sealing or opening) at once, at most.
 const PARALLEL_HASHES: usize = 2;
 
 impl Service {
+    /// Runs backup work on the blocking pool, one at a time.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ErrorBody> {
+        let _permit = self
+            .recovering
+            .acquire()
+            .await
+            .map_err(|_| e(ErrorName::UnknownError, "shutting down"))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| e(ErrorName::UnknownError, "the backup work was interrupted"))
+    }
+
     /// Runs PIN hashing on the blocking pool, at most [`PARALLEL_HASHES`] at a time.
     async fn hash_off_runtime<T: Send + 'static>(
         &self,

@@ -21,32 +21,68 @@ const HELD_FOR: Duration = Duration::from_secs(600);
 /// Largest backup a caller may hand over (see `backup::MAX_FILE`).
 const MAX_RESTORE: usize = backup::MAX_FILE;
 
-/// Backups on their way to or from callers, by uid.
+/// Bytes of backups being handed over, or restored, that the daemon holds at once for every caller together.
+const UPLOAD_BUDGET: usize = 2 * MAX_RESTORE;
+
+/// Backups on their way to or from callers, by uid, with the bytes handed over that are held.
 #[derive(Debug, Default)]
-pub(crate) struct Transfers(Mutex<HashMap<u32, Transfer>>);
+pub(crate) struct Transfers(Mutex<State>);
+
+#[derive(Debug, Default)]
+struct State {
+    by_uid: HashMap<u32, Transfer>,
+    /// Bytes handed over (being sent, or being restored) by every caller.
+    held: usize,
+}
 
 #[derive(Debug, Default)]
 struct Transfer {
     outgoing: Option<(Vec<u8>, Instant)>,
     incoming: Option<(Vec<u8>, Instant)>,
+    /// A restore of this caller is running: no other until it ends.
+    restoring: bool,
 }
 
 impl Transfers {
-    fn with<T>(&self, uid: u32, f: impl FnOnce(&mut Transfer) -> T) -> T {
-        let mut map = self
+    fn with<T>(&self, uid: u32, f: impl FnOnce(&mut Transfer, &mut usize) -> T) -> T {
+        let mut st = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         // What nobody came back for within HELD_FOR goes.
-        map.retain(|_, t| {
+        let mut freed = 0;
+        st.by_uid.retain(|_, t| {
             t.outgoing
                 .take_if(|(_, at)| now.duration_since(*at) > HELD_FOR);
-            t.incoming
-                .take_if(|(_, at)| now.duration_since(*at) > HELD_FOR);
-            t.outgoing.is_some() || t.incoming.is_some()
+            if let Some((b, _)) = t
+                .incoming
+                .take_if(|(_, at)| now.duration_since(*at) > HELD_FOR)
+            {
+                freed += b.len();
+            }
+            t.outgoing.is_some() || t.incoming.is_some() || t.restoring
         });
-        f(map.entry(uid).or_default())
+        st.held -= freed.min(st.held);
+        let State { by_uid, held } = &mut *st;
+        f(by_uid.entry(uid).or_default(), held)
+    }
+}
+
+/// Ends a caller's restore: its bytes are no longer held, and it may restore again.
+struct Restoring<'a> {
+    transfers: &'a Transfers,
+    uid: u32,
+    bytes: usize,
+}
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        let bytes = self.bytes;
+        self.transfers.with(self.uid, |t, held| {
+            t.restoring = false;
+            *held -= bytes.min(*held);
+        });
     }
 }
 
@@ -89,6 +125,8 @@ impl Session<'_> {
         &self,
         recovery_key: String,
         x25519: &Base64Url,
+        anchors: Vec<String>,
+        signature: &Base64Url,
         replace: bool,
         pin: Option<&Pin>,
     ) -> Result<ResponseBody, ErrorBody> {
@@ -97,6 +135,15 @@ impl Session<'_> {
             .as_slice()
             .try_into()
             .map_err(|_| e(ErrorName::DataError, "x25519 must be 32 bytes"))?;
+        let signature: [u8; 64] = signature
+            .0
+            .as_slice()
+            .try_into()
+            .map_err(|_| e(ErrorName::DataError, "anchorsSignature must be 64 bytes"))?;
+        if anchors.len() > 1024 {
+            return Err(e(ErrorName::ConstraintError, "too many anchors"));
+        }
+        let anchors: Vec<DeviceId> = anchors.into_iter().map(DeviceId::new).collect();
         let what = if replace {
             "replacing the recovery phrase"
         } else {
@@ -106,7 +153,7 @@ impl Session<'_> {
         let id = DeviceId::new(recovery_key);
         let set = self
             .vault
-            .set_recovery(id.clone(), x25519, replace)
+            .set_recovery(id.clone(), x25519, anchors, signature, replace)
             .await
             .map_err(recovery_error)?;
         Ok(ResponseBody::RecoverySet {
@@ -129,11 +176,11 @@ impl Session<'_> {
         let passkeys = snapshot.passkeys;
         let file = self
             .service
-            .hash_off_runtime(move || backup::seal(&snapshot.payload, &snapshot.recipients))
+            .off_runtime(move || backup::seal(&snapshot.payload, &snapshot.recipients))
             .await?
             .map_err(backup_error)?;
         let size = file.len() as u64;
-        self.service.transfers.with(self.uid, |t| {
+        self.service.transfers.with(self.uid, |t, _| {
             t.outgoing = Some((file, Instant::now()));
         });
         Ok(ResponseBody::Backup {
@@ -145,7 +192,7 @@ impl Session<'_> {
     }
 
     pub(super) fn backup_read(&self, offset: u64) -> Result<ResponseBody, ErrorBody> {
-        self.service.transfers.with(self.uid, |t| {
+        self.service.transfers.with(self.uid, |t, _| {
             let Some((file, _)) = &t.outgoing else {
                 return Err(e(
                     ErrorName::InvalidStateError,
@@ -182,8 +229,17 @@ impl Session<'_> {
                 format!("a chunk is at most {MAX_CHUNK} bytes"),
             ));
         }
-        self.service.transfers.with(self.uid, |t| {
+        self.service.transfers.with(self.uid, |t, held| {
+            if t.restoring {
+                return Err(e(
+                    ErrorName::InvalidStateError,
+                    "a restore is running: wait until it ends",
+                ));
+            }
             if offset == 0 {
+                if let Some((old, _)) = t.incoming.take() {
+                    *held -= old.len().min(*held);
+                }
                 t.incoming = Some((Vec::new(), Instant::now()));
             }
             let Some((file, at)) = &mut t.incoming else {
@@ -199,12 +255,20 @@ impl Session<'_> {
                 ));
             }
             if file.len() + data.0.len() > MAX_RESTORE {
+                *held -= file.len().min(*held);
                 t.incoming = None;
                 return Err(e(
                     ErrorName::ConstraintError,
                     format!("a backup is at most {MAX_RESTORE} bytes"),
                 ));
             }
+            if *held + data.0.len() > UPLOAD_BUDGET {
+                return Err(e(
+                    ErrorName::ConstraintError,
+                    "the daemon holds as many backups being restored as it takes: try again later",
+                ));
+            }
+            *held += data.0.len();
             file.extend_from_slice(&data.0);
             *at = Instant::now();
             Ok(ResponseBody::RestoreWrite {
@@ -222,19 +286,31 @@ impl Session<'_> {
             .map_err(|bad| e(ErrorName::DataError, bad.to_string()))?;
         let phrase = recovery::Phrase::parse(phrase.as_str())
             .map_err(|err| e(ErrorName::DataError, err.to_string()))?;
-        let Some(file) = self
-            .service
-            .transfers
-            .with(self.uid, |t| t.incoming.take().map(|(f, _)| f))
-        else {
+        let taken = self.service.transfers.with(self.uid, |t, _| {
+            if t.restoring {
+                return Err(e(
+                    ErrorName::InvalidStateError,
+                    "a restore is running: wait until it ends",
+                ));
+            }
+            let file = t.incoming.take().map(|(f, _)| f);
+            t.restoring = file.is_some();
+            Ok(file)
+        })?;
+        let Some(file) = taken else {
             return Err(e(
                 ErrorName::InvalidStateError,
                 "no backup handed over: send it with `restoreWrite` first",
             ));
         };
+        let _restoring = Restoring {
+            transfers: &self.service.transfers,
+            uid: self.uid,
+            bytes: file.len(),
+        };
         let opened = self
             .service
-            .hash_off_runtime(move || {
+            .off_runtime(move || {
                 let key = phrase.derive()?;
                 let payload = backup::open(&file, &key);
                 Ok::<_, recovery::Error>((key, payload))

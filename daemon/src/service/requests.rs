@@ -180,11 +180,20 @@ impl Session<'_> {
             RequestBody::RecoverySet {
                 recovery_key,
                 x25519,
+                anchors,
+                anchors_signature,
                 replace,
                 pin,
             } => {
-                self.recovery_set(recovery_key, &x25519, replace, pin.as_ref())
-                    .await
+                self.recovery_set(
+                    recovery_key,
+                    &x25519,
+                    anchors,
+                    &anchors_signature,
+                    replace,
+                    pin.as_ref(),
+                )
+                .await
             }
             RequestBody::Backup { pin } => self.backup(pin.as_ref()).await,
             RequestBody::BackupRead { offset } => self.backup_read(offset),
@@ -348,6 +357,7 @@ impl Session<'_> {
                     last_backup_at_ms: s.recovery.last_backup.as_ref().map(|(at, _)| *at),
                     last_backup_file: s.recovery.last_backup.map(|(_, f)| f),
                     restored_at_ms: s.recovery.restored_at_ms,
+                    anchors: s.recovery.anchors.iter().map(ToString::to_string).collect(),
                 }),
             },
         })

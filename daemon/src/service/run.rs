@@ -79,6 +79,7 @@ pub async fn run(
         network: network.as_ref().map(router::Network::handle),
         network_off: None,
         transfers: Default::default(),
+        recovering: tokio::sync::Semaphore::new(1),
     });
     let socket_err = |source| Error::Socket {
         path: config.socket.clone(),

@@ -290,15 +290,26 @@ impl Actor {
             Command::SetRecovery {
                 id,
                 x25519,
+                anchors,
+                signature,
                 replace,
                 reply,
-            } => deferred.write(reply, self.set_recovery(&id, x25519, replace)),
+            } => deferred.write(
+                reply,
+                self.set_recovery(&id, x25519, &anchors, &signature, replace),
+            ),
             Command::Snapshot {
                 only_if_changed,
                 reply,
             } => deferred.read(reply, self.snapshot(only_if_changed)),
-            Command::BackupWritten { heads, at_ms, file } => {
-                self.backup_written(&heads, at_ms, &file);
+            Command::BackupWritten {
+                heads,
+                at_ms,
+                file,
+                keep,
+                reply,
+            } => {
+                let _ = reply.send(self.backup_written(&heads, at_ms, &file, keep));
             }
             Command::Restore {
                 payload,

@@ -149,9 +149,10 @@ pub enum Error {
     /// The vault has no recovery key.
     #[error("recovery is not set up: run `passmesh recovery setup` first")]
     NoRecovery,
-    /// Restoring would drop this device's passkeys.
+    /// Restoring would drop this device's passkeys (or its trash, or what it keeps restorable).
     #[error(
-        "this device already holds {0} passkeys: restore on a device with an empty vault (a new device, or stop          passmeshd and move its state directory away)"
+        "this device already holds {0} passkeys (or a trash, or passkeys kept restorable): restore on a device \
+         with an empty vault (a new device, or stop passmeshd and move its state directory away)"
     )]
     RestoreNotEmpty(u64),
     /// The backup decrypts but what it holds is not usable.
@@ -168,6 +169,8 @@ pub struct RecoveryStatus {
     pub last_backup: Option<(u64, String)>,
     /// When this device was restored from a backup.
     pub restored_at_ms: Option<u64>,
+    /// The devices this device trusts without a signature chain.
+    pub anchors: Vec<DeviceId>,
 }
 
 /// What a backup is made of (see [`crate::backup`]).
@@ -481,6 +484,8 @@ enum Command {
     SetRecovery {
         id: DeviceId,
         x25519: [u8; 32],
+        anchors: Vec<DeviceId>,
+        signature: [u8; 64],
         replace: bool,
         reply: Reply<Result<RecoverySet, Error>>,
     },
@@ -492,6 +497,8 @@ enum Command {
         heads: Vec<[u8; 32]>,
         at_ms: u64,
         file: String,
+        keep: Option<usize>,
+        reply: Reply<Vec<String>>,
     },
     Restore {
         payload: Box<crate::backup::Payload>,
@@ -790,17 +797,21 @@ impl Handle {
             .await?
     }
 
-    /// Makes `id` (x25519 key `x25519`) the vault's recovery key (see [`RecoverySet`]); with `replace`, in place
-    /// of the current one.
+    /// Makes `id` (x25519 key `x25519`) the vault's recovery key (see [`RecoverySet`]), vouching for `anchors`
+    /// (this device's, signed by the key: `signature`); with `replace`, in place of the current one.
     pub async fn set_recovery(
         &self,
         id: DeviceId,
         x25519: [u8; 32],
+        anchors: Vec<DeviceId>,
+        signature: [u8; 64],
         replace: bool,
     ) -> Result<RecoverySet, Error> {
         self.ask(|reply| Command::SetRecovery {
             id,
             x25519,
+            anchors,
+            signature,
             replace,
             reply,
         })
@@ -817,12 +828,23 @@ impl Handle {
         .await?
     }
 
-    /// Notes that a backup of `heads` was written as `file`.
-    pub async fn backup_written(&self, heads: Vec<[u8; 32]>, at_ms: u64, file: String) {
-        let _ = self
-            .tx
-            .send(Command::BackupWritten { heads, at_ms, file })
-            .await;
+    /// Notes that a backup of `heads` was written as `file`; with `keep` (an automatic backup), returns this
+    /// device's automatic backups beyond the newest `keep`, to delete.
+    pub async fn backup_written(
+        &self,
+        heads: Vec<[u8; 32]>,
+        at_ms: u64,
+        file: String,
+        keep: Option<usize>,
+    ) -> Result<Vec<String>, Error> {
+        self.ask(|reply| Command::BackupWritten {
+            heads,
+            at_ms,
+            file,
+            keep,
+            reply,
+        })
+        .await
     }
 
     /// Turns this device's empty vault into the vault `payload` holds, opened with `recovery` (see

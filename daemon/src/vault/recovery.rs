@@ -1,6 +1,8 @@
 //! Recovery as the vault actor does it: setting (or replacing) the vault's recovery key, taking what a backup
 //! holds, and turning this empty device into a restored replica of a backed-up vault.
 
+use std::collections::BTreeSet;
+
 use passmesh_crdt::{DeviceId, Keyring, LocalDevice, MemberState, Vault};
 
 use super::actor::Actor;
@@ -27,8 +29,16 @@ impl Actor {
         &mut self,
         id: &DeviceId,
         x25519: [u8; 32],
+        anchors: &[DeviceId],
+        signature: &[u8; 64],
         replace: bool,
     ) -> Result<RecoverySet, Error> {
+        let anchors: BTreeSet<DeviceId> = anchors.iter().cloned().collect();
+        if self.vault.anchors() != Some(&anchors) {
+            return Err(Error::Vault(passmesh_crdt::Error::InvalidInput(
+                "the anchors signed are not this device's (they changed: run it again)",
+            )));
+        }
         let existing: Vec<DeviceId> = self
             .vault
             .recovery_keys()
@@ -46,7 +56,7 @@ impl Actor {
         let heads = self.vault.heads();
         let mut result = self
             .vault
-            .add_recovery(id, x25519, now)
+            .add_recovery(id, x25519, &anchors, signature, now)
             .map(|epoch| RecoverySet { epoch, replaced: 0 });
         if let Ok(set) = &mut result {
             for old in &existing {
@@ -99,6 +109,11 @@ impl Actor {
                 .collect(),
             last_backup,
             restored_at_ms,
+            anchors: self
+                .vault
+                .anchors()
+                .map(|a| a.iter().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -126,12 +141,6 @@ impl Actor {
             vault_id: self.vault.id(),
             made_at_ms: now,
             made_by: ids::device_id(&self.me),
-            anchors: self
-                .vault
-                .anchors()
-                .map(|a| a.iter().cloned().collect())
-                .unwrap_or_default(),
-            pin_keys: self.refresh_pin_trust(now),
             keyring: self.vault.keyring().shareable().encode(),
             document: self.vault.snapshot(),
         };
@@ -143,17 +152,41 @@ impl Actor {
         }))
     }
 
-    /// Notes that a backup of `heads` was written as `file` at `at_ms`.
-    pub(super) fn backup_written(&mut self, heads: &[[u8; 32]], at_ms: u64, file: &str) {
+    /// Notes that a backup of `heads` was written as `file` at `at_ms`; with `keep`, an automatic one: returns
+    /// the automatic backups this device wrote beyond the newest `keep`, to delete.
+    pub(super) fn backup_written(
+        &mut self,
+        heads: &[[u8; 32]],
+        at_ms: u64,
+        file: &str,
+        keep: Option<usize>,
+    ) -> Vec<String> {
         let mut last = at_ms.to_be_bytes().to_vec();
         last.extend_from_slice(file.as_bytes());
-        let noted = self
-            .store
-            .put(Meta::BackupHeads, &heads.concat(), Durability::Lazy)
-            .and_then(|()| self.store.put(Meta::LastBackup, &last, Durability::Lazy));
+        let mut old = Vec::new();
+        let noted = (|| {
+            self.store
+                .put(Meta::BackupHeads, &heads.concat(), Durability::Lazy)?;
+            self.store.put(Meta::LastBackup, &last, Durability::Lazy)?;
+            if let Some(keep) = keep {
+                let mut files: Vec<String> = self
+                    .store
+                    .get(Meta::BackupFiles)?
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                files.push(file.to_owned());
+                let excess = files.len().saturating_sub(keep);
+                old = files.drain(..excess).collect();
+                let bytes = serde_json::to_vec(&files).unwrap_or_default();
+                self.store
+                    .put(Meta::BackupFiles, &bytes, Durability::Flushed)?;
+            }
+            Ok::<_, crate::store::Error>(())
+        })();
         if let Err(e) = noted {
             tracing::warn!(error = %e, "cannot note the last backup");
         }
+        old
     }
 
     /// Replaces this device's empty vault with the one `payload` holds, opened by `recovery` (the key derived
@@ -170,6 +203,16 @@ impl Actor {
         if !self.vault.is_empty() {
             return Err(Error::RestoreNotEmpty(self.vault.len() as u64));
         }
+        // What only this replica holds would be lost with it: a trash, unreadable records, passkeys another
+        // device took away that this one keeps restorable.
+        if self.vault.trashed_len() > 0
+            || !self.vault.problems().is_empty()
+            || !self.store.losses()?.is_empty()
+        {
+            return Err(Error::RestoreNotEmpty(
+                (self.vault.trashed_len() + self.vault.problems().len()) as u64,
+            ));
+        }
         let others = self.replication.paired(&self.vault).len();
         if others > 0 {
             return Err(Error::AlreadyPaired(others as u64));
@@ -182,6 +225,14 @@ impl Actor {
         if vault.id() != payload.vault_id {
             return Err(Error::BackupContent("its document is of another vault"));
         }
+        // Whom to trust without a chain comes from the recovery key's own signature, never from the file: anyone
+        // who knows the key's public half can make a file it opens.
+        let anchors = vault
+            .recovery_anchors(&recovery_id)
+            .ok_or(Error::BackupContent(
+                "the recovery key vouches for no device in it (it was not made by Passmesh)",
+            ))?;
+        vault.set_anchors(Some(anchors.clone()));
         let now = crate::now_ms();
         vault.restore_as(ids::local_device(&self.identity), name, now)?;
         self.replace_vault(&mut vault, &[(Meta::RestoredAt, &now.to_be_bytes())])?;
@@ -202,10 +253,8 @@ impl Actor {
         self.replication.clear();
         self.dirty = false;
         self.full_save_needed = false;
-        self.set_anchors(&payload.anchors)?;
-        if let Err(e) = self.trust_pin_keys(&payload.pin_keys) {
-            tracing::warn!(error = %e, "cannot note the PIN keys the backup's device trusted");
-        }
+        let anchors: Vec<DeviceId> = anchors.into_iter().collect();
+        self.set_anchors(&anchors)?;
         self.maintenance_due = true;
         Ok(Restored {
             vault_id: payload.vault_id,

@@ -346,21 +346,7 @@ async fn bench_sync(rows: &mut Vec<Row>, plan: &Plan) -> anyhow::Result<()> {
     fill_vault(&nodes[0].daemon, &template, total, CONCURRENT_CLIENTS).await?;
     let mut ca = nodes[0].daemon.client().await?;
     let listed = ops::list(&mut ca, None).await?;
-    // The encrypted records: each one's sealed core (credential id, rp id, user handle and names, private key,
-    // creation and update times) with its 4-byte epoch, 24-byte nonce and 16-byte tag.
-    let records: u64 = listed
-        .iter()
-        .map(|p| {
-            let core = p.credential_id.0.len()
-                + p.rp_id.len()
-                + p.user_handle.0.len()
-                + p.user_name.len()
-                + p.user_display_name.len()
-                + 32
-                + 16;
-            (core + 4 + 40) as u64
-        })
-        .sum();
+    let records = encrypted_records(&listed);
     let started = Instant::now();
     nodes[1].daemon.restart().await?;
     let b = &nodes[1];
@@ -396,6 +382,116 @@ async fn bench_sync(rows: &mut Vec<Row>, plan: &Plan) -> anyhow::Result<()> {
         ratio <= 1.5,
     ));
     bench_rotation(rows, &nodes, total, records, wire).await
+}
+
+/// The encrypted records: each one's sealed core (credential id, rp id, user handle and names, private key,
+/// creation and update times) with its 4-byte epoch, 24-byte nonce and 16-byte tag.
+fn encrypted_records(listed: &[passmesh_ipc::PasskeyInfo]) -> u64 {
+    listed
+        .iter()
+        .map(|p| {
+            let core = p.credential_id.0.len()
+                + p.rp_id.len()
+                + p.user_handle.0.len()
+                + p.user_name.len()
+                + p.user_display_name.len()
+                + 32
+                + 16;
+            (core + 4 + 40) as u64
+        })
+        .sum()
+}
+
+/// Recovery on the `n`-passkey vault of `daemon`: a backup to a file (made, read over the socket in chunks,
+/// written and fsynced, as `passmesh backup` does), its size, and restoring it on a fresh daemon with the phrase
+/// (handed over, opened, loaded and stored, as `passmesh restore` does).
+async fn bench_recovery(rows: &mut Vec<Row>, daemon: &Daemon, n: usize) -> anyhow::Result<()> {
+    use passmesh_ipc::{Base64Url, RequestBody, ResponseBody};
+    let (code, setup, err) =
+        passmesh_tests::recovery::setup(daemon.socket_path(), false, None, false).await?;
+    if code != Some(0) {
+        bail!("recovery setup failed: {err}");
+    }
+    let mut c = daemon.client().await?;
+    let records = encrypted_records(&ops::list(&mut c, None).await?);
+    let shelf = tempfile::tempdir()?;
+    eprintln!("backup of {n} passkeys…");
+    let started = Instant::now();
+    let ResponseBody::Backup { size, .. } = c.call(RequestBody::Backup { pin: None }).await? else {
+        bail!("unexpected answer to backup");
+    };
+    let mut file = Vec::with_capacity(size as usize);
+    loop {
+        let ResponseBody::BackupRead { data, end } = c
+            .call(RequestBody::BackupRead {
+                offset: file.len() as u64,
+            })
+            .await?
+        else {
+            bail!("unexpected answer to backupRead");
+        };
+        file.extend_from_slice(&data.0);
+        if end {
+            break;
+        }
+    }
+    passmesh_daemon::backup::write_atomic(shelf.path(), "bench.age", &file)?;
+    let backup = started.elapsed();
+    rows.push(judged(
+        format!("backup of {n} passkeys to a file, durable"),
+        fmt_duration(backup),
+        "< 1 s",
+        backup < Duration::from_secs(1),
+    ));
+    let ratio = file.len() as f64 / records.max(1) as f64;
+    rows.push(judged(
+        "  backup file / encrypted records",
+        format!(
+            "{} / {} = {ratio:.2}x",
+            fmt_bytes(file.len() as u64),
+            fmt_bytes(records)
+        ),
+        "< 1.5x",
+        ratio < 1.5,
+    ));
+    let fresh = Daemon::start(DaemonOptions::default()).await?;
+    let mut f = fresh.client().await?;
+    eprintln!("restore of {n} passkeys…");
+    let started = Instant::now();
+    for (i, chunk) in file.chunks(passmesh_ipc::message::MAX_CHUNK).enumerate() {
+        f.call(RequestBody::RestoreWrite {
+            offset: (i * passmesh_ipc::message::MAX_CHUNK) as u64,
+            data: Base64Url(chunk.to_vec()),
+        })
+        .await?;
+    }
+    let ResponseBody::Restore { passkeys, .. } = f
+        .call(RequestBody::Restore {
+            phrase: passmesh_ipc::Phrase::new(setup.phrase.clone()),
+            name: None,
+        })
+        .await?
+    else {
+        bail!("unexpected answer to restore");
+    };
+    let restore = started.elapsed();
+    if passkeys != n as u64 {
+        bail!("the restore brought back {passkeys} passkeys, not {n}");
+    }
+    rows.push(judged(
+        format!("restore of {n} passkeys from the file, durable"),
+        fmt_duration(restore),
+        "< 1 s",
+        restore < Duration::from_secs(1),
+    ));
+    let phrase = passmesh_daemon::recovery::Phrase::parse(&setup.phrase)?;
+    let started = Instant::now();
+    phrase.derive()?;
+    rows.push(row(
+        "  of which the recovery key (argon2id, 64 MiB, 3 passes)",
+        fmt_duration(started.elapsed()),
+    ));
+    Ok(())
 }
 
 /// Removing device C from A's `total`-passkey vault: the new epoch and every record re-encrypted under it, on
@@ -612,13 +708,28 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let sync_only = args.iter().any(|a| a == "--sync");
-    if let Some(other) = args.iter().find(|a| *a != "--quick" && *a != "--sync") {
-        bail!("unknown argument {other}; usage: passmesh-bench [--quick] [--sync]");
+    let recovery_only = args.iter().any(|a| a == "--recovery");
+    if let Some(other) = args
+        .iter()
+        .find(|a| !["--quick", "--sync", "--recovery"].contains(&a.as_str()))
+    {
+        bail!("unknown argument {other}; usage: passmesh-bench [--quick] [--sync | --recovery]");
     }
     let plan = if quick { Plan::quick() } else { Plan::full() };
     if sync_only {
         let mut rows = Vec::new();
         bench_sync(&mut rows, &plan).await?;
+        print_table(&rows);
+        return Ok(());
+    }
+    if recovery_only {
+        let mut rows = Vec::new();
+        let daemon = Daemon::start(DaemonOptions::default()).await?;
+        let rp = RelyingParty::new(RP_ID, ORIGIN)?;
+        let (template, _) =
+            rp.begin_registration(&User::new("alice"), &RegistrationOptions::default())?;
+        fill_vault(&daemon, &template, plan.vault_size, CONCURRENT_CLIENTS).await?;
+        bench_recovery(&mut rows, &daemon, plan.vault_size).await?;
         print_table(&rows);
         return Ok(());
     }
@@ -773,6 +884,7 @@ async fn main() -> anyhow::Result<()> {
         "< 64 MiB",
         rss < 64 << 20,
     ));
+    bench_recovery(&mut rows, &big, n).await?;
     drop(big);
 
     // 5. Keystores: start to serving (first start seals, restarts unseal).

@@ -4,11 +4,13 @@
 //! restore, the phrase itself with the file. Backups cross the socket in chunks, with a progress bar on a
 //! terminal.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use passmesh_crdt::{DeviceId, VaultId};
 use passmesh_daemon::recovery::{self, Phrase};
 use passmesh_ipc::message::MAX_CHUNK;
 use passmesh_ipc::{Base64Url, Client, Pin, RequestBody, ResponseBody, StatusInfo};
@@ -96,6 +98,26 @@ async fn status(client: &mut Client) -> Result<StatusInfo, Failure> {
     }
 }
 
+/// Reads one line of stdin; on a terminal (`hidden`) with echo off, restored however the read ends.
+fn read_line(hidden: bool) -> Result<Zeroizing<String>, Failure> {
+    let stdin = std::io::stdin();
+    let saved = hidden
+        .then(|| rustix::termios::tcgetattr(&stdin).ok())
+        .flatten();
+    if let Some(mut t) = saved.clone() {
+        t.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
+    }
+    let mut line = Zeroizing::new(String::new());
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
+        eprintln!();
+    }
+    read.map_err(|e| local(format!("reading stdin: {e}")))?;
+    Ok(line)
+}
+
 /// Reads a phrase: on a terminal after a prompt with echo off (one line), else all of stdin.
 pub(crate) fn read_phrase() -> Result<Zeroizing<String>, Failure> {
     let stdin = std::io::stdin();
@@ -103,17 +125,7 @@ pub(crate) fn read_phrase() -> Result<Zeroizing<String>, Failure> {
     if stdin.is_terminal() {
         eprint!("Recovery phrase (24 words): ");
         let _ = std::io::stderr().flush();
-        let saved = rustix::termios::tcgetattr(&stdin).ok();
-        if let Some(mut t) = saved.clone() {
-            t.local_modes.remove(rustix::termios::LocalModes::ECHO);
-            let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
-        }
-        let read = stdin.lock().read_line(&mut text);
-        if let Some(t) = saved {
-            let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
-            eprintln!();
-        }
-        read.map_err(|e| local(format!("reading the phrase: {e}")))?;
+        text = read_line(true)?;
     } else {
         stdin
             .lock()
@@ -273,11 +285,7 @@ async fn setup(
         eprint!("Type words {} of the phrase: ", asked.join(", "));
         let _ = std::io::stderr().flush();
     }
-    let mut answer = Zeroizing::new(String::new());
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| local(format!("reading the words: {e}")))?;
+    let answer = read_line(terminal)?;
     if !recovery::confirms(&phrase, &positions, &answer) {
         return Err(local(
             "those are not the words at those positions: recovery was not set up (run it again; a new phrase is \
@@ -285,10 +293,24 @@ async fn setup(
         ));
     }
     let key = derive(&phrase, json)?;
+    // The key vouches for this device's anchors: a device restored with it trusts those, and only those.
+    let vault: VaultId = status
+        .vault_id
+        .parse()
+        .map_err(|_| local("the daemon's vault id does not parse"))?;
+    let anchors: Vec<String> = status
+        .recovery
+        .as_ref()
+        .map(|r| r.anchors.clone())
+        .unwrap_or_default();
+    let set: BTreeSet<DeviceId> = anchors.iter().cloned().map(DeviceId::new).collect();
+    let signature = passmesh_crdt::members::sign_recovery_anchors(&vault, &key.member(), &set);
     let body = client
         .call(RequestBody::RecoverySet {
             recovery_key: key.id().to_string(),
             x25519: Base64Url(key.x25519_public().to_vec()),
+            anchors: set.iter().map(ToString::to_string).collect(),
+            anchors_signature: Base64Url(signature.to_vec()),
             replace,
             pin,
         })
