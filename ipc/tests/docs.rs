@@ -51,6 +51,6 @@ fn documented_frames_parse() {
         }
     }
     // One example of each request and each success answer, plus the error example.
-    assert_eq!(requests, 19);
-    assert_eq!(responses, 20);
+    assert_eq!(requests, 24);
+    assert_eq!(responses, 25);
 }
