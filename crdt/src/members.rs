@@ -768,11 +768,24 @@ pub fn fuzz_values(bytes: &[u8]) {
     if let Some(i) = InboxEntry::decode(bytes) {
         assert_eq!(i.encode(), bytes, "an inbox entry has one encoding");
     }
+    if let Some(d) = decode_entry(bytes)
+        && let Some(sig) = &d.signature
+    {
+        assert_eq!(
+            encode_entry(&d, sig),
+            bytes,
+            "a device entry has one encoding"
+        );
+    }
     let me = LocalDevice::new(&Zeroizing::new([7; 32]), &Zeroizing::new([8; 32]));
     let vault = VaultId::from_bytes([9; 16]);
     assert!(
         unwrap(&vault, Epoch(1), &me, bytes).is_none(),
         "nothing unwraps without the key it was wrapped to"
+    );
+    assert!(
+        verified_recovery_anchors(&vault, me.id(), bytes).is_none(),
+        "no statement verifies without the key's signature"
     );
 }
 
@@ -1075,6 +1088,43 @@ mod tests {
             ))
             .is_none()
         );
+    }
+
+    #[test]
+    fn a_recovery_keys_statement_verifies_only_as_signed() {
+        let vault = VaultId::from_bytes([1; 16]);
+        let (key, other) = (device(1), device(2));
+        let anchors: BTreeSet<DeviceId> = [device(3).id().clone(), device(4).id().clone()].into();
+        let sig = sign_recovery_anchors(&vault, &key, &anchors);
+        let bytes = encode_recovery_anchors(&anchors, &sig);
+        assert_eq!(
+            verified_recovery_anchors(&vault, key.id(), &bytes),
+            Some(anchors.clone())
+        );
+        assert_eq!(
+            verified_recovery_anchors(&vault, other.id(), &bytes),
+            None,
+            "another key"
+        );
+        let elsewhere = VaultId::from_bytes([2; 16]);
+        assert_eq!(
+            verified_recovery_anchors(&elsewhere, key.id(), &bytes),
+            None
+        );
+        let fewer: BTreeSet<DeviceId> = anchors.iter().take(1).cloned().collect();
+        let forged = encode_recovery_anchors(&fewer, &sig);
+        assert_eq!(
+            verified_recovery_anchors(&vault, key.id(), &forged),
+            None,
+            "the ids are signed"
+        );
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                verified_recovery_anchors(&vault, key.id(), &bytes[..cut]),
+                None
+            );
+        }
+        fuzz_values(&bytes);
     }
 
     #[test]
