@@ -24,6 +24,9 @@ pub(crate) struct Plan {
     pub(crate) keep: usize,
     /// This device (names its files).
     pub(crate) device: DeviceId,
+    /// System mode: the directory is the service's own (`<dir>/<uid>`): written only if it is a real directory
+    /// owned by the service, so that no local user can plant a link that sends another's backups elsewhere.
+    pub(crate) owned: bool,
 }
 
 /// Writes the backups of the vault behind `vault` until it stops (its change counter closes). Holds the vault
@@ -90,8 +93,28 @@ pub(crate) async fn run(vault: vault::WeakHandle, mut changes: watch::Receiver<u
 }
 
 fn write(snapshot: &vault::Snapshot, plan: &Plan) -> Result<String, backup::Error> {
+    if plan.owned {
+        crate::layout::private_dir(&plan.dir)
+            .and_then(|()| check_own_dir(&plan.dir))
+            .map_err(|source| backup::Error::Write {
+                path: plan.dir.clone(),
+                source,
+            })?;
+    }
     let file = backup::seal(&snapshot.payload, &snapshot.recipients)?;
     let name = backup::file_name(snapshot.payload.made_at_ms, &plan.device);
     backup::write_atomic(&plan.dir, &name, &file)?;
     Ok(name)
+}
+
+/// `dir` is a directory (not a link to one) owned by this process's user.
+fn check_own_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.file_type().is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(std::io::Error::other(
+            "not a directory of the service's own (a link, or another user's): not written",
+        ));
+    }
+    Ok(())
 }

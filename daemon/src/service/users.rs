@@ -194,6 +194,7 @@ impl Users {
                 dir,
                 keep: b.keep,
                 device: crate::ids::device_id(&self.identity.peer_id()),
+                owned: self.only.is_none(),
             };
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {

@@ -49,7 +49,7 @@ impl Actor {
         if !replace && !existing.is_empty() {
             return Err(Error::RecoveryExists);
         }
-        if replace && existing.is_empty() && self.vault.recovery_keys().is_empty() {
+        if replace && self.vault.recovery_keys().is_empty() {
             return Err(Error::NoRecovery);
         }
         let now = crate::now_ms();
@@ -117,8 +117,8 @@ impl Actor {
         }
     }
 
-    /// What a backup holds now: the whole document, the epoch keys this device holds, its anchors and trusted
-    /// PIN keys, and the recovery keys to encrypt to. With `only_if_changed`, `None` when the document is what
+    /// What a backup holds now: the whole document and the epoch keys this device holds, and the recovery keys
+    /// to encrypt to. With `only_if_changed`, `None` when the document is what
     /// the last automatic backup held. `NoRecovery` if the vault has no recovery key.
     pub(super) fn snapshot(&mut self, only_if_changed: bool) -> Result<Option<Snapshot>, Error> {
         let recipients: Vec<[u8; 32]> = self
