@@ -847,78 +847,82 @@ pub(crate) struct RemovalFact {
 ///   removal of that device. Removals made concurrently (say on two sides of a partition) all count.
 ///
 /// `before(a, b)`: whether change `a` is `b` or one of its ancestors.
+///
+/// With `signed_anchors`, an anchor is trusted only through an entry it signed itself, never through an unsigned
+/// one (a replica restored from a backup: the file's unsigned entries could name any key).
 pub(crate) fn judge(
     vault: &VaultId,
     entries: &[EntryFact],
     removals: &[RemovalFact],
     anchors: Option<&BTreeSet<DeviceId>>,
+    signed_anchors: bool,
     before: &mut dyn FnMut(&ChangeHash, &ChangeHash) -> bool,
 ) -> Judgement {
     let trusted = |id: &DeviceId| anchors.is_none_or(|a| a.contains(id));
-    // An id is a device or a recovery key, never both: one with a signed device entry, or trusted as a device
-    // without a chain, has no valid recovery entry.
-    let devices: BTreeSet<&DeviceId> = entries
-        .iter()
-        .filter(|e| {
-            e.device.kind == MemberKind::Device
-                && (e.device.signature.is_some()
-                    || anchors.is_some_and(|a| a.contains(&e.device.id)))
-        })
-        .map(|e| &e.device.id)
-        .collect();
-    let recovery_ids: BTreeSet<&DeviceId> = entries
-        .iter()
-        .filter(|e| e.device.kind == MemberKind::Recovery)
-        .map(|e| &e.device.id)
-        .collect();
-    let kinds: Vec<Kind> = entries
-        .iter()
-        .map(|e| {
-            let d = &e.device;
-            if d.kind == MemberKind::Recovery {
-                return match (&d.signature, &d.added_by) {
-                    _ if devices.contains(&d.id) => {
-                        Kind::Bad("a device of the vault has this id: it is no recovery key")
-                    }
-                    _ if !contributory(&d.x25519_public) => {
-                        Kind::Bad("its x25519 key is of low order")
-                    }
-                    (Some(sig), Some(by))
-                        if !recovery_ids.contains(by)
-                            && verify(by, &entry_message(vault, d), sig) =>
-                    {
-                        Kind::Chain(by.clone())
-                    }
-                    _ => {
-                        Kind::Bad("a recovery key is valid only as added (and signed) by a device")
-                    }
-                };
-            }
-            let Some(sig) = &d.signature else {
-                return if trusted(&d.id) {
+    // Device entries first: how each could be valid, from its signature alone.
+    let device_kind = |d: &Device| -> Kind {
+        let Some(sig) = &d.signature else {
+            return if trusted(&d.id) && !signed_anchors {
+                Kind::Anchored
+            } else {
+                Kind::Bad("it is unsigned and this device does not trust it without a signature")
+            };
+        };
+        let message = entry_message(vault, d);
+        match &d.added_by {
+            Some(by) if verify(by, &message, sig) => Kind::Chain(by.clone()),
+            _ if verify(&d.id, &message, sig) => {
+                if trusted(&d.id) {
                     Kind::Anchored
                 } else {
-                    Kind::Bad(
-                        "it is unsigned and this device does not trust it without a signature",
-                    )
-                };
-            };
-            let message = entry_message(vault, d);
-            match &d.added_by {
-                Some(by) if verify(by, &message, sig) => Kind::Chain(by.clone()),
-                _ if verify(&d.id, &message, sig) => {
-                    if trusted(&d.id) {
-                        Kind::Anchored
-                    } else {
-                        Kind::Bad(
-                            "it is signed by the device itself, which this device does not trust",
-                        )
-                    }
+                    Kind::Bad("it is signed by the device itself, which this device does not trust")
                 }
-                _ => Kind::Bad("its signature does not verify"),
             }
+            _ => Kind::Bad("its signature does not verify"),
+        }
+    };
+    let mut kinds: Vec<Kind> = entries
+        .iter()
+        .map(|e| match e.device.kind {
+            MemberKind::Device => device_kind(&e.device),
+            MemberKind::Recovery => Kind::Bad("not judged yet"),
         })
         .collect();
+    // An id is a device or a recovery key, never both: one with a device entry that could be valid has no valid
+    // recovery entry (an entry whose signature does not verify counts for nothing here).
+    let devices: BTreeSet<&DeviceId> = entries
+        .iter()
+        .zip(&kinds)
+        .filter(|(e, k)| e.device.kind == MemberKind::Device && !matches!(k, Kind::Bad(_)))
+        .map(|(e, _)| &e.device.id)
+        .collect();
+    let recovery_entry_ok = |d: &Device| {
+        d.signature
+            .as_ref()
+            .zip(d.added_by.as_ref())
+            .is_some_and(|(sig, by)| verify(by, &entry_message(vault, d), sig))
+    };
+    let recovery_ids: BTreeSet<&DeviceId> = entries
+        .iter()
+        .filter(|e| e.device.kind == MemberKind::Recovery && recovery_entry_ok(&e.device))
+        .map(|e| &e.device.id)
+        .collect();
+    for (e, kind) in entries.iter().zip(kinds.iter_mut()) {
+        let d = &e.device;
+        if d.kind != MemberKind::Recovery {
+            continue;
+        }
+        *kind = match &d.added_by {
+            _ if devices.contains(&d.id) => {
+                Kind::Bad("a device of the vault has this id: it is no recovery key")
+            }
+            _ if !contributory(&d.x25519_public) => Kind::Bad("its x25519 key is of low order"),
+            Some(by) if !recovery_ids.contains(by) && recovery_entry_ok(d) => {
+                Kind::Chain(by.clone())
+            }
+            _ => Kind::Bad("a recovery key is valid only as added (and signed) by a device"),
+        };
+    }
     let signed_removals: Vec<&RemovalFact> = removals
         .iter()
         .filter(|r| r.removal.verifies(vault, &r.removed))
@@ -1277,12 +1281,20 @@ mod tests {
             entry(&vault, &x, None, 3),
             unsigned(&x, Some(&b)),
         ];
-        let judged = judge(&vault, &entries, &[], Some(&anchor_set), &mut order(&[])).states;
+        let judged = judge(
+            &vault,
+            &entries,
+            &[],
+            Some(&anchor_set),
+            false,
+            &mut order(&[]),
+        )
+        .states;
         assert_eq!(judged[a.id()], MemberState::Active, "the anchor, unsigned");
         assert_eq!(judged[b.id()], MemberState::Active, "signed by the anchor");
         assert!(matches!(judged[x.id()], MemberState::Invalid(_)));
         // Without anchors (a replica that never pinned any), unsigned and self-signed entries are taken as they are.
-        let judged = judge(&vault, &entries, &[], None, &mut order(&[])).states;
+        let judged = judge(&vault, &entries, &[], None, false, &mut order(&[])).states;
         assert_eq!(judged[x.id()], MemberState::Active);
         // A device with one good entry among bad copies is valid.
         let mut bad = entry(&vault, &b, Some(&a), 5);
@@ -1292,6 +1304,7 @@ mod tests {
             &[unsigned(&a, None), bad, entry(&vault, &b, Some(&a), 6)],
             &[],
             Some(&anchor_set),
+            false,
             &mut order(&[]),
         );
         assert_eq!(judged.states[b.id()], MemberState::Active);
@@ -1309,7 +1322,7 @@ mod tests {
             entry(&vault, &b, Some(&a), 2),
             entry(&vault, &c, Some(&b), 3),
         ];
-        let judged = judge(&vault, &entries, &[], anchors, &mut order(&[])).states;
+        let judged = judge(&vault, &entries, &[], anchors, false, &mut order(&[])).states;
         assert!(judged.values().all(|s| *s == MemberState::Active));
 
         // A forged entry (signed by X, claiming A added it) is invalid.
@@ -1323,7 +1336,7 @@ mod tests {
             })
             .chain([forged])
             .collect();
-        let judged = judge(&vault, &with_forged, &[], anchors, &mut order(&[])).states;
+        let judged = judge(&vault, &with_forged, &[], anchors, false, &mut order(&[])).states;
         assert_eq!(
             judged[x.id()],
             MemberState::Invalid("its signature does not verify")
@@ -1333,7 +1346,7 @@ mod tests {
         let mut more: Vec<EntryFact> = entries;
         more.push(entry(&vault, &x, Some(&b), 6));
         let removals = [removal(&vault, &b, &a, 5)];
-        let judged = judge(&vault, &more, &removals, anchors, &mut order(&[])).states;
+        let judged = judge(&vault, &more, &removals, anchors, false, &mut order(&[])).states;
         assert!(matches!(&judged[b.id()], MemberState::Removed { by, .. } if by == a.id()));
         assert_eq!(judged[c.id()], MemberState::Active);
         assert_eq!(
@@ -1341,22 +1354,38 @@ mod tests {
             MemberState::Invalid("it was added by a device after that device's removal")
         );
         // Added concurrently with the removal: ignored too.
-        let judged = judge(&vault, &more, &removals, anchors, &mut order(&[(5, 6)])).states;
+        let judged = judge(
+            &vault,
+            &more,
+            &removals,
+            anchors,
+            false,
+            &mut order(&[(5, 6)]),
+        )
+        .states;
         assert!(matches!(judged[x.id()], MemberState::Invalid(_)));
 
         // B and C remove each other concurrently (changes 7 and 8): both removals count.
         let both = [removal(&vault, &c, &b, 7), removal(&vault, &b, &c, 8)];
-        let judged = judge(&vault, &more[..3], &both, anchors, &mut order(&[(7, 8)])).states;
+        let judged = judge(
+            &vault,
+            &more[..3],
+            &both,
+            anchors,
+            false,
+            &mut order(&[(7, 8)]),
+        )
+        .states;
         assert!(matches!(judged[b.id()], MemberState::Removed { .. }));
         assert!(matches!(judged[c.id()], MemberState::Removed { .. }));
         // C's removal of B made after C learnt of its own removal does not count.
-        let judged = judge(&vault, &more[..3], &both, anchors, &mut order(&[])).states;
+        let judged = judge(&vault, &more[..3], &both, anchors, false, &mut order(&[])).states;
         assert_eq!(judged[b.id()], MemberState::Active);
         assert!(matches!(judged[c.id()], MemberState::Removed { .. }));
         // A removal signed by someone else than it claims does not count.
         let mut fake = removal(&vault, &a, &x, 9);
         fake.removal.by = b.id().clone();
-        let judged = judge(&vault, &more[..3], &[fake], anchors, &mut order(&[])).states;
+        let judged = judge(&vault, &more[..3], &[fake], anchors, false, &mut order(&[])).states;
         assert_eq!(judged[a.id()], MemberState::Active);
     }
 }

@@ -56,6 +56,8 @@ pub struct Vault {
     facts: Facts,
     /// The devices this replica trusts without a signature chain (see [`Vault::set_anchors`]).
     anchors: Option<BTreeSet<DeviceId>>,
+    /// Anchors count only through entries they signed themselves (see [`Vault::set_signed_anchors`]).
+    signed_anchors: bool,
     /// The changes of the removals that count, per removed device (from the last judging).
     removal_changes: HashMap<DeviceId, Vec<Option<ChangeHash>>>,
     /// Each device's published inbox of the highest generation whose signature verifies.
@@ -301,6 +303,7 @@ impl Vault {
             epochs: EpochState::default(),
             facts: Facts::default(),
             anchors: None,
+            signed_anchors: false,
             removal_changes: HashMap::new(),
             inboxes: HashMap::new(),
             approvals: None,
@@ -1142,6 +1145,45 @@ impl Vault {
         Ok(None)
     }
 
+    /// The devices that added recovery key `id` with an entry that verifies.
+    fn recovery_adders(&mut self, id: &DeviceId) -> BTreeSet<DeviceId> {
+        self.facts.refresh(&self.doc, &self.shape);
+        let vault = self.id;
+        self.facts
+            .entries
+            .iter()
+            .filter(|(d, _, _)| d == id)
+            .filter_map(|(_, bytes, _)| members::decode_entry(bytes))
+            .filter(|d| d.kind == MemberKind::Recovery)
+            .filter(|d| {
+                d.signature
+                    .as_ref()
+                    .zip(d.added_by.as_ref())
+                    .is_some_and(|(sig, by)| {
+                        members::verify(by, &members::entry_message(&vault, d), sig)
+                    })
+            })
+            .filter_map(|d| d.added_by)
+            .collect()
+    }
+
+    /// Adds this device's own entry for recovery key `id` (already a member): the key then stays when the device
+    /// that set it up is removed (a restored device endorses the key it was restored with). `NotRecoveryKey` if
+    /// `id` is not an active recovery key.
+    pub fn endorse_recovery(&mut self, id: &DeviceId, now_ms: u64) -> Result<(), Error> {
+        let me = self.active_me()?;
+        let mut d = self
+            .members
+            .get(id)
+            .filter(|m| m.state == MemberState::Active && m.device.kind == MemberKind::Recovery)
+            .map(|m| m.device.clone())
+            .ok_or(Error::NotRecoveryKey)?;
+        d.added_by = Some(me.id().clone());
+        d.added_at_ms = now_ms;
+        d.signature = Some(me.sign(&members::entry_message(&self.id, &d)));
+        self.put_device_entry(d, None)
+    }
+
     fn is_recovery_key(&self, id: &DeviceId) -> bool {
         self.members.get(id).is_some_and(|m| {
             m.state == MemberState::Active && m.device.kind == MemberKind::Recovery
@@ -1210,6 +1252,13 @@ impl Vault {
         self.judge();
     }
 
+    /// Trusts the anchors only through entries they signed themselves, never through unsigned ones: for a replica
+    /// restored from a backup, whose unsigned entries anyone who made the file could have written (with any key).
+    pub fn set_signed_anchors(&mut self, signed: bool) {
+        self.signed_anchors = signed;
+        self.judge();
+    }
+
     /// The devices trusted without a signature chain, if set.
     pub fn anchors(&self) -> Option<&BTreeSet<DeviceId>> {
         self.anchors.as_ref()
@@ -1241,8 +1290,7 @@ impl Vault {
     /// A device already removed is removed again (a second removal changes nothing) and the key is not rotated:
     /// `Ok(None)`.
     pub fn remove_member(&mut self, id: &DeviceId, now_ms: u64) -> Result<Option<Epoch>, Error> {
-        let me = self.active_me()?;
-        if id == me.id() {
+        if id == self.active_me()?.id() {
             return Err(Error::InvalidInput("a device cannot remove itself"));
         }
         match self.members.get(id).map(|m| &m.state) {
@@ -1252,12 +1300,23 @@ impl Vault {
         }
         // The recovery keys it added go with it: set up by a thief before its removal, one would outlive it
         // (every later epoch wrapped to it, devices added by it valid).
-        let added: Vec<DeviceId> = self
-            .recovery_keys()
-            .into_iter()
-            .filter(|r| r.added_by.as_ref() == Some(id))
-            .map(|r| r.id)
-            .collect();
+        // (Not one another member vouches for too: a restored device endorses the key it was restored with.)
+        let keys: Vec<DeviceId> = self.recovery_keys().into_iter().map(|r| r.id).collect();
+        let mut added = Vec::new();
+        for r in keys {
+            let adders = self.recovery_adders(&r);
+            let others = adders.iter().any(|a| {
+                a != id
+                    && self
+                        .members
+                        .get(a)
+                        .is_some_and(|m| m.state == MemberState::Active)
+            });
+            if adders.contains(id) && !others {
+                added.push(r);
+            }
+        }
+        let me = self.active_me()?;
         let mut removals = vec![(
             id.clone(),
             Removal::sign(&self.id, id, me, now_ms).encode(),
@@ -2146,6 +2205,7 @@ impl Vault {
             &entries,
             &removals,
             self.anchors.as_ref(),
+            self.signed_anchors,
             &mut |a, b| causality.before(a, b),
         );
         let mut members = BTreeMap::new();

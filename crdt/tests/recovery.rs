@@ -77,8 +77,10 @@ fn restore(bytes: &[u8], key: LocalDevice, me: LocalDevice) -> Result<Vault, Err
     let id = key.id().clone();
     let mut v = Vault::load_as(bytes, keyring(), Some(key))?;
     let anchors = v.recovery_anchors(&id).ok_or(Error::NotRecoveryKey)?;
+    v.set_signed_anchors(true);
     v.set_anchors(Some(anchors));
     v.restore_as(me, "restored", 50)?;
+    v.endorse_recovery(&id, 51)?;
     Ok(v)
 }
 
@@ -358,4 +360,66 @@ fn low_order_keys_and_device_ids_are_refused_as_recovery_keys() {
         Err(Error::InvalidInput(_))
     ));
     assert!(a.recovery_keys().is_empty());
+}
+
+/// A file built from scratch by someone who has read the document: the anchor gets an unsigned entry with the
+/// maker's x25519 key (its real, self-signed entry left out), the real recovery key is added again by the maker's
+/// own device, the real statement of anchors copied. Restored, the anchor counts only through an entry it signed
+/// itself: there is none, so nothing chains to the recovery key and the file is refused.
+#[test]
+fn a_file_that_gives_an_anchor_another_key_is_not_restored() {
+    let (mut a, mut b) = world();
+    set_up(&mut a, &local(100), 20).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    let key = local(100);
+    let anchors = a.recovery_anchors(key.id()).unwrap();
+    let anchor = anchors.iter().next().unwrap().clone();
+    let sig = members::sign_recovery_anchors(&a.id(), &key, &anchors);
+    let mut forged = Vault::create(a.id(), keyring()).unwrap();
+    let evil = local(66);
+    forged
+        .add_device(Device {
+            id: anchor.clone(),
+            x25519_public: evil.x25519_public(),
+            ..entry(&local(1), None)
+        })
+        .unwrap();
+    let mut x = entry(&evil, None);
+    forged.set_local(local(66));
+    forged.sign_entry(&mut x).unwrap();
+    forged.add_device(x).unwrap();
+    // (With no anchors set, every unsigned entry is trusted here, as on any replica of an old vault.)
+    forged
+        .add_recovery(key.id(), key.x25519_public(), &anchors, &sig, 30)
+        .unwrap();
+    // The real recovery entry, signed by the anchor, copied as it is.
+    let real = a
+        .members()
+        .into_iter()
+        .find(|m| m.device.id == *key.id())
+        .unwrap()
+        .device;
+    assert_eq!(real.added_by.as_ref(), Some(&anchor));
+    forged.add_device(real).unwrap();
+    assert!(matches!(
+        restore(&forged.save(), local(100), local(9)),
+        Err(Error::NotRecoveryKey)
+    ));
+}
+
+/// After a restore, removing the lost device that set recovery up keeps the recovery key: the restored device
+/// vouches for it too. A thief's own key (no other device vouches for it) still goes with the thief.
+#[test]
+fn removing_the_device_that_set_up_recovery_keeps_the_key_the_vault_was_restored_with() {
+    let (mut a, mut b) = world();
+    set_up(&mut a, &local(100), 20).unwrap();
+    settle(&mut [&mut a, &mut b]);
+    let mut restored = restore(&b.save(), local(100), local(9)).unwrap();
+    restored.remove_member(&local(1).id().clone(), 60).unwrap();
+    restored.remove_member(&local(2).id().clone(), 61).unwrap();
+    assert_eq!(restored.recovery_keys().len(), 1, "the key stays");
+    let p = restored.insert(passkey(5), 70).unwrap();
+    let again =
+        restore(&restored.save(), local(100), local(10)).expect("the phrase still restores");
+    assert!(again.passkey(&p).is_some());
 }

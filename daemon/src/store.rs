@@ -87,6 +87,9 @@ pub enum Meta<'a> {
     /// The sealed keyring of a document that replaced the vault's (joining, restoring), stored with it in one
     /// batch until the keyring file holds it too (`keyring-next`).
     KeyringNext,
+    /// Present on a device restored from a backup: its anchors count only through entries they signed
+    /// themselves (`signed-anchors`).
+    SignedAnchors,
 }
 
 const ADDRS_PREFIX: &str = "addrs/";
@@ -111,6 +114,7 @@ impl Meta<'_> {
             Meta::BackupFiles => "backup-files".to_owned(),
             Meta::RestoredAt => "restored-at".to_owned(),
             Meta::KeyringNext => "keyring-next".to_owned(),
+            Meta::SignedAnchors => "signed-anchors".to_owned(),
         }
     }
 }

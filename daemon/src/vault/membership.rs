@@ -99,9 +99,21 @@ impl Actor {
                 ids
             }
         };
+        if self.store.get(Meta::SignedAnchors)?.is_some() {
+            self.vault.set_signed_anchors(true);
+        }
         self.vault
             .set_anchors(Some(anchors.into_iter().map(DeviceId::new).collect()));
         Ok(())
+    }
+
+    /// `anchors` and this device, sorted, as stored.
+    pub(super) fn anchors_with_me(&self, anchors: &[DeviceId]) -> Vec<String> {
+        let mut ids: Vec<String> = anchors.iter().map(ToString::to_string).collect();
+        ids.push(self.me.to_string());
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     fn store_anchors(&self, ids: &[String]) -> Result<(), Error> {
@@ -329,7 +341,16 @@ impl Actor {
         }
         vault.add_device(me)?;
         let merged = self.carry_passkeys(&mut vault)?;
-        self.replace_vault(&mut vault, &[])?;
+        // Those the inviter trusts without a chain (an inviter that sends none: every member it listed), stored
+        // with the document: a crash in between never leaves a vault this device is no member of.
+        let anchors = if anchors.is_empty() {
+            members.iter().map(|m| m.device.id.clone()).collect()
+        } else {
+            anchors
+        };
+        let pinned =
+            serde_json::to_vec(&self.anchors_with_me(&anchors)).map_err(|_| Error::PinState)?;
+        self.replace_vault(&mut vault, &[(Meta::Anchors, &pinned)])?;
         for m in &members {
             self.remember_addrs(&m.device, &m.addrs);
         }
@@ -339,12 +360,6 @@ impl Actor {
         self.replication.clear();
         self.dirty = false;
         self.full_save_needed = false;
-        // Those the inviter trusts without a chain (an inviter that sends none: every member it listed).
-        let anchors = if anchors.is_empty() {
-            members.iter().map(|m| m.device.id.clone()).collect()
-        } else {
-            anchors
-        };
         self.set_anchors(&anchors)?;
         self.maintenance_due = true;
         Ok(Adopted {

@@ -232,10 +232,24 @@ impl Actor {
             .ok_or(Error::BackupContent(
                 "the recovery key vouches for no device in it (it was not made by Passmesh)",
             ))?;
+        // And only through entries they signed themselves: an unsigned entry in the file could give one any key.
+        vault.set_signed_anchors(true);
         vault.set_anchors(Some(anchors.clone()));
         let now = crate::now_ms();
         vault.restore_as(ids::local_device(&self.identity), name, now)?;
-        self.replace_vault(&mut vault, &[(Meta::RestoredAt, &now.to_be_bytes())])?;
+        // This device vouches for the key too: it stays when the lost device that set it up is removed.
+        vault.endorse_recovery(&recovery_id, now)?;
+        let anchors: Vec<DeviceId> = anchors.into_iter().collect();
+        let pinned =
+            serde_json::to_vec(&self.anchors_with_me(&anchors)).map_err(|_| Error::PinState)?;
+        self.replace_vault(
+            &mut vault,
+            &[
+                (Meta::RestoredAt, &now.to_be_bytes()),
+                (Meta::Anchors, &pinned),
+                (Meta::SignedAnchors, &[1]),
+            ],
+        )?;
         let passkeys = vault.len() as u64;
         let me = ids::device_id(&self.me);
         let devices = vault
@@ -253,7 +267,6 @@ impl Actor {
         self.replication.clear();
         self.dirty = false;
         self.full_save_needed = false;
-        let anchors: Vec<DeviceId> = anchors.into_iter().collect();
         self.set_anchors(&anchors)?;
         self.maintenance_due = true;
         Ok(Restored {

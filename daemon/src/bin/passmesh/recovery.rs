@@ -484,8 +484,8 @@ pub(crate) async fn restore(
     if devices > 0 {
         println!(
             "This device is now a member. The vault's {devices} other device(s) are listed as not seen since the \
-             restore (`passmesh device list`): remove every lost one with `passmesh device remove ID`; one that \
-             is still yours syncs with this device as soon as it is reachable."
+             restore (`passmesh device list`): remove every lost one with `passmesh device remove ID`; pair one \
+             that is still yours with this device again (`passmesh pair` here, `passmesh join` there)."
         );
     }
     Ok(())
