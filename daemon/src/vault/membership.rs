@@ -299,6 +299,11 @@ impl Actor {
         if others > 0 {
             return Err(Error::AlreadyPaired(others as u64));
         }
+        // Live and trashed passkeys move along; what only this document holds (passkeys another device took away
+        // that this one keeps restorable, records it cannot read) would be lost with it.
+        if !self.vault.problems().is_empty() || !self.store.losses()?.is_empty() {
+            return Err(Error::WouldLose);
+        }
         Ok(())
     }
 

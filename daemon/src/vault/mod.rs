@@ -143,6 +143,12 @@ pub enum Error {
          (`passmesh device remove ID` there); to stop using it, stop passmeshd here and delete its state directory"
     )]
     RemoveSelf,
+    /// Joining another vault would lose what only this device's document holds.
+    #[error(
+        "this device keeps passkeys another device took away (restorable with `passmesh trash restore`) or records \
+         it cannot read: joining another vault would lose them; restore or purge them first"
+    )]
+    WouldLose,
     /// `recovery setup` on a vault that has a recovery key.
     #[error("recovery is already set up: `passmesh recovery rotate` replaces the phrase")]
     RecoveryExists,
