@@ -19,6 +19,9 @@ _passmesh() {
             passmesh,audit)
                 cmd="passmesh__subcmd__audit"
                 ;;
+            passmesh,backup)
+                cmd="passmesh__subcmd__backup"
+                ;;
             passmesh,create)
                 cmd="passmesh__subcmd__create"
                 ;;
@@ -52,8 +55,14 @@ _passmesh() {
             passmesh,pin)
                 cmd="passmesh__subcmd__pin"
                 ;;
+            passmesh,recovery)
+                cmd="passmesh__subcmd__recovery"
+                ;;
             passmesh,rename)
                 cmd="passmesh__subcmd__rename"
+                ;;
+            passmesh,restore)
+                cmd="passmesh__subcmd__restore"
                 ;;
             passmesh,show)
                 cmd="passmesh__subcmd__show"
@@ -91,6 +100,9 @@ _passmesh() {
             passmesh__subcmd__help,audit)
                 cmd="passmesh__subcmd__help__subcmd__audit"
                 ;;
+            passmesh__subcmd__help,backup)
+                cmd="passmesh__subcmd__help__subcmd__backup"
+                ;;
             passmesh__subcmd__help,create)
                 cmd="passmesh__subcmd__help__subcmd__create"
                 ;;
@@ -124,8 +136,14 @@ _passmesh() {
             passmesh__subcmd__help,pin)
                 cmd="passmesh__subcmd__help__subcmd__pin"
                 ;;
+            passmesh__subcmd__help,recovery)
+                cmd="passmesh__subcmd__help__subcmd__recovery"
+                ;;
             passmesh__subcmd__help,rename)
                 cmd="passmesh__subcmd__help__subcmd__rename"
+                ;;
+            passmesh__subcmd__help,restore)
+                cmd="passmesh__subcmd__help__subcmd__restore"
                 ;;
             passmesh__subcmd__help,show)
                 cmd="passmesh__subcmd__help__subcmd__show"
@@ -153,6 +171,18 @@ _passmesh() {
                 ;;
             passmesh__subcmd__help__subcmd__pin,set)
                 cmd="passmesh__subcmd__help__subcmd__pin__subcmd__set"
+                ;;
+            passmesh__subcmd__help__subcmd__recovery,identity)
+                cmd="passmesh__subcmd__help__subcmd__recovery__subcmd__identity"
+                ;;
+            passmesh__subcmd__help__subcmd__recovery,rotate)
+                cmd="passmesh__subcmd__help__subcmd__recovery__subcmd__rotate"
+                ;;
+            passmesh__subcmd__help__subcmd__recovery,setup)
+                cmd="passmesh__subcmd__help__subcmd__recovery__subcmd__setup"
+                ;;
+            passmesh__subcmd__help__subcmd__recovery,verify)
+                cmd="passmesh__subcmd__help__subcmd__recovery__subcmd__verify"
                 ;;
             passmesh__subcmd__help__subcmd__trash,list)
                 cmd="passmesh__subcmd__help__subcmd__trash__subcmd__list"
@@ -193,6 +223,36 @@ _passmesh() {
             passmesh__subcmd__pin__subcmd__help,set)
                 cmd="passmesh__subcmd__pin__subcmd__help__subcmd__set"
                 ;;
+            passmesh__subcmd__recovery,help)
+                cmd="passmesh__subcmd__recovery__subcmd__help"
+                ;;
+            passmesh__subcmd__recovery,identity)
+                cmd="passmesh__subcmd__recovery__subcmd__identity"
+                ;;
+            passmesh__subcmd__recovery,rotate)
+                cmd="passmesh__subcmd__recovery__subcmd__rotate"
+                ;;
+            passmesh__subcmd__recovery,setup)
+                cmd="passmesh__subcmd__recovery__subcmd__setup"
+                ;;
+            passmesh__subcmd__recovery,verify)
+                cmd="passmesh__subcmd__recovery__subcmd__verify"
+                ;;
+            passmesh__subcmd__recovery__subcmd__help,help)
+                cmd="passmesh__subcmd__recovery__subcmd__help__subcmd__help"
+                ;;
+            passmesh__subcmd__recovery__subcmd__help,identity)
+                cmd="passmesh__subcmd__recovery__subcmd__help__subcmd__identity"
+                ;;
+            passmesh__subcmd__recovery__subcmd__help,rotate)
+                cmd="passmesh__subcmd__recovery__subcmd__help__subcmd__rotate"
+                ;;
+            passmesh__subcmd__recovery__subcmd__help,setup)
+                cmd="passmesh__subcmd__recovery__subcmd__help__subcmd__setup"
+                ;;
+            passmesh__subcmd__recovery__subcmd__help,verify)
+                cmd="passmesh__subcmd__recovery__subcmd__help__subcmd__verify"
+                ;;
             passmesh__subcmd__trash,help)
                 cmd="passmesh__subcmd__trash__subcmd__help"
                 ;;
@@ -224,7 +284,7 @@ _passmesh() {
 
     case "${cmd}" in
         passmesh)
-            opts="-h -V --socket --json --help --version status list show delete rename device trash audit generate-docs pin keystore pair join create get help"
+            opts="-h -V --socket --json --help --version status list show delete rename device trash recovery backup restore audit generate-docs pin keystore pair join create get help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -248,6 +308,28 @@ _passmesh() {
                 return 0
             fi
             case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__backup)
+            opts="-h --out --pin-stdin --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -490,7 +572,7 @@ _passmesh() {
             return 0
             ;;
         passmesh__subcmd__help)
-            opts="status list show delete rename device trash audit generate-docs pin keystore pair join create get help"
+            opts="status list show delete rename device trash recovery backup restore audit generate-docs pin keystore pair join create get help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -504,6 +586,20 @@ _passmesh() {
             return 0
             ;;
         passmesh__subcmd__help__subcmd__audit)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__backup)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -755,7 +851,91 @@ _passmesh() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        passmesh__subcmd__help__subcmd__recovery)
+            opts="setup verify rotate identity"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__recovery__subcmd__identity)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__recovery__subcmd__rotate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__recovery__subcmd__setup)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__recovery__subcmd__verify)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         passmesh__subcmd__help__subcmd__rename)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1163,6 +1343,180 @@ _passmesh() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        passmesh__subcmd__recovery)
+            opts="-h --socket --json --help setup verify rotate identity help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__help)
+            opts="setup verify rotate identity help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__help__subcmd__identity)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__help__subcmd__rotate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__help__subcmd__setup)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__help__subcmd__verify)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__identity)
+            opts="-h --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__rotate)
+            opts="-h --pin-stdin --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__setup)
+            opts="-h --pin-stdin --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__recovery__subcmd__verify)
+            opts="-h --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         passmesh__subcmd__rename)
             opts="-h --socket --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1170,6 +1524,28 @@ _passmesh() {
                 return 0
             fi
             case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        passmesh__subcmd__restore)
+            opts="-h --name --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
