@@ -355,18 +355,12 @@ impl Actor {
         };
         let pinned =
             serde_json::to_vec(&self.anchors_with_me(&anchors)).map_err(|_| Error::PinState)?;
-        self.replace_vault(&mut vault, &[(Meta::Anchors, &pinned)])?;
+        self.replace_vault(vault, &[(Meta::Anchors, &pinned)])?;
         for m in &members {
             self.remember_addrs(&m.device, &m.addrs);
         }
-        tracing::info!(vault = %vault.id(), merged, "joined a vault: this device's passkeys moved into it");
-        self.vault = vault;
-        self.keys.clear();
-        self.replication.clear();
-        self.dirty = false;
-        self.full_save_needed = false;
+        tracing::info!(vault = %self.vault.id(), merged, "joined a vault: this device's passkeys moved into it");
         self.set_anchors(&anchors)?;
-        self.maintenance_due = true;
         Ok(Adopted {
             merged,
             same_vault: false,
@@ -431,10 +425,11 @@ impl Actor {
     }
 
     /// Makes `vault` this device's, durably: its document and its sealed keyring in one batch (with `meta`),
-    /// then the keyring file. Interrupted in between, opening the store finishes it (see `vault::open`).
+    /// then the keyring file (interrupted in between, opening the store finishes it: see `vault::open`); then
+    /// serves it, with every per-vault cache cleared and its keys due for maintenance.
     pub(super) fn replace_vault(
         &mut self,
-        vault: &mut Vault,
+        mut vault: Vault,
         meta: &[(Meta<'_>, &[u8])],
     ) -> Result<(), Error> {
         let keyring = vault.keyring().shareable().encode();
@@ -447,6 +442,12 @@ impl Actor {
         store::write_keyring(&self.db, &sealed)?;
         self.store.remove(Meta::KeyringNext)?;
         self.store.flush()?;
+        self.vault = vault;
+        self.keys.clear();
+        self.replication.clear();
+        self.dirty = false;
+        self.full_save_needed = false;
+        self.maintenance_due = true;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use passmesh_crdt::{DeviceId, Keyring, LocalDevice, MemberState, Vault};
+use passmesh_crdt::{DeviceId, Keyring, LocalDevice, Vault};
 
 use super::actor::Actor;
 use super::{Error, RecoveryStatus, Restored, Snapshot};
@@ -242,33 +242,19 @@ impl Actor {
         let anchors: Vec<DeviceId> = anchors.into_iter().collect();
         let pinned =
             serde_json::to_vec(&self.anchors_with_me(&anchors)).map_err(|_| Error::PinState)?;
+        let passkeys = vault.len() as u64;
+        let me = ids::device_id(&self.me);
+        let devices = vault.active_devices().iter().filter(|d| d.id != me).count() as u64;
         self.replace_vault(
-            &mut vault,
+            vault,
             &[
                 (Meta::RestoredAt, &now.to_be_bytes()),
                 (Meta::Anchors, &pinned),
                 (Meta::SignedAnchors, &[1]),
             ],
         )?;
-        let passkeys = vault.len() as u64;
-        let me = ids::device_id(&self.me);
-        let devices = vault
-            .members()
-            .into_iter()
-            .filter(|m| {
-                m.state == MemberState::Active
-                    && m.device.kind == passmesh_crdt::MemberKind::Device
-                    && m.device.id != me
-            })
-            .count() as u64;
-        tracing::info!(vault = %vault.id(), passkeys, "restored a vault from a backup");
-        self.vault = vault;
-        self.keys.clear();
-        self.replication.clear();
-        self.dirty = false;
-        self.full_save_needed = false;
+        tracing::info!(vault = %self.vault.id(), passkeys, "restored a vault from a backup");
         self.set_anchors(&anchors)?;
-        self.maintenance_due = true;
         Ok(Restored {
             vault_id: payload.vault_id,
             passkeys,

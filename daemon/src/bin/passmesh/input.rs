@@ -82,17 +82,27 @@ pub(crate) fn read_new_pin(has_current: bool) -> Result<(Option<Pin>, Pin), Fail
 
 /// Reads one line: from a terminal with echo off after a prompt, else from stdin as it is.
 fn read_secret_line(prompt: &str) -> Result<Pin, Failure> {
-    let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
-    let mut saved = None;
+    let tty = std::io::stdin().is_terminal();
     if tty {
         eprint!("{prompt}");
         let _ = std::io::stderr().flush();
-        if let Ok(mut t) = rustix::termios::tcgetattr(&stdin) {
-            saved = Some(t.clone());
-            t.local_modes.remove(rustix::termios::LocalModes::ECHO);
-            let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
-        }
+    }
+    match read_line(tty) {
+        Ok(line) if line.is_empty() => Err(Failure::Local("no PIN given on stdin".into())),
+        Ok(line) => Ok(Pin::new(line.trim_end_matches(['\n', '\r']).to_owned())),
+        Err(e) => Err(Failure::Local(format!("reading the PIN: {e}"))),
+    }
+}
+
+/// Reads one line of stdin; with `hidden` (a terminal), with echo off, restored however the read ends.
+pub(crate) fn read_line(hidden: bool) -> std::io::Result<Zeroizing<String>> {
+    let stdin = std::io::stdin();
+    let saved = hidden
+        .then(|| rustix::termios::tcgetattr(&stdin).ok())
+        .flatten();
+    if let Some(mut t) = saved.clone() {
+        t.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
     }
     let mut line = Zeroizing::new(String::new());
     let read = stdin.lock().read_line(&mut line);
@@ -100,9 +110,5 @@ fn read_secret_line(prompt: &str) -> Result<Pin, Failure> {
         let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
         eprintln!();
     }
-    match read {
-        Ok(0) => Err(Failure::Local("no PIN given on stdin".into())),
-        Ok(_) => Ok(Pin::new(line.trim_end_matches(['\n', '\r']).to_owned())),
-        Err(e) => Err(Failure::Local(format!("reading the PIN: {e}"))),
-    }
+    read.map(|_| line)
 }

@@ -98,24 +98,9 @@ async fn status(client: &mut Client) -> Result<StatusInfo, Failure> {
     }
 }
 
-/// Reads one line of stdin; on a terminal (`hidden`) with echo off, restored however the read ends.
+/// Reads one line of stdin (`hidden`: echo off).
 fn read_line(hidden: bool) -> Result<Zeroizing<String>, Failure> {
-    let stdin = std::io::stdin();
-    let saved = hidden
-        .then(|| rustix::termios::tcgetattr(&stdin).ok())
-        .flatten();
-    if let Some(mut t) = saved.clone() {
-        t.local_modes.remove(rustix::termios::LocalModes::ECHO);
-        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
-    }
-    let mut line = Zeroizing::new(String::new());
-    let read = stdin.lock().read_line(&mut line);
-    if let Some(t) = saved {
-        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
-        eprintln!();
-    }
-    read.map_err(|e| local(format!("reading stdin: {e}")))?;
-    Ok(line)
+    crate::input::read_line(hidden).map_err(|e| local(format!("reading stdin: {e}")))
 }
 
 /// Reads a phrase: on a terminal after a prompt with echo off (one line), else all of stdin.
